@@ -1,0 +1,98 @@
+"""The task interface: what the generic trainer needs from each paper's method.
+
+A task binds a Flax model (``diffjax.models``) to a corruption and a loss / score
+(``diffjax.diffusion``, ``diffjax.ood``). The trainer (``diffjax.train``) runs any task; a task
+never imports the trainer. Tasks are registered by name and built from the ``config.task``
+sub-config (the only place a task reads a config).
+
+Contract (all four methods of papers.md fit it):
+
+* ``init_params(rng) -> params``: a pytree of trainable parameters (frozen parts, e.g. a frozen
+  EfficientNet, live in the task itself, not in ``params``).
+* ``loss_fn(params, batch, rng) -> (loss, metrics)``: pure and jit-able; ``batch`` is a dict of
+  global ``jax.Array``s with leading batch axis; ``metrics`` is a dict of scalar arrays (means over
+  the batch). Must be deterministic given ``rng``.
+* ``train_batches(start_step, *, global_batch_size, process_index, process_count)``: an iterator of
+  this process's *local* slice of each global batch (dict of numpy arrays, leading axis
+  ``global_batch_size // process_count``), deterministic in (task seed, step) so that a run
+  resumed at ``start_step`` sees exactly the batches an uninterrupted run would.
+* ``evaluate(params, rng, workdir) -> dict``: host-level evaluation (may jit internally, write
+  plots into ``workdir``); returns JSON-serialisable results (the trainer writes ``results.json``).
+* Optional: ``sweep(params, rng, workdir)`` and ``generate(params, rng, workdir)`` for the
+  ``sweep`` / ``generate`` CLI commands; ``batch_spec()`` naming each batch field's partition.
+"""
+
+from __future__ import annotations
+
+import abc
+from typing import Any, Callable, Iterator, Mapping
+
+import jax
+
+PyTree = Any
+Batch = Mapping[str, Any]
+Metrics = Mapping[str, jax.Array]
+
+
+class Task(abc.ABC):
+    """Base class of every diffjax task. See the module docstring for the contract."""
+
+    name: str = "task"
+
+    @abc.abstractmethod
+    def init_params(self, rng: jax.Array) -> PyTree:
+        """Returns freshly initialised (or pretrained-loaded) trainable params."""
+
+    @abc.abstractmethod
+    def loss_fn(self, params: PyTree, batch: Batch, rng: jax.Array) -> tuple[jax.Array, Metrics]:
+        """Pure scalar loss and scalar metrics for one global batch."""
+
+    @abc.abstractmethod
+    def train_batches(
+        self, start_step: int, *, global_batch_size: int, process_index: int = 0, process_count: int = 1
+    ) -> Iterator[dict]:
+        """Yields this process's local slice of global batch ``start_step``, ``start_step + 1``, ..."""
+
+    def evaluate(self, params: PyTree, rng: jax.Array, workdir: str) -> dict:
+        """Host-level evaluation; default: no evaluation."""
+        del params, rng, workdir
+        return {}
+
+    def sweep(self, params: PyTree, rng: jax.Array, workdir: str) -> dict:
+        raise NotImplementedError(f"task {self.name!r} has no sweep")
+
+    def generate(self, params: PyTree, rng: jax.Array, workdir: str) -> dict:
+        raise NotImplementedError(f"task {self.name!r} has no generate")
+
+
+_REGISTRY: dict[str, Callable[[Any], Task]] = {}
+
+
+def register_task(name: str):
+    """Decorator: ``@register_task("dlsr")`` on a ``from_config(task_config) -> Task`` factory."""
+
+    def wrap(factory):
+        if name in _REGISTRY and _REGISTRY[name] is not factory:
+            raise ValueError(f"task {name!r} registered twice")
+        _REGISTRY[name] = factory
+        return factory
+
+    return wrap
+
+
+def build_task(task_config) -> Task:
+    """Builds the task named ``task_config.name`` (importing ``diffjax.tasks.<name>`` on demand)."""
+    import importlib
+
+    name = task_config.name
+    if name not in _REGISTRY:
+        try:
+            importlib.import_module(f"diffjax.tasks.{name}")
+        except ModuleNotFoundError as e:
+            if e.name != f"diffjax.tasks.{name}":
+                raise
+    if name not in _REGISTRY:
+        known = ", ".join(sorted(_REGISTRY)) or "(none imported)"
+        raise ValueError(f"unknown task {name!r}; known tasks: {known}. A task module "
+                         f"diffjax/tasks/{name}.py must call @register_task({name!r}).")
+    return _REGISTRY[name](task_config)

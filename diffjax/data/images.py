@@ -1,0 +1,112 @@
+"""Image sets for OOD detection: tfds (array_record, no TensorFlow) reader and small helpers.
+
+An ``ImageSet`` holds ``images: [N, H, W, 3] uint8`` at the data's own resolution; resizing to the
+encoder's resolution and normalisation happen inside the jitted feature extractor
+(``diffjax.ood.features``), so large sets never exist in memory at 224x224 float.
+
+The embedded demo sets (MNIST 5k, scikit-image / scikit-learn images) live in
+``diffjax.data.demo_sets``; full-size data come from a local tfds ``data_dir`` via ``load_tfds``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+
+import numpy as np
+
+
+@dataclasses.dataclass(frozen=True)
+class ImageSet:
+    """A named set of images. images: [N, H, W, 3] uint8; labels: [N] int32 or None."""
+
+    name: str
+    images: np.ndarray
+    labels: np.ndarray | None = None
+
+    def __post_init__(self):
+        im = self.images
+        if im.ndim != 4 or im.shape[-1] != 3 or im.dtype != np.uint8:
+            raise ValueError(f"ImageSet {self.name!r}: expected images [N, H, W, 3] uint8, got "
+                             f"{im.shape} {im.dtype}; use to_rgb_uint8() first.")
+
+    def __len__(self) -> int:
+        return int(self.images.shape[0])
+
+    def take(self, n: int | None, seed: int | None = None) -> "ImageSet":
+        """First ``n`` images (or a seeded random subset of ``n`` when ``seed`` is given)."""
+        if n is None or n >= len(self):
+            return self
+        idx = np.arange(n) if seed is None else np.sort(np.random.default_rng(seed).permutation(len(self))[:n])
+        return ImageSet(self.name, self.images[idx], None if self.labels is None else self.labels[idx])
+
+
+def to_rgb_uint8(images: np.ndarray, max_value: float | None = None) -> np.ndarray:
+    """Grey [N, H, W] / [N, H, W, 1] or RGB(A) [N, H, W, 3|4] of any numeric dtype -> [N, H, W, 3] uint8.
+
+    ``max_value``: the value mapped to 255 (default: 1 for floats/bool in [0, 1], else 255).
+    """
+    x = np.asarray(images)
+    if x.ndim == 3:
+        x = x[..., None]
+    if x.ndim != 4 or x.shape[-1] not in (1, 3, 4):
+        raise ValueError(f"expected images [N, H, W] or [N, H, W, 1|3|4], got shape {x.shape}")
+    x = x[..., :3]
+    if x.shape[-1] == 1:
+        x = np.repeat(x, 3, axis=-1)
+    if x.dtype == np.uint8 and max_value is None:
+        return x
+    if max_value is None:
+        max_value = 1.0 if (x.dtype == bool or np.issubdtype(x.dtype, np.floating)) else 255.0
+    return np.clip(np.round(x.astype(np.float64) * (255.0 / max_value)), 0, 255).astype(np.uint8)
+
+
+def resize_uint8(images: np.ndarray, size: int | tuple[int, int]) -> np.ndarray:
+    """Resizes [N, H, W, 3] uint8 images to ``size`` (int or (h, w)) with PIL bilinear + antialias."""
+    from PIL import Image
+
+    h, w = (size, size) if isinstance(size, int) else size
+    if images.shape[1:3] == (h, w):
+        return images
+    return np.stack([np.asarray(Image.fromarray(im).resize((w, h), Image.BILINEAR)) for im in images])
+
+
+def load_tfds(name: str, split: str, data_dir: str | None, *, image_key: str = "image",
+              label_key: str | None = "label", max_examples: int | None = None,
+              resize_to: int | None = None, set_name: str | None = None) -> ImageSet:
+    """Reads a tfds image dataset prepared in **array_record** format (no TensorFlow needed).
+
+    Uses ``tfds.data_source(name, split=split, data_dir=data_dir, download=False)``. Images of
+    varying size (or any size when ``resize_to`` is given) are resized to ``resize_to``.
+    Returns the first ``max_examples`` examples of ``split`` (tfds slicing, e.g. "test[:5000]", works too).
+    """
+    try:
+        import tensorflow_datasets as tfds
+    except ImportError as e:  # pragma: no cover - tfds is a runtime pin
+        raise ImportError("load_tfds needs tensorflow-datasets (pip install -r requirements.txt)") from e
+    how = (f"Prepare it once where network is available:\n"
+           f"  tfds build {name} --file_format=array_record --data_dir=DIR\n"
+           f"then copy DIR here and pass --config.task.data_dir=DIR. Data prepared as tfrecord needs "
+           f"TensorFlow to read (pip install tensorflow) or a rebuild with --file_format=array_record.")
+    if data_dir is not None and not os.path.isdir(os.path.expanduser(data_dir)):
+        raise FileNotFoundError(f"tfds data_dir {data_dir!r} does not exist (dataset {name!r}). {how}")
+    try:
+        source = tfds.data_source(name, split=split, data_dir=data_dir, download=False)
+    except Exception as e:  # tfds raises several types (AssertionError, DatasetNotFoundError, ...)
+        raise FileNotFoundError(f"could not open tfds dataset {name!r} split {split!r} in data_dir "
+                                f"{data_dir!r} as array_record ({type(e).__name__}: {e}). {how}") from e
+    n = len(source) if max_examples is None else min(len(source), max_examples)
+    images, labels = [], []
+    for i in range(n):
+        ex = source[i]
+        im = to_rgb_uint8(np.asarray(ex[image_key])[None])
+        if resize_to is not None:
+            im = resize_uint8(im, resize_to)
+        images.append(im[0])
+        if label_key is not None and label_key in ex:
+            labels.append(int(np.asarray(ex[label_key]).reshape(-1)[0]))
+    shapes = {im.shape for im in images}
+    if len(shapes) > 1:
+        raise ValueError(f"tfds {name!r} images have several sizes {sorted(shapes)[:4]}...; pass resize_to.")
+    return ImageSet(set_name or f"{name}:{split}", np.stack(images),
+                    np.asarray(labels, np.int32) if len(labels) == n else None)

@@ -1,0 +1,359 @@
+"""BERT / RoBERTa / XLM-R encoder in Flax linen (post-LN Transformer, absolute positions).
+
+One module, ``BertEncoder``, covers the three families; they differ only in config:
+
+* positions: BERT uses ``position_ids = arange(L)``; RoBERTa / XLM-R (``position_offset =
+  pad_token_id + 1``) number non-pad tokens ``pad+1, pad+2, ...`` and give pads ``pad`` (as HF's
+  ``create_position_ids_from_input_ids``); with ``inputs_embeds`` positions are sequential
+  ``pad+1 .. pad+L`` (as HF).
+* token types (``type_vocab_size`` 0 disables them), GELU exact (``hidden_act="gelu"``), post-LN.
+* MLM head (``mlm_head=True``): ``dense -> act -> LayerNorm -> h @ E^T + bias``, the decoder tied to
+  the word embeddings (or an untied ``decoder`` kernel when ``tie_word_embeddings=False``).
+  ``head_style="bert"`` uses ``hidden_act`` in the head, ``"roberta"`` exact GELU (as HF).
+* optional heads: pooler (first token -> dense -> tanh), sequence classification (BERT style:
+  pooler -> dense; RoBERTa style: first token -> dense -> tanh -> out_proj) and a length predictor
+  (paper 002: logits over lengths 0..L_max from mean-pooled states, a diffjax-only head).
+
+Paper 000's denoiser feeds noised embeddings in place of the word embeddings (``inputs_embeds``:
+``[B, L, D]``) and adds a per-token conditioning vector (``cond``: ``[B, D]`` or ``[B, L, D]``,
+e.g. a timestep embedding) to the input sum *before* the embedding LayerNorm:
+``h0 = LN(word_or_inputs_embeds + pos + type + cond)``.
+
+Param paths (for ``SHARDING_RULES``): ``embeddings/{word_embeddings,position_embeddings,
+token_type_embeddings}/embedding``, ``embeddings/LayerNorm``, ``encoder/layer_{i}/attention/
+{query,key,value,output}``, ``encoder/layer_{i}/{attention_ln,intermediate,output,output_ln}``,
+``pooler/dense``, ``mlm_head/{dense,layer_norm,bias}``, ``classifier/...``, ``length_head``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+Dtype = Any
+
+# Megatron-style tensor parallelism on the "model" mesh axis: q/k/v and intermediate kernels are
+# column-split (their output features), the attention-output and FFN-output kernels row-split
+# (their input features), so each layer needs one all-reduce after attention and one after the
+# FFN. Word embeddings are split over the vocabulary. Patterns are written so both re.fullmatch
+# and re.search on the '/'-joined param path (with or without a leading "params/") work.
+SHARDING_RULES = (
+    (r"(.*/)?embeddings/word_embeddings/embedding", ("model", None)),
+    (r"(.*/)?attention/(query|key|value)/kernel", (None, "model")),
+    (r"(.*/)?attention/(query|key|value)/bias", ("model",)),
+    (r"(.*/)?attention/output/kernel", ("model", None)),
+    (r"(.*/)?intermediate/kernel", (None, "model")),
+    (r"(.*/)?intermediate/bias", ("model",)),
+    (r"(.*/)?layer_\d+/output/kernel", ("model", None)),
+)
+
+
+@dataclasses.dataclass(frozen=True)
+class BertConfig:
+    """Architecture of a BERT-family encoder (hashable: safe as a static jit argument)."""
+
+    vocab_size: int = 30522
+    hidden_size: int = 768
+    num_layers: int = 12
+    num_heads: int = 12
+    intermediate_size: int = 3072
+    max_position_embeddings: int = 512
+    type_vocab_size: int = 2  # 0: no token-type embeddings
+    layer_norm_eps: float = 1e-12
+    pad_token_id: int = 0
+    position_offset: int = 0  # RoBERTa / XLM-R: pad_token_id + 1
+    hidden_act: str = "gelu"  # "gelu" (exact), "gelu_new"/"gelu_pytorch_tanh" (tanh approx), "relu", "silu"
+    hidden_dropout: float = 0.1
+    attention_dropout: float = 0.1
+    family: str = "bert"  # "bert" | "roberta" | "xlm-roberta": head naming/style
+    use_pooler: bool = False
+    mlm_head: bool = True
+    tie_word_embeddings: bool = True
+    num_labels: int = 0  # >0: sequence-classification head
+    length_max: int = 0  # >0: length head with classes 0..length_max (paper 002)
+
+    @property
+    def head_style(self) -> str:
+        return "bert" if self.family == "bert" else "roberta"
+
+    def __post_init__(self):
+        if self.hidden_size % self.num_heads:
+            raise ValueError(f"hidden_size {self.hidden_size} is not divisible by num_heads {self.num_heads}")
+        if self.family not in ("bert", "roberta", "xlm-roberta"):
+            raise ValueError(f"family must be bert/roberta/xlm-roberta, got {self.family!r}")
+        _activation(self.hidden_act)
+        if self.num_labels and self.head_style == "bert" and not self.use_pooler:
+            raise ValueError("a BERT-style classification head needs use_pooler=True")
+
+
+def _activation(name: str):
+    acts = {
+        "gelu": lambda x: nn.gelu(x, approximate=False),
+        "gelu_new": lambda x: nn.gelu(x, approximate=True),
+        "gelu_pytorch_tanh": lambda x: nn.gelu(x, approximate=True),
+        "relu": nn.relu,
+        "silu": nn.silu,
+        "swish": nn.silu,
+        "tanh": jnp.tanh,
+    }
+    if name not in acts:
+        raise ValueError(f"hidden_act {name!r} not supported; use one of {sorted(acts)}")
+    return acts[name]
+
+
+def _dense(features, cfg, dtype, param_dtype, name):
+    return nn.Dense(
+        features, dtype=dtype, param_dtype=param_dtype, kernel_init=nn.initializers.normal(0.02), name=name
+    )
+
+
+def _ln(cfg, dtype, param_dtype, name):
+    return nn.LayerNorm(epsilon=cfg.layer_norm_eps, dtype=dtype, param_dtype=param_dtype, name=name)
+
+
+class BertSelfAttention(nn.Module):
+    config: BertConfig
+    dtype: Dtype = jnp.float32
+    param_dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, h, bias, deterministic: bool):
+        """h: [B, L, D]; bias: [B, 1, 1, L] additive key mask -> [B, L, D] (before residual)."""
+        cfg = self.config
+        b, l, d = h.shape
+        nh, hd = cfg.num_heads, d // cfg.num_heads
+        q, k, v = (
+            _dense(d, cfg, self.dtype, self.param_dtype, n)(h).reshape(b, l, nh, hd) for n in ("query", "key", "value")
+        )
+        scores = jnp.einsum("bqhd,bkhd->bhqk", q, k).astype(jnp.float32) / jnp.sqrt(jnp.float32(hd)) + bias
+        probs = jax.nn.softmax(scores, axis=-1).astype(self.dtype)
+        probs = nn.Dropout(cfg.attention_dropout)(probs, deterministic=deterministic)
+        ctx = jnp.einsum("bhqk,bkhd->bqhd", probs, v).reshape(b, l, d)
+        return _dense(d, cfg, self.dtype, self.param_dtype, "output")(ctx)
+
+
+class BertLayer(nn.Module):
+    config: BertConfig
+    dtype: Dtype = jnp.float32
+    param_dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, h, bias, deterministic: bool):
+        cfg, dt, pdt = self.config, self.dtype, self.param_dtype
+        a = BertSelfAttention(cfg, dt, pdt, name="attention")(h, bias, deterministic)
+        a = nn.Dropout(cfg.hidden_dropout)(a, deterministic=deterministic)
+        h = _ln(cfg, dt, pdt, "attention_ln")(h + a)
+        f = _activation(cfg.hidden_act)(_dense(cfg.intermediate_size, cfg, dt, pdt, "intermediate")(h))
+        f = nn.Dropout(cfg.hidden_dropout)(_dense(cfg.hidden_size, cfg, dt, pdt, "output")(f), deterministic=deterministic)
+        return _ln(cfg, dt, pdt, "output_ln")(h + f)
+
+
+class BertEmbeddings(nn.Module):
+    config: BertConfig
+    dtype: Dtype = jnp.float32
+    param_dtype: Dtype = jnp.float32
+
+    def setup(self):
+        cfg, init = self.config, nn.initializers.normal(0.02)
+        kw = dict(dtype=self.dtype, param_dtype=self.param_dtype, embedding_init=init)
+        self.word_embeddings = nn.Embed(cfg.vocab_size, cfg.hidden_size, **kw)
+        self.position_embeddings = nn.Embed(cfg.max_position_embeddings, cfg.hidden_size, **kw)
+        if cfg.type_vocab_size:
+            self.token_type_embeddings = nn.Embed(cfg.type_vocab_size, cfg.hidden_size, **kw)
+        self.LayerNorm = _ln(cfg, self.dtype, self.param_dtype, None)
+        self.dropout = nn.Dropout(cfg.hidden_dropout)
+
+    def words(self, input_ids):
+        return self.word_embeddings(input_ids)
+
+    def attend(self, x):
+        return self.word_embeddings.attend(x)
+
+    def __call__(self, input_ids, inputs_embeds, token_type_ids, position_ids, cond, deterministic):
+        cfg = self.config
+        e = self.word_embeddings(input_ids) if inputs_embeds is None else inputs_embeds.astype(self.dtype)
+        b, l = e.shape[:2]
+        if position_ids is None:
+            position_ids = default_position_ids(cfg, input_ids, (b, l))
+        e = e + self.position_embeddings(position_ids)
+        if cfg.type_vocab_size:
+            if token_type_ids is None:
+                token_type_ids = jnp.zeros((b, l), jnp.int32)
+            e = e + self.token_type_embeddings(token_type_ids)
+        elif token_type_ids is not None:
+            raise ValueError("token_type_ids given but the model has type_vocab_size=0")
+        if cond is not None:
+            e = e + (cond[:, None, :] if cond.ndim == 2 else cond).astype(e.dtype)
+        return self.dropout(self.LayerNorm(e), deterministic=deterministic)
+
+
+def default_position_ids(cfg: BertConfig, input_ids, shape) -> jax.Array:
+    """[B, L] int32 position ids as transformers computes them (see module docstring)."""
+    b, l = shape
+    if cfg.position_offset == 0:
+        return jnp.broadcast_to(jnp.arange(l, dtype=jnp.int32), (b, l))
+    pad = cfg.pad_token_id
+    if input_ids is None:  # HF: sequential for inputs_embeds
+        return jnp.broadcast_to(jnp.arange(l, dtype=jnp.int32) + pad + 1, (b, l))
+    mask = (input_ids != pad).astype(jnp.int32)
+    return jnp.cumsum(mask, axis=1) * mask + pad
+
+
+def mean_pool(h, mask):
+    """h: [B, L, D], mask: [B, L] bool -> [B, D] mean over masked-in positions (0 if none)."""
+    m = mask.astype(h.dtype)[..., None]
+    return (h * m).sum(1) / jnp.maximum(m.sum(1), 1)
+
+
+class BertEncoder(nn.Module):
+    """BERT / RoBERTa / XLM-R encoder with optional pooler, MLM, classification and length heads.
+
+    ``__call__(input_ids [B, L] int32 | None, attention_mask [B, L] (1/True = real token) | None,
+    token_type_ids, position_ids, *, inputs_embeds [B, L, D] | None, cond [B, D] | [B, L, D] | None,
+    length_mask [B, L] | None, deterministic=True, output_hidden_states=False) -> dict`` with
+    ``last_hidden_state`` [B, L, D]; ``hidden_states`` (tuple of num_layers+1 [B, L, D], embeddings
+    first, if asked); ``pooler_output`` [B, D]; ``logits`` [B, L, V] (MLM); ``cls_logits``
+    [B, num_labels]; ``length_logits`` [B, length_max + 1] (mean pool over ``length_mask``, default
+    ``attention_mask``). Dropout needs ``rngs={"dropout": key}`` when ``deterministic=False``.
+    """
+
+    config: BertConfig
+    dtype: Dtype = jnp.float32
+    param_dtype: Dtype = jnp.float32
+
+    def setup(self):
+        cfg, dt, pdt = self.config, self.dtype, self.param_dtype
+        self.embeddings = BertEmbeddings(cfg, dt, pdt)
+        self.encoder = BertStack(cfg, dt, pdt)
+        if cfg.use_pooler:
+            self.pooler = BertPooler(cfg, dt, pdt)
+        if cfg.mlm_head:
+            self.mlm_head = BertMLMHead(cfg, dt, pdt)
+        if cfg.num_labels:
+            self.classifier = BertClassifier(cfg, dt, pdt)
+        if cfg.length_max:
+            self.length_head = _dense(cfg.length_max + 1, cfg, dt, pdt, None)
+
+    # -- pieces a task may call with model.apply(params, ..., method=...)
+    def embed_tokens(self, input_ids):
+        """input_ids [B, L] -> word embeddings [B, L, D] (paper 000's x_0 = EMB(w))."""
+        return self.embeddings.words(input_ids)
+
+    def attend_embeddings(self, x):
+        """x [..., D] -> x @ E^T [..., V] (tied rounding logits, paper 000)."""
+        return self.embeddings.attend(x)
+
+    def mlm_logits(self, hidden):
+        """hidden [B, L, D] -> MLM logits [B, L, V]."""
+        return self.mlm_head(hidden, self.embeddings.word_embeddings)
+
+    def length_logits(self, hidden, mask):
+        """hidden [B, L, D], mask [B, L] -> [B, length_max + 1] (paper 002 length classifier)."""
+        return self.length_head(mean_pool(hidden, mask)).astype(jnp.float32)
+
+    def __call__(
+        self,
+        input_ids=None,
+        attention_mask=None,
+        token_type_ids=None,
+        position_ids=None,
+        *,
+        inputs_embeds=None,
+        cond=None,
+        length_mask=None,
+        deterministic: bool = True,
+        output_hidden_states: bool = False,
+    ):
+        cfg = self.config
+        if (input_ids is None) == (inputs_embeds is None):
+            raise ValueError("pass exactly one of input_ids [B, L] and inputs_embeds [B, L, D]")
+        b, l = (input_ids if input_ids is not None else inputs_embeds).shape[:2]
+        if l > cfg.max_position_embeddings - cfg.position_offset:
+            raise ValueError(
+                f"sequence length {l} exceeds the model's {cfg.max_position_embeddings - cfg.position_offset} positions"
+            )
+        if attention_mask is None:
+            attention_mask = jnp.ones((b, l), bool)
+        attention_mask = attention_mask.astype(bool)
+        bias = jnp.where(attention_mask, 0.0, jnp.finfo(jnp.float32).min)[:, None, None, :]
+        h = self.embeddings(input_ids, inputs_embeds, token_type_ids, position_ids, cond, deterministic)
+        h, hidden = self.encoder(h, bias, deterministic, output_hidden_states)
+        out = {"last_hidden_state": h}
+        if output_hidden_states:
+            out["hidden_states"] = hidden
+        if cfg.use_pooler:
+            out["pooler_output"] = self.pooler(h)
+        if cfg.mlm_head:
+            out["logits"] = self.mlm_logits(h)
+        if cfg.num_labels:
+            pooled = out["pooler_output"] if cfg.head_style == "bert" else None
+            out["cls_logits"] = self.classifier(h, pooled, deterministic)
+        if cfg.length_max:
+            out["length_logits"] = self.length_logits(h, attention_mask if length_mask is None else length_mask)
+        return out
+
+
+class BertStack(nn.Module):
+    config: BertConfig
+    dtype: Dtype = jnp.float32
+    param_dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, h, bias, deterministic, output_hidden_states):
+        hidden = [h]
+        for i in range(self.config.num_layers):
+            h = BertLayer(self.config, self.dtype, self.param_dtype, name=f"layer_{i}")(h, bias, deterministic)
+            hidden.append(h)
+        return h, tuple(hidden) if output_hidden_states else None
+
+
+class BertPooler(nn.Module):
+    config: BertConfig
+    dtype: Dtype = jnp.float32
+    param_dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, h):
+        return jnp.tanh(_dense(self.config.hidden_size, self.config, self.dtype, self.param_dtype, "dense")(h[:, 0]))
+
+
+class BertMLMHead(nn.Module):
+    """dense -> act -> LayerNorm -> decoder (tied: h @ E^T) + bias. Logits in float32."""
+
+    config: BertConfig
+    dtype: Dtype = jnp.float32
+    param_dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, h, word_embeddings: nn.Embed):
+        cfg, dt, pdt = self.config, self.dtype, self.param_dtype
+        act = _activation(cfg.hidden_act if cfg.head_style == "bert" else "gelu")
+        h = _ln(cfg, dt, pdt, "layer_norm")(act(_dense(cfg.hidden_size, cfg, dt, pdt, "dense")(h)))
+        if cfg.tie_word_embeddings:
+            logits = word_embeddings.attend(h)
+        else:
+            logits = nn.Dense(cfg.vocab_size, use_bias=False, dtype=dt, param_dtype=pdt, name="decoder")(h)
+        bias = self.param("bias", nn.initializers.zeros, (cfg.vocab_size,), pdt)
+        return (logits + bias.astype(logits.dtype)).astype(jnp.float32)
+
+
+class BertClassifier(nn.Module):
+    """BERT: dropout(pooler_output) -> dense. RoBERTa: first token -> dense -> tanh -> out_proj."""
+
+    config: BertConfig
+    dtype: Dtype = jnp.float32
+    param_dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, h, pooled, deterministic):
+        cfg, dt, pdt = self.config, self.dtype, self.param_dtype
+        drop = nn.Dropout(cfg.hidden_dropout)
+        if cfg.head_style == "bert":
+            return _dense(cfg.num_labels, cfg, dt, pdt, "dense")(drop(pooled, deterministic=deterministic)).astype(jnp.float32)
+        x = drop(h[:, 0], deterministic=deterministic)
+        x = drop(jnp.tanh(_dense(cfg.hidden_size, cfg, dt, pdt, "dense")(x)), deterministic=deterministic)
+        return _dense(cfg.num_labels, cfg, dt, pdt, "out_proj")(x).astype(jnp.float32)

@@ -1,0 +1,163 @@
+"""``python -m diffjax {train,eval,sweep,generate,demo} --config=configs/NAME.py[:arg] --workdir=DIR [--config.x=y]``.
+
+* ``train``: train / resume the run in DIR (``diffjax.train.trainer.train``).
+* ``eval``: ``task.evaluate`` on DIR's latest checkpoint -> ``DIR/results.json``.
+* ``sweep`` / ``generate``: ``task.sweep`` / ``task.generate`` -> ``DIR/sweep.json`` / ``DIR/generate.json``.
+* ``demo``: train, eval, then sweep if the task has one; ``--config`` defaults to ``configs/demo.py``
+  and ``--workdir`` to ``workdirs/demo``.
+
+Configs are ml_collections files (``get_config(arg=None)`` returning a locked ConfigDict; schema in
+configs/gaussian2d.py). A relative ``--config`` path is looked up in the current directory, then in
+the diffjax checkout. An override of a field that does not exist fails before anything runs, naming
+the nearest valid field. This is the only module that reads flags.
+"""
+
+from __future__ import annotations
+
+import difflib
+import importlib.util
+import os
+import sys
+
+from absl import flags
+from ml_collections import config_flags
+
+COMMANDS = ("train", "eval", "sweep", "generate", "demo")
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+USAGE = ("usage: python -m diffjax {" + ",".join(COMMANDS) + "} --config=configs/NAME.py[:arg] "
+         "--workdir=DIR [--config.field=value ...]")
+
+
+class UsageError(Exception):
+    """A command-line mistake; ``main`` prints it and exits with status 2."""
+
+
+def _resolve_config_path(value: str) -> str:
+    path, sep, arg = value.partition(":")
+    if not os.path.exists(path) and not os.path.isabs(path):
+        alt = os.path.join(REPO_ROOT, path)
+        if os.path.exists(alt):
+            path = alt
+    if not os.path.exists(path):
+        raise UsageError(f"config file {path!r} not found (from --config={value}); expected e.g. "
+                         f"--config=configs/gaussian2d.py")
+    return path + sep + arg
+
+
+def _load_config_file(value: str):
+    path, _, arg = value.partition(":")
+    spec = importlib.util.spec_from_file_location("_diffjax_cli_config", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.get_config(arg) if arg else module.get_config()
+
+
+def _field_paths(config, prefix: str = "") -> list[str]:
+    out = []
+    for k, v in config.items():
+        out.append(prefix + k)
+        if hasattr(v, "items") and hasattr(v, "lock"):
+            out.extend(_field_paths(v, prefix + k + "."))
+    return out
+
+
+def _unknown_override_message(config_value: str, argv: list[str]) -> str | None:
+    """For the first ``--config.a.b=...`` naming no field: a message with the nearest valid field."""
+    try:
+        config = _load_config_file(config_value)
+    except Exception:  # noqa: BLE001 - the original error will be shown instead
+        return None
+    known = set(_field_paths(config))
+    for a in argv:
+        if not a.startswith("--config."):
+            continue
+        field = a[len("--config."):].split("=", 1)[0]
+        if field in known:
+            continue
+        close = difflib.get_close_matches(field, sorted(known), n=3, cutoff=0.5)
+        parent = field.rpartition(".")[0]
+        if parent not in known:
+            parent = ""
+        siblings = sorted(p.rpartition(".")[2] for p in known if p.rpartition(".")[0] == parent)
+        hint = f" Did you mean --config.{close[0]}?" if close else ""
+        return (f"unknown config field --config.{field} (in {config_value}).{hint}\n"
+                f"Valid fields {'under ' + parent if parent else 'at the top level'}: {', '.join(siblings)}")
+    return None
+
+
+def parse_args(argv: list[str]):
+    """``argv`` (with argv[0]) -> ``(command, config, workdir)``; raises ``UsageError``."""
+    args = list(argv[1:])
+    commands = [a for a in args if not a.startswith("-")]
+    if not commands or commands[0] not in COMMANDS:
+        got = commands[0] if commands else "nothing"
+        close = difflib.get_close_matches(got, COMMANDS, n=1)
+        raise UsageError(f"expected a command in {COMMANDS}, got {got!r}"
+                         + (f" (did you mean {close[0]!r}?)" if close else "") + f"\n{USAGE}")
+    command = commands[0]
+    args.remove(command)
+    if len(commands) > 1:
+        raise UsageError(f"unexpected positional arguments {commands[1:]}\n{USAGE}")
+    has_config = any(a == "--config" or a.startswith("--config=") for a in args)
+    if command == "demo":
+        if not has_config:
+            args.insert(0, "--config=configs/demo.py")
+        if not any(a.startswith("--workdir") for a in args):
+            args.insert(0, "--workdir=workdirs/demo")
+    elif not has_config:
+        raise UsageError(f"--config is required for {command!r}\n{USAGE}")
+    # Normalise "--config PATH" to "--config=PATH" and resolve the path.
+    norm, i = [], 0
+    while i < len(args):
+        a = args[i]
+        if a == "--config" and i + 1 < len(args):
+            a, i = "--config=" + args[i + 1], i + 1
+        if a.startswith("--config="):
+            a = "--config=" + _resolve_config_path(a[len("--config="):])
+        norm.append(a)
+        i += 1
+    config_value = next(a[len("--config="):] for a in norm if a.startswith("--config="))
+    full = [argv[0]] + norm
+    fv = flags.FlagValues()
+    config_flags.DEFINE_config_file("config", None, "ml_collections config file[:arg]", flag_values=fv,
+                                    lock_config=True, sys_argv=full)
+    flags.DEFINE_string("workdir", None, "run directory", flag_values=fv)
+    try:
+        fv(full)
+    except (KeyError, AttributeError) as e:
+        raise UsageError(_unknown_override_message(config_value, norm) or f"bad config override: {e}") from e
+    except flags.Error as e:
+        msg = _unknown_override_message(config_value, norm)
+        raise UsageError(msg or f"{e}\n{USAGE}") from e
+    if not fv.workdir:
+        raise UsageError(f"--workdir is required\n{USAGE}")
+    return command, fv.config, fv.workdir
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv if argv is None else argv)
+    try:
+        command, config, workdir = parse_args(argv)
+    except UsageError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    from diffjax.tasks.base import Task
+    from diffjax.train import trainer
+
+    if command == "train":
+        trainer.train(config, workdir)
+    elif command == "eval":
+        trainer.run_task_method(config, workdir, "evaluate")
+    elif command in ("sweep", "generate"):
+        trainer.run_task_method(config, workdir, command)
+    else:  # demo
+        from diffjax.tasks.base import build_task
+
+        task = build_task(config.task)
+        trainer.train(config, workdir, task=task)
+        if not config.train.get("eval_at_end", False):
+            trainer.run_task_method(config, workdir, "evaluate", task=task)
+        if type(task).sweep is not Task.sweep:
+            trainer.run_task_method(config, workdir, "sweep", task=task)
+        print(f"demo finished: see {os.path.abspath(workdir)}", flush=True)
+    return 0

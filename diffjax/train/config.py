@@ -1,0 +1,35 @@
+"""The trainer's config fields with defaults. The schema is documented in configs/gaussian2d.py."""
+
+from __future__ import annotations
+
+import ml_collections
+from ml_collections import config_dict
+
+
+def base_config() -> ml_collections.ConfigDict:
+    """Trainer fields with their defaults, *unlocked*: a config file sets ``task`` and overrides
+    what it needs, then calls ``.lock()`` (see configs/gaussian2d.py for every field's meaning)."""
+    c = ml_collections.ConfigDict()
+    c.seed = 0
+    c.task = ml_collections.ConfigDict({"name": "none"})
+    c.optimizer = ml_collections.ConfigDict(dict(
+        name="adamw", learning_rate=1e-3, schedule="cosine", warmup_steps=0, end_lr_factor=0.0,
+        b1=0.9, b2=0.999, eps=1e-8, weight_decay=0.0, momentum=0.0, grad_clip_norm=1.0))
+    c.train = ml_collections.ConfigDict(dict(
+        num_steps=1000, global_batch_size=64, accumulate_steps=1, log_every=50,
+        checkpoint_every=500, keep=2, eval_every=0, eval_at_end=True))
+    c.mesh_shape = (-1, 1)
+    c.sharding_rules = ()
+    c.ema_decay = 0.0
+    c.overwrite = False
+    c.distributed = ml_collections.ConfigDict(dict(
+        initialize=False,
+        coordinator_address=config_dict.placeholder(str),
+        num_processes=config_dict.placeholder(int),
+        process_id=config_dict.placeholder(int)))
+    return c
+
+
+# Fields whose change does not make a workdir's checkpoints incompatible (config.json check).
+RESUMABLE_CHANGES = ("train.num_steps", "train.log_every", "train.eval_every", "train.eval_at_end",
+                     "overwrite", "distributed")

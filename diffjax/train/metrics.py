@@ -1,0 +1,120 @@
+"""Run outputs: ``metrics.jsonl``, TensorBoard event files, a progress line with steps/s and ETA.
+
+Only process 0 writes (``MetricsWriter(..., active=jax.process_index() == 0)``).
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+import math
+import os
+import sys
+import time
+from typing import Any, Mapping
+
+import numpy as np
+
+
+def to_jsonable(x: Any) -> Any:
+    """numpy / jax scalars and arrays -> Python floats / ints / lists (NaN kept as float('nan'))."""
+    if isinstance(x, Mapping):
+        return {str(k): to_jsonable(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [to_jsonable(v) for v in x]
+    if isinstance(x, (str, bool, type(None))):
+        return x
+    if isinstance(x, int):
+        return x
+    if isinstance(x, float):
+        return x
+    arr = np.asarray(x)
+    if arr.ndim == 0:
+        v = arr.item()
+        return v
+    return arr.tolist()
+
+
+class MetricsWriter:
+    """Appends ``{"step": s, **scalars}`` lines to ``workdir/metrics.jsonl`` and writes the same
+    scalars to TensorBoard under ``workdir/tensorboard``. Safe to reopen on resume (appends)."""
+
+    def __init__(self, workdir: str, *, active: bool = True, tensorboard: bool = True):
+        self.active = active
+        self._tb = None
+        self._f = None
+        if not active:
+            return
+        os.makedirs(workdir, exist_ok=True)
+        self._f = open(os.path.join(workdir, "metrics.jsonl"), "a")
+        if tensorboard:
+            from tensorboardX import SummaryWriter
+
+            self._tb = SummaryWriter(os.path.join(workdir, "tensorboard"))
+
+    def write(self, step: int, scalars: Mapping[str, Any], prefix: str = "") -> None:
+        if not self.active:
+            return
+        row = {"step": int(step)}
+        for k, v in scalars.items():
+            v = to_jsonable(v)
+            row[prefix + k] = v
+            if self._tb is not None and isinstance(v, (int, float)) and not isinstance(v, bool):
+                self._tb.add_scalar(prefix + k, v, int(step))
+        self._f.write(json.dumps(row) + "\n")
+        self._f.flush()
+
+    def flush(self) -> None:
+        if self._tb is not None:
+            self._tb.flush()
+        if self._f is not None:
+            self._f.flush()
+
+    def close(self) -> None:
+        if self._tb is not None:
+            self._tb.close()
+            self._tb = None
+        if self._f is not None:
+            self._f.close()
+            self._f = None
+
+
+def read_metrics(workdir: str) -> list[dict]:
+    """All rows of ``workdir/metrics.jsonl``."""
+    with open(os.path.join(workdir, "metrics.jsonl")) as f:
+        return [json.loads(line) for line in f if line.strip()]
+
+
+def _fmt_duration(seconds: float) -> str:
+    if not math.isfinite(seconds):
+        return "?"
+    return str(datetime.timedelta(seconds=int(round(seconds))))
+
+
+class Progress:
+    """Steps/s (over the last reporting window) and ETA: ``step 300/3000 loss 0.41 | 85.1 steps/s | ETA 0:00:31``."""
+
+    def __init__(self, start_step: int, num_steps: int, *, active: bool = True, stream=None):
+        self.num_steps = int(num_steps)
+        self.active = active
+        self.stream = stream or sys.stdout
+        self._t0 = time.perf_counter()
+        self._last_t = self._t0
+        self._last_step = int(start_step)
+
+    def rate(self, step: int) -> float:
+        now = time.perf_counter()
+        dt = now - self._last_t
+        rate = (step - self._last_step) / dt if dt > 0 else float("nan")
+        self._last_t, self._last_step = now, int(step)
+        return rate
+
+    def line(self, step: int, scalars: Mapping[str, Any], rate: float) -> str:
+        eta = (self.num_steps - step) / rate if rate and rate > 0 else float("nan")
+        shown = " ".join(f"{k} {float(v):.4g}" for k, v in scalars.items()
+                         if np.ndim(v) == 0 and k in ("loss", "learning_rate", "grad_norm"))
+        return f"step {step}/{self.num_steps} {shown} | {rate:.1f} steps/s | ETA {_fmt_duration(eta)}"
+
+    def report(self, step: int, scalars: Mapping[str, Any], rate: float) -> None:
+        if self.active:
+            print(self.line(step, scalars, rate), file=self.stream, flush=True)

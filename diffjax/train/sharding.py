@@ -1,0 +1,194 @@
+"""Device mesh, rule-based parameter shardings and global batches (design.md convention 5).
+
+One ``Mesh`` with axes ``("data", "model")``. Parameters get a ``NamedSharding`` from a rule table
+``((regex, spec), ...)``: the regex is matched with ``re.search`` against the '/'-joined param path
+(e.g. ``"mlp/hidden_0/kernel"``); the first match wins; no match = replicated. Optimizer-state and
+EMA leaves mirror a param (same path suffix, same shape) and take that param's sharding; anything
+else (step counters, scalars) is replicated. Batches are global ``jax.Array``s sharded along the
+leading axis over ``"data"``, built from each process's local slice with
+``jax.make_array_from_process_local_data``. The same code runs on 1 CPU, 8 TPU cores or 2 hosts.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from typing import Any, Mapping, Sequence
+
+import jax
+import numpy as np
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+
+MESH_AXES = ("data", "model")
+PyTree = Any
+
+
+def maybe_initialize_distributed(dist_config) -> None:
+    """Calls ``jax.distributed.initialize`` when ``dist_config.initialize`` (None fields = auto).
+
+    Must run before any other JAX call touches the backend. Idempotent.
+    """
+    if dist_config is None or not dist_config.get("initialize", False):
+        return
+    if jax.distributed.is_initialized():
+        return
+    kwargs = {k: dist_config.get(k) for k in ("coordinator_address", "num_processes", "process_id")}
+    jax.distributed.initialize(**{k: v for k, v in kwargs.items() if v is not None})
+
+
+def resolve_mesh_shape(mesh_shape: Sequence[int], num_devices: int) -> tuple[int, int]:
+    """``(data, model)`` with at most one -1 filled in from ``num_devices``."""
+    shape = tuple(int(s) for s in mesh_shape)
+    if len(shape) != 2:
+        raise ValueError(f"mesh_shape must have 2 entries (data, model); got {shape}.")
+    if shape.count(-1) > 1:
+        raise ValueError(f"mesh_shape {shape}: at most one entry may be -1.")
+    if -1 in shape:
+        other = shape[1 - shape.index(-1)]
+        if other <= 0 or num_devices % other:
+            raise ValueError(f"mesh_shape {shape}: {num_devices} devices do not divide by {other}.")
+        shape = tuple(num_devices // other if s == -1 else s for s in shape)
+    if any(s <= 0 for s in shape) or math.prod(shape) > num_devices:
+        raise ValueError(f"mesh_shape {shape} needs {math.prod(shape)} devices; {num_devices} available "
+                         f"(jax.devices()). Use e.g. --config.mesh_shape='(-1, 1)'.")
+    return shape  # type: ignore[return-value]
+
+
+def make_mesh(mesh_shape: Sequence[int], devices: Sequence[jax.Device] | None = None) -> Mesh:
+    """A ``Mesh`` with axes ("data", "model") over the first prod(shape) devices.
+
+    Devices are taken in ``jax.devices()`` order (grouped by process), so with several processes
+    each process's devices form a contiguous block of the "data" axis.
+    """
+    devices = list(jax.devices() if devices is None else devices)
+    shape = resolve_mesh_shape(mesh_shape, len(devices))
+    n = math.prod(shape)
+    if jax.process_count() > 1 and n != len(devices):
+        raise ValueError(f"multi-process runs must use every device: mesh_shape {shape} covers {n} "
+                         f"of {len(devices)}.")
+    return Mesh(np.asarray(devices[:n], dtype=object).reshape(shape), MESH_AXES)
+
+
+def path_str(path) -> str:
+    """'/'-joined pytree key path: ``(DictKey('mlp'), DictKey('kernel'))`` -> ``"mlp/kernel"``."""
+    parts = []
+    for k in path:
+        for attr in ("key", "name", "idx"):
+            if hasattr(k, attr):
+                parts.append(str(getattr(k, attr)))
+                break
+        else:
+            parts.append(str(k))
+    return "/".join(parts)
+
+
+def _normalise_rules(rules) -> list[tuple[re.Pattern, tuple]]:
+    """Validates a rule table and compiles its regexes (idempotent)."""
+    out = []
+    for i, rule in enumerate(rules or ()):
+        if len(rule) != 2:
+            raise ValueError(f"sharding_rules[{i}] = {rule!r}: expected a (regex, spec) pair.")
+        regex, spec = rule
+        if isinstance(regex, re.Pattern):
+            out.append((regex, tuple(spec)))
+            continue
+        spec = tuple(spec) if spec is not None else ()
+        for a in spec:
+            if a is not None and a not in MESH_AXES and not (isinstance(a, (tuple, list)) and set(a) <= set(MESH_AXES)):
+                raise ValueError(f"sharding_rules[{i}] ({regex!r}): axis {a!r} is not one of {MESH_AXES} or None.")
+        out.append((re.compile(regex), spec))
+    return out
+
+
+def spec_for(path: str, shape: Sequence[int], rules, mesh: Mesh) -> P:
+    """The ``PartitionSpec`` of the param at ``path`` (first matching rule; default replicated).
+
+    Raises if the matched spec has more entries than the array has dims, or a sharded dim does not
+    divide by its mesh axis size.
+    """
+    for regex, spec in _normalise_rules(rules):
+        if regex.search(path):
+            if len(spec) > len(shape):
+                raise ValueError(f"sharding rule {regex.pattern!r} -> {spec} has {len(spec)} entries but "
+                                 f"param {path!r} has shape {tuple(shape)}.")
+            for dim, axis in zip(shape, spec):
+                if axis is None:
+                    continue
+                axes = axis if isinstance(axis, (tuple, list)) else (axis,)
+                size = math.prod(mesh.shape[a] for a in axes)
+                if dim % size:
+                    raise ValueError(f"param {path!r} shape {tuple(shape)}: dim {dim} is not divisible by mesh "
+                                     f"axis {axis!r} of size {size} (rule {regex.pattern!r} -> {spec}). Change "
+                                     f"mesh_shape or the rule.")
+            return P(*spec)
+    return P()
+
+
+def param_shardings(params: PyTree, rules, mesh: Mesh) -> PyTree:
+    """``NamedSharding`` per param leaf from the rule table (works on arrays or ShapeDtypeStructs)."""
+    compiled = _normalise_rules(rules)
+    return jax.tree_util.tree_map_with_path(
+        lambda p, x: NamedSharding(mesh, spec_for(path_str(p), np.shape(x), compiled, mesh)), params)
+
+
+def mirror_shardings(tree: PyTree, params: PyTree, p_shardings: PyTree, mesh: Mesh) -> PyTree:
+    """Shardings for a tree (optimizer state, EMA) whose leaves mirror params.
+
+    A leaf takes the sharding of the param whose path is a suffix of its path and whose shape
+    equals its shape; any other leaf (counts, scalars) is replicated.
+    """
+    by_path = {}
+    for (p, x), s in zip(jax.tree_util.tree_leaves_with_path(params), jax.tree_util.tree_leaves(p_shardings)):
+        by_path[path_str(p)] = (tuple(np.shape(x)), s)
+    replicated = NamedSharding(mesh, P())
+
+    def one(path, x):
+        ps = path_str(path)
+        shape = tuple(np.shape(x))
+        parts = ps.split("/")
+        for i in range(len(parts)):
+            hit = by_path.get("/".join(parts[i:]))
+            if hit is not None and hit[0] == shape:
+                return hit[1]
+        return replicated
+
+    return jax.tree_util.tree_map_with_path(one, tree)
+
+
+def replicated(mesh: Mesh) -> NamedSharding:
+    return NamedSharding(mesh, P())
+
+
+def batch_shardings(batch_example: Mapping[str, Any], mesh: Mesh, batch_spec: Mapping[str, Any] | None = None):
+    """Per-field ``NamedSharding``: leading axis over "data" unless ``batch_spec`` names another spec."""
+    batch_spec = dict(batch_spec or {})
+
+    def one(path, x):
+        key = path_str(path)
+        spec = batch_spec.get(key)
+        if spec is None:
+            spec = ("data",) if np.ndim(x) >= 1 else ()
+        return NamedSharding(mesh, P(*spec))
+
+    return jax.tree_util.tree_map_with_path(one, dict(batch_example))
+
+
+def global_batch(local_batch: Mapping[str, Any], shardings, global_batch_size: int) -> dict:
+    """This process's slice ``[B / process_count, ...]`` of each field -> global ``jax.Array``s ``[B, ...]``."""
+
+    def one(x, s):
+        x = np.asarray(x)
+        if x.ndim == 0:
+            return jax.make_array_from_process_local_data(s, x, ())
+        return jax.make_array_from_process_local_data(s, x, (global_batch_size,) + x.shape[1:])
+
+    return jax.tree_util.tree_map(one, dict(local_batch), shardings)
+
+
+def check_batch_divisibility(global_batch_size: int, mesh: Mesh, accumulate_steps: int = 1) -> None:
+    data = mesh.shape["data"]
+    procs = jax.process_count()
+    if global_batch_size % (data * accumulate_steps) or global_batch_size % procs:
+        raise ValueError(
+            f"train.global_batch_size={global_batch_size} must divide by the mesh 'data' axis ({data}) "
+            f"times train.accumulate_steps ({accumulate_steps}) and by the process count ({procs}).")

@@ -1,0 +1,406 @@
+"""The generic trainer: any ``diffjax.tasks.base.Task`` on any mesh, resumable, NaN-guarded.
+
+``train(config, workdir)`` builds the task from ``config.task``, a ("data", "model") mesh from
+``config.mesh_shape``, shards params / optimizer state / EMA by ``config.sharding_rules``, and runs
+one ``jax.jit`` train step with explicit in/out shardings (no pmap) on global batches. It writes
+``workdir/config.json``, ``metrics.jsonl``, TensorBoard events, orbax checkpoints (every
+``train.checkpoint_every`` steps and at the end) and, with ``train.eval_at_end``, ``results.json``.
+Rerunning the same command resumes from the latest checkpoint bit-identically (rng and data
+position are functions of the step). ``evaluate_workdir`` / ``run_task_method`` serve the ``eval``,
+``sweep`` and ``generate`` commands.
+
+Randomness: init uses ``fold_in(PRNGKey(seed), 0)``; train step ``s`` uses
+``fold_in(fold_in(PRNGKey(seed), 1), s)`` (micro-batch ``i`` of an accumulated step folds in ``i``
+once more); evaluation uses ``fold_in(PRNGKey(seed), 2)``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import time
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from diffjax.checkpoints import orbax as ckpt_lib
+from diffjax.tasks.base import Task, build_task
+from diffjax.train import metrics as metrics_lib
+from diffjax.train import sharding as sh
+from diffjax.train.config import RESUMABLE_CHANGES
+from diffjax.train.optim import make_optimizer
+from diffjax.train.state import TrainState
+
+PyTree = Any
+
+
+class NonFiniteError(FloatingPointError):
+    """Raised when a train step produced a non-finite loss or gradient norm."""
+
+
+class WorkdirConfigMismatch(ValueError):
+    """The workdir holds a run with a different config.json."""
+
+
+# --------------------------------------------------------------------------------------------
+# config.json handling
+# --------------------------------------------------------------------------------------------
+
+def config_to_dict(config) -> dict:
+    """ConfigDict -> plain JSON-able dict (tuples become lists)."""
+    return json.loads(config.to_json_best_effort(sort_keys=True))
+
+
+def _flatten(d: dict, prefix: str = "") -> dict:
+    out = {}
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict):
+            out.update(_flatten(v, key + "."))
+        else:
+            out[key] = v
+    return out
+
+
+def config_differences(old: dict, new: dict) -> list[str]:
+    """Dotted fields that differ between two config dicts, ignoring ``RESUMABLE_CHANGES``."""
+    a, b = _flatten(old), _flatten(new)
+    diffs = []
+    for k in sorted(set(a) | set(b)):
+        if any(k == r or k.startswith(r + ".") for r in RESUMABLE_CHANGES):
+            continue
+        if a.get(k, "<absent>") != b.get(k, "<absent>"):
+            diffs.append(f"{k}: workdir has {a.get(k, '<absent>')!r}, command line has {b.get(k, '<absent>')!r}")
+    return diffs
+
+
+def prepare_workdir(config, workdir: str) -> None:
+    """Creates ``workdir`` and writes ``config.json``; refuses a workdir written with a different
+    config unless ``config.overwrite`` (then rewrites it). Only process 0 writes."""
+    path = os.path.join(workdir, "config.json")
+    new = config_to_dict(config)
+    if os.path.exists(path):
+        with open(path) as f:
+            old = json.load(f)
+        diffs = config_differences(old, new)
+        if diffs and not config.get("overwrite", False):
+            raise WorkdirConfigMismatch(
+                f"{path} was written by a run with a different config:\n  " + "\n  ".join(diffs) +
+                "\nUse a fresh --workdir, the original config, or pass --config.overwrite=True to rewrite "
+                "config.json and resume from the existing checkpoints anyway.")
+    if jax.process_index() == 0:
+        os.makedirs(workdir, exist_ok=True)
+        tmp = path + ".tmp"
+        with open(tmp, "w") as f:
+            json.dump(new, f, indent=2, sort_keys=True)
+        os.replace(tmp, path)
+
+
+# --------------------------------------------------------------------------------------------
+# Set-up: task, mesh, optimizer, shardings, jitted functions
+# --------------------------------------------------------------------------------------------
+
+@dataclasses.dataclass
+class Setup:
+    config: Any
+    task: Task
+    mesh: jax.sharding.Mesh
+    optimizer: optax.GradientTransformation
+    schedule: optax.Schedule
+    abstract_state: TrainState
+    state_shardings: TrainState
+    init_state: Callable[[], TrainState]
+    train_step: Callable | None = None
+    batch_shardings: Any = None
+
+
+def build(config, *, task: Task | None = None) -> Setup:
+    """Task, mesh, optimizer and the sharded state layout for ``config`` (no arrays allocated)."""
+    task = task if task is not None else build_task(config.task)
+    mesh = sh.make_mesh(config.mesh_shape)
+    num_steps = int(config.train.num_steps)
+    optimizer, schedule = make_optimizer(config.optimizer, num_steps)
+    ema_decay = float(config.get("ema_decay", 0.0) or 0.0)
+    base = jax.random.PRNGKey(int(config.seed))
+    init_rng, train_rng = jax.random.fold_in(base, 0), jax.random.fold_in(base, 1)
+
+    def init_params():
+        return task.init_params(init_rng)
+
+    abstract_params = jax.eval_shape(init_params)
+    p_shardings = sh.param_shardings(abstract_params, config.sharding_rules, mesh)
+    abstract_opt = jax.eval_shape(optimizer.init, abstract_params)
+    o_shardings = sh.mirror_shardings(abstract_opt, abstract_params, p_shardings, mesh)
+    rep = sh.replicated(mesh)
+
+    def make_state(params):
+        return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=optimizer.init(params),
+                          rng=train_rng, ema_params=params if ema_decay > 0 else None)
+
+    state_shardings = TrainState(step=rep, params=p_shardings, opt_state=o_shardings, rng=rep,
+                                 ema_params=p_shardings if ema_decay > 0 else None)
+    abstract_state = jax.eval_shape(make_state, abstract_params)
+    abstract_state = jax.tree_util.tree_map(
+        lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract_state, state_shardings)
+
+    def init_state() -> TrainState:
+        if getattr(task, "jit_init", True):
+            params = jax.jit(init_params, out_shardings=p_shardings)()
+        else:  # e.g. pretrained weights read from disk: keep them out of the compiled program
+            params = jax.device_put(init_params(), p_shardings)
+        return jax.jit(make_state, in_shardings=(p_shardings,), out_shardings=state_shardings)(params)
+
+    return Setup(config=config, task=task, mesh=mesh, optimizer=optimizer, schedule=schedule,
+                 abstract_state=abstract_state, state_shardings=state_shardings, init_state=init_state)
+
+
+def make_train_step_fn(task: Task, optimizer, schedule, *, ema_decay: float = 0.0, accumulate_steps: int = 1):
+    """The pure train step ``(state, batch) -> (new_state, metrics)``.
+
+    Loss and grads of ``task.loss_fn`` at ``rng = fold_in(state.rng, state.step)``; with
+    ``accumulate_steps = k > 1`` the global batch ``[B, ...]`` is split into k micro-batches
+    (example ``j*k + i`` goes to micro-batch ``i``, which keeps each device's examples local) whose
+    grads are averaged in a ``lax.scan``. If the loss or the global grad norm is non-finite the
+    state is returned unchanged and ``metrics["finite"]`` is False (the host then stops).
+    """
+    k = int(accumulate_steps)
+    grad_fn = jax.value_and_grad(task.loss_fn, has_aux=True)
+
+    def loss_and_grads(params, batch, rng):
+        if k == 1:
+            (loss, metrics), grads = grad_fn(params, batch, rng)
+            return loss, dict(metrics), grads
+
+        def split(x):
+            x = jnp.asarray(x)
+            if x.ndim == 0:
+                return jnp.broadcast_to(x, (k,))
+            return jnp.moveaxis(x.reshape((x.shape[0] // k, k) + x.shape[1:]), 1, 0)
+
+        micro = jax.tree_util.tree_map(split, batch)
+        zero = jax.tree_util.tree_map(jnp.zeros_like, params)
+        (_, m_shape), _ = jax.eval_shape(grad_fn, params, jax.tree_util.tree_map(lambda x: x[0], micro), rng)
+
+        def body(carry, inp):
+            i, mb = inp
+            g_acc, l_acc, m_acc = carry
+            (loss, metrics), grads = grad_fn(params, mb, jax.random.fold_in(rng, i))
+            g_acc = jax.tree_util.tree_map(jnp.add, g_acc, grads)
+            m_acc = jax.tree_util.tree_map(jnp.add, m_acc, dict(metrics))
+            return (g_acc, l_acc + loss, m_acc), None
+
+        m0 = jax.tree_util.tree_map(lambda s: jnp.zeros(s.shape, s.dtype), dict(m_shape))
+        (g, l, m), _ = jax.lax.scan(body, (zero, jnp.zeros((), jnp.float32), m0), (jnp.arange(k), micro))
+        inv = 1.0 / k
+        return l * inv, jax.tree_util.tree_map(lambda x: x * inv, m), jax.tree_util.tree_map(lambda x: x * inv, g)
+
+    def step_fn(state: TrainState, batch):
+        rng = jax.random.fold_in(state.rng, state.step)
+        loss, metrics, grads = loss_and_grads(state.params, batch, rng)
+        grad_norm = optax.global_norm(grads)
+        finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
+        updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
+        params = optax.apply_updates(state.params, updates)
+        ema = state.ema_params
+        if ema is not None:
+            ema = jax.tree_util.tree_map(lambda e, p: ema_decay * e + (1.0 - ema_decay) * p, ema, params)
+        new = state.replace(step=state.step + 1, params=params, opt_state=opt_state, ema_params=ema)
+        new = jax.tree_util.tree_map(lambda a, b: jnp.where(finite, a, b), new, state)
+        out = {**{k_: jnp.asarray(v, jnp.float32) for k_, v in metrics.items()},
+               "loss": loss, "grad_norm": grad_norm, "learning_rate": schedule(state.step), "finite": finite}
+        return new, out
+
+    return step_fn
+
+
+def jit_train_step(setup: Setup, batch_example) -> Callable:
+    """``jax.jit`` of the train step with in/out shardings; state buffers are donated."""
+    cfg = setup.config
+    setup.batch_shardings = sh.batch_shardings(
+        batch_example, setup.mesh, setup.task.batch_spec() if hasattr(setup.task, "batch_spec") else None)
+    fn = make_train_step_fn(setup.task, setup.optimizer, setup.schedule,
+                            ema_decay=float(cfg.get("ema_decay", 0.0) or 0.0),
+                            accumulate_steps=int(cfg.train.get("accumulate_steps", 1) or 1))
+    setup.train_step = jax.jit(fn, in_shardings=(setup.state_shardings, setup.batch_shardings),
+                               out_shardings=(setup.state_shardings, sh.replicated(setup.mesh)),
+                               donate_argnums=(0,))
+    return setup.train_step
+
+
+# --------------------------------------------------------------------------------------------
+# Training loop
+# --------------------------------------------------------------------------------------------
+
+def _snapshot_steps(task: Task) -> tuple[int, ...]:
+    return tuple(sorted(int(s) for s in (getattr(task, "snapshot_steps", ()) or ())))
+
+
+def _check_finite(step: int, metrics: dict, checkpointer, ckpt_dir: str) -> None:
+    if bool(jax.device_get(metrics["finite"])):
+        return
+    checkpointer.wait()
+    last = checkpointer.latest_step()
+    loss, gn = float(jax.device_get(metrics["loss"])), float(jax.device_get(metrics["grad_norm"]))
+    where = (f"the last good checkpoint is step {last} in {ckpt_dir}; rerunning resumes from it"
+             if last is not None else "no checkpoint had been written yet")
+    raise NonFiniteError(
+        f"non-finite loss or gradient at train step {step} (loss={loss}, grad_norm={gn}); training stopped "
+        f"and nothing was saved after it: {where}. Lower optimizer.learning_rate, set "
+        f"optimizer.grad_clip_norm, or check the data of that step.")
+
+
+def train(config, workdir: str, *, task: Task | None = None) -> TrainState:
+    """Trains (or resumes) the run in ``workdir`` up to ``config.train.num_steps``; returns the state."""
+    sh.maybe_initialize_distributed(config.get("distributed"))
+    workdir = os.path.abspath(workdir)
+    prepare_workdir(config, workdir)
+    setup = build(config, task=task)
+    task, tc = setup.task, config.train
+    num_steps, gbs = int(tc.num_steps), int(tc.global_batch_size)
+    sh.check_batch_divisibility(gbs, setup.mesh, int(tc.get("accumulate_steps", 1) or 1))
+    ckpt_dir = os.path.join(workdir, "checkpoints")
+    checkpointer = ckpt_lib.Checkpointer(ckpt_dir, keep=int(tc.keep))
+    is_main = jax.process_index() == 0
+    writer = metrics_lib.MetricsWriter(workdir, active=is_main)
+    try:
+        latest = checkpointer.latest_step()
+        if latest is not None:
+            state = checkpointer.restore(latest, setup.abstract_state)
+            if is_main:
+                print(f"resumed from checkpoint step {latest} in {ckpt_dir}", flush=True)
+        else:
+            state = setup.init_state()
+        start = int(jax.device_get(state.step))
+        snapshots = _snapshot_steps(task)
+        ckpt_every, log_every = int(tc.checkpoint_every), max(int(tc.log_every), 1)
+        eval_every = int(tc.get("eval_every", 0) or 0)
+        progress = metrics_lib.Progress(start, num_steps, active=is_main)
+        batches = task.train_batches(start, global_batch_size=gbs, process_index=jax.process_index(),
+                                     process_count=jax.process_count())
+        if 0 in snapshots and start == 0:
+            ckpt_lib.save_snapshot(workdir, 0, state.eval_params())
+        pending = None  # (step, metrics) of the previous step, checked one step late to keep dispatch async
+        for step in range(start, num_steps):
+            local = next(batches)
+            if setup.train_step is None:
+                jit_train_step(setup, local)
+            batch = sh.global_batch(local, setup.batch_shardings, gbs)
+            state, metrics = setup.train_step(state, batch)
+            if pending is not None:
+                _check_finite(*pending, checkpointer, ckpt_dir)
+            pending = (step + 1, metrics)
+            done = step + 1
+            sync = (done % log_every == 0 or done == num_steps or done in snapshots
+                    or (ckpt_every and done % ckpt_every == 0) or (eval_every and done % eval_every == 0))
+            if not sync:
+                continue
+            _check_finite(*pending, checkpointer, ckpt_dir)
+            if done % log_every == 0 or done == num_steps:
+                scalars = {k: v for k, v in jax.device_get(metrics).items() if k != "finite"}
+                rate = progress.rate(done)
+                writer.write(done, {**scalars, "steps_per_sec": rate})
+                progress.report(done, scalars, rate)
+            if done in snapshots:
+                ckpt_lib.save_snapshot(workdir, done, state.eval_params())
+            if (ckpt_every and done % ckpt_every == 0) or done == num_steps:
+                checkpointer.save(done, state)
+            if eval_every and done % eval_every == 0 and done != num_steps:
+                res = run_evaluate(setup, state, workdir)
+                writer.write(done, _scalars_only(res), prefix="eval/")
+        if pending is not None:
+            _check_finite(*pending, checkpointer, ckpt_dir)
+        if int(jax.device_get(state.step)) == num_steps and num_steps not in checkpointer.all_steps():
+            checkpointer.save(num_steps, state)
+        checkpointer.wait()
+        if tc.get("eval_at_end", False):
+            res = run_evaluate(setup, state, workdir)
+            write_results(workdir, res, "results.json")
+            writer.write(num_steps, _scalars_only(res), prefix="eval/")
+        return state
+    finally:
+        writer.close()
+        checkpointer.close()
+
+
+def _scalars_only(d: dict, prefix: str = "") -> dict:
+    out = {}
+    for k, v in d.items():
+        if isinstance(v, dict):
+            out.update(_scalars_only(v, f"{prefix}{k}/"))
+        elif isinstance(v, (int, float)) and not isinstance(v, bool) or (np.ndim(v) == 0 and not isinstance(v, (str, bool, type(None)))):
+            out[prefix + k] = v
+    return out
+
+
+def write_results(workdir: str, results: dict, name: str) -> str:
+    path = os.path.join(workdir, name)
+    if jax.process_index() == 0:
+        with open(path + ".tmp", "w") as f:
+            json.dump(metrics_lib.to_jsonable(results), f, indent=2, sort_keys=True)
+        os.replace(path + ".tmp", path)
+    return path
+
+
+# --------------------------------------------------------------------------------------------
+# eval / sweep / generate on a trained workdir
+# --------------------------------------------------------------------------------------------
+
+def _load_snapshots(setup: Setup, workdir: str) -> dict:
+    steps = _snapshot_steps(setup.task)
+    if not steps:
+        return {}
+    target = setup.abstract_state.ema_params if setup.abstract_state.ema_params is not None else setup.abstract_state.params
+    on_disk = set(ckpt_lib.snapshot_steps_on_disk(workdir))
+    missing = [s for s in steps if s not in on_disk]
+    if missing:
+        print(f"warning: snapshots {missing} not in {workdir}/snapshots (train.num_steps too small?)", flush=True)
+    return {s: ckpt_lib.load_snapshot(workdir, s, target) for s in steps if s in on_disk}
+
+
+def _call(setup: Setup, method: str, state: TrainState, workdir: str) -> dict:
+    rng = jax.random.fold_in(jax.random.PRNGKey(int(setup.config.seed)), 2)
+    fn = getattr(setup.task, method)
+    kwargs = {"snapshots": _load_snapshots(setup, workdir)} if _snapshot_steps(setup.task) else {}
+    return fn(state.eval_params(), rng, workdir, **kwargs) or {}
+
+
+def run_evaluate(setup: Setup, state: TrainState, workdir: str) -> dict:
+    return _call(setup, "evaluate", state, workdir)
+
+
+def restore_latest(config, workdir: str, *, task: Task | None = None) -> tuple[Setup, TrainState]:
+    """The setup and latest checkpointed state of a trained ``workdir`` (error if there is none)."""
+    sh.maybe_initialize_distributed(config.get("distributed"))
+    setup = build(config, task=task)
+    ckpt_dir = os.path.join(os.path.abspath(workdir), "checkpoints")
+    checkpointer = ckpt_lib.Checkpointer(ckpt_dir, keep=int(config.train.keep))
+    try:
+        latest = checkpointer.latest_step()
+        if latest is None:
+            raise FileNotFoundError(f"no checkpoint in {ckpt_dir}: run `python -m diffjax train` with this "
+                                    f"--config and --workdir first.")
+        return setup, checkpointer.restore(latest, setup.abstract_state)
+    finally:
+        checkpointer.close()
+
+
+_OUTPUT = {"evaluate": "results.json", "sweep": "sweep.json", "generate": "generate.json"}
+
+
+def run_task_method(config, workdir: str, method: str, *, task: Task | None = None) -> dict:
+    """``eval`` / ``sweep`` / ``generate`` on the latest checkpoint of ``workdir``: calls the task's
+    ``evaluate`` / ``sweep`` / ``generate`` with the (EMA) params and writes results.json /
+    sweep.json / generate.json."""
+    workdir = os.path.abspath(workdir)
+    setup, state = restore_latest(config, workdir, task=task)
+    t0 = time.perf_counter()
+    res = _call(setup, method, state, workdir)
+    if jax.process_index() == 0:
+        print(f"{method} took {time.perf_counter() - t0:.1f} s; wrote {os.path.join(workdir, _OUTPUT[method])}",
+              flush=True)
+    write_results(workdir, res, _OUTPUT[method])
+    return res

@@ -20,6 +20,20 @@ Contract (all four methods of papers.md fit it):
   plots into ``workdir``); returns JSON-serialisable results (the trainer writes ``results.json``).
 * Optional: ``sweep(params, rng, workdir)`` and ``generate(params, rng, workdir)`` for the
   ``sweep`` / ``generate`` CLI commands; ``batch_spec()`` naming each batch field's partition.
+
+Trainer hooks (``diffjax/train/trainer.py``):
+
+* ``params`` given to ``evaluate`` / ``sweep`` / ``generate`` are the EMA params when
+  ``config.ema_decay > 0``, else the raw params; they are global (possibly sharded) ``jax.Array``s.
+* ``snapshot_steps``: if non-empty, the trainer saves the (EMA) params after each listed step
+  (0 = the initial params) under ``workdir/snapshots/<step>`` and calls ``evaluate`` / ``sweep`` /
+  ``generate`` with the keyword ``snapshots={step: params}`` (steps not reached are left out).
+  Tasks without snapshots are called without that keyword.
+* ``jit_init``: True (default) runs ``init_params`` under ``jax.jit`` with the params' shardings as
+  ``out_shardings`` (nothing materialises unsharded); set False when ``init_params`` reads
+  pretrained weights from disk (they are then ``device_put`` onto their shardings).
+* ``batch_spec()``: ``{field: spec}`` for batch fields not sharded as ``("data",)`` on the leading
+  axis (spec: tuple of mesh axis names / None per dim, as in ``config.sharding_rules``).
 """
 
 from __future__ import annotations
@@ -38,6 +52,8 @@ class Task(abc.ABC):
     """Base class of every diffjax task. See the module docstring for the contract."""
 
     name: str = "task"
+    snapshot_steps: tuple[int, ...] = ()
+    jit_init: bool = True
 
     @abc.abstractmethod
     def init_params(self, rng: jax.Array) -> PyTree:
@@ -53,16 +69,20 @@ class Task(abc.ABC):
     ) -> Iterator[dict]:
         """Yields this process's local slice of global batch ``start_step``, ``start_step + 1``, ..."""
 
-    def evaluate(self, params: PyTree, rng: jax.Array, workdir: str) -> dict:
-        """Host-level evaluation; default: no evaluation."""
-        del params, rng, workdir
+    def evaluate(self, params: PyTree, rng: jax.Array, workdir: str, **kwargs) -> dict:
+        """Host-level evaluation; default: no evaluation. ``kwargs``: ``snapshots`` (see above)."""
+        del params, rng, workdir, kwargs
         return {}
 
-    def sweep(self, params: PyTree, rng: jax.Array, workdir: str) -> dict:
+    def sweep(self, params: PyTree, rng: jax.Array, workdir: str, **kwargs) -> dict:
         raise NotImplementedError(f"task {self.name!r} has no sweep")
 
-    def generate(self, params: PyTree, rng: jax.Array, workdir: str) -> dict:
+    def generate(self, params: PyTree, rng: jax.Array, workdir: str, **kwargs) -> dict:
         raise NotImplementedError(f"task {self.name!r} has no generate")
+
+    def batch_spec(self) -> Mapping[str, Any] | None:
+        """Per-field batch partition specs; None = every field sharded over "data" on axis 0."""
+        return None
 
 
 _REGISTRY: dict[str, Callable[[Any], Task]] = {}

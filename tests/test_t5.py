@@ -33,14 +33,21 @@ CONFIGS = {
     "mt5_untied": ("MT5Config", dict(d_model=20, d_kv=5, d_ff=36, num_layers=2, num_decoder_layers=1,
                                      num_heads=4, relative_attention_num_buckets=6,
                                      relative_attention_max_distance=8), True),
+    "mt5_tied_no_head_in_file": ("MT5Config", dict(d_model=16, d_kv=4, d_ff=24, num_layers=1, num_heads=4,
+                                                   relative_attention_num_buckets=8), False),
+    "umt5_per_layer_bias": ("UMT5Config", dict(d_model=16, d_kv=4, d_ff=24, num_layers=2, num_decoder_layers=2,
+                                               num_heads=2, relative_attention_num_buckets=8,
+                                               relative_attention_max_distance=16, tie_word_embeddings=False), True),
 }
+
+MODEL_CLASSES = {"T5Config": "T5ForConditionalGeneration", "MT5Config": "MT5ForConditionalGeneration",
+                 "UMT5Config": "UMT5ForConditionalGeneration"}
 
 
 def make_hf_model(name, seed=0):
     cls_name, kw, untie = CONFIGS[name]
     config = getattr(transformers, cls_name)(vocab_size=50, dropout_rate=0.0, **kw)
-    model_cls = (transformers.MT5ForConditionalGeneration if cls_name == "MT5Config"
-                 else transformers.T5ForConditionalGeneration)
+    model_cls = getattr(transformers, MODEL_CLASSES[cls_name])
     torch.manual_seed(seed)
     model = model_cls(config).eval()
     if untie:  # transformers >= 5 builds every T5 tied; a v1.1 / mT5 checkpoint has its own lm_head.
@@ -94,20 +101,45 @@ def assert_parity(jl, je, tl, te, enc_mask, dec_mask, atol=1e-4):
     np.testing.assert_allclose(jl[dm], tl[dm], atol=atol, rtol=1e-4)
 
 
+def assert_trees_equal(a, b):
+    assert jax.tree_util.tree_structure(a) == jax.tree_util.tree_structure(b)
+    for x, y in zip(jax.tree_util.tree_leaves(a), jax.tree_util.tree_leaves(b)):
+        np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+
+
 @pytest.mark.parametrize("name", list(CONFIGS))
-def test_parity_from_state_dict(name):
+def test_parity_and_checkpoint_files(name, tmp_path):
+    """state_dict mapping, safetensors dir, pytorch_model.bin dir -> same params and transformers' numbers;
+    save_hf_checkpoint -> transformers from_pretrained -> same logits."""
+    hf_io = pytest.importorskip("diffjax.checkpoints.hf")
     hf = make_hf_model(name)
+    sd = state_dict_numpy(hf)
     model = hf_t5.model_from_hf_config(hf.config.to_dict(), jnp.float32)
-    params = hf_t5.hf_to_params(state_dict_numpy(hf), model)
+    params = hf_t5.hf_to_params(sd, model)
     inputs = make_inputs()
     tl, te = torch_outputs(hf, *inputs)
     jl, je = jax_outputs(model, params, *inputs)
     assert_parity(jl, je, tl, te, inputs[1], inputs[3])
     # The mapping is a bijection on the model's params.
-    back = hf_t5.params_to_hf(params, model)
-    sd = state_dict_numpy(hf)
-    for k, v in back.items():
-        np.testing.assert_array_equal(v, sd[k])
+    for k, v in hf_t5.params_to_hf(params, model).items():
+        np.testing.assert_array_equal(np.asarray(v), sd[k])
+
+    st_dir, bin_dir, out_dir = (str(tmp_path / d) for d in ("st", "bin", "out"))
+    hf.save_pretrained(st_dir)  # model.safetensors (tied copies dropped)
+    hf.config.save_pretrained(bin_dir)  # transformers 5 only writes safetensors: .bin the classic way
+    torch.save(hf.state_dict(), f"{bin_dir}/pytorch_model.bin")
+    for d in (st_dir, bin_dir):
+        m2, p2 = hf_io.load_hf_checkpoint(d)
+        assert m2.config == model.config
+        assert_trees_equal(p2, params)
+
+    hf_io.save_hf_checkpoint(model, params, out_dir)
+    reopened = getattr(transformers, type(hf).__name__).from_pretrained(out_dir).eval()
+    rl, re_ = torch_outputs(reopened, *inputs)
+    assert_parity(jl, je, rl, re_, inputs[1], inputs[3])
+    m3, p3 = hf_io.load_hf_checkpoint(out_dir)
+    assert_trees_equal(p3, params)
+    assert m3.config == model.config
 
 
 def test_relative_position_bucket_matches_torch():
@@ -155,6 +187,26 @@ def test_bidirectional_decoder_sees_future_causal_does_not():
     dec3[:, -1] = (dec3[:, -1] + 3) % 50
     e1, e3 = (_decoder_logits(bidir, params, ids, enc_mask, d, dm) for d in (dec, dec3))
     np.testing.assert_allclose(e1[:, :-2], e3[:, :-2], atol=1e-6)
+
+
+def test_loader_errors_name_keys(tmp_path):
+    hf_io = pytest.importorskip("diffjax.checkpoints.hf")
+    from safetensors.numpy import load_file, save_file
+
+    hf = make_hf_model("v1_0_relu_tied")
+    hf.save_pretrained(str(tmp_path))
+    tensors = load_file(str(tmp_path / "model.safetensors"))
+    tensors["decoder.block.1.layer.1.EncDecAttention.kk.weight"] = tensors.pop(
+        "decoder.block.1.layer.1.EncDecAttention.k.weight")
+    tensors["encoder.final_layer_norm.weight"] = np.ones(33, np.float32)
+    save_file(tensors, str(tmp_path / "model.safetensors"), metadata={"format": "pt"})
+    with pytest.raises(ValueError) as e:
+        hf_io.load_hf_checkpoint(str(tmp_path))
+    msg = str(e.value)
+    for key in ("decoder.block.1.layer.1.EncDecAttention.k.weight", "decoder.block.1.layer.1.EncDecAttention.kk.weight",
+                "encoder.final_layer_norm.weight"):
+        assert key in msg
+    assert "33" in msg
 
 
 def test_strict_mapping_errors_name_keys_and_shapes():

@@ -1,24 +1,25 @@
-"""Hugging Face T5 / T5 v1.1 / mT5 checkpoints <-> ``diffjax.models.t5.T5`` parameters.
+"""Hugging Face T5 / T5 v1.1 / mT5 / UMT5 checkpoints <-> ``diffjax.models.t5.T5`` parameters.
 
-Family module for ``diffjax.checkpoints.hf`` (which reads config.json and the weight files and
-dispatches here on ``model_type``). Pure numpy; no torch.
+Family module for ``diffjax.checkpoints.hf`` (which reads config.json and the weight files, checks
+keys strictly and dispatches here on ``model_type``; see its docstring for the contract). No torch.
 
 Tying and output scaling. transformers >= 5 always writes ``tie_word_embeddings: true`` for T5 and
 stores the v1.0 behaviour as ``scale_decoder_outputs``; older configs say ``tie_word_embeddings: false``
-for v1.1 / mT5. The config alone therefore cannot say whether ``lm_head.weight`` is a separate matrix,
-so we decide as follows (override with ``tie_word_embeddings=...`` / ``scale_decoder_outputs=...``):
-- t5: scale = ``scale_decoder_outputs`` if present, else ``tie_word_embeddings is not False``;
-  tied head iff scaled (v1.0 = tied + scaled, v1.1 = untied, unscaled).
+for v1.1 / mT5 / UMT5. The config alone therefore cannot say whether ``lm_head.weight`` is a separate
+matrix, so we decide as follows (override with ``tie_word_embeddings=...`` / ``scale_decoder_outputs=...``):
+- t5, umt5: scale = ``scale_decoder_outputs`` if present, else ``tie_word_embeddings is not False``;
+  tied head iff scaled (v1.0 = tied + scaled, v1.1 / UMT5 = untied, unscaled).
 - mt5: never scaled (transformers' MT5 has no scaling) and untied.
 An untied model loading a checkpoint without ``lm_head.weight`` copies ``shared.weight`` into the head
 (what transformers does); a tied model given an ``lm_head.weight`` that differs from ``shared.weight``
-is an error that tells the user to load with ``tie_word_embeddings=False``.
+is an error that tells the user to load with ``tie_word_embeddings=False`` (``canonicalize_keys``).
 
 HF key                                                       diffjax param path
 shared.weight [V, D]                                         shared/embedding
 lm_head.weight [V, D]                                        lm_head/kernel [D, V] (untied only)
-{enc,dec}.block.0.layer.0.SelfAttention.relative_attention_bias.weight [NB, H]
-                                                             {enc,dec}/relative_attention_bias/embedding
+{s}.block.0.layer.0.SelfAttention.relative_attention_bias.weight [NB, H]
+                                                             {s}/relative_attention_bias/embedding
+  (UMT5: every block i)                                      {s}/block_i/relative_attention_bias/embedding
 {s}.block.i.layer.0.SelfAttention.{q,k,v,o}.weight           {s}/block_i/self_attention/{query,key,value,out}/kernel (transposed)
 {s}.block.i.layer.0.layer_norm.weight                        {s}/block_i/self_attention_norm/scale
 decoder.block.i.layer.1.EncDecAttention.{q,k,v,o}.weight     decoder/block_i/cross_attention/.../kernel (transposed)
@@ -26,6 +27,7 @@ decoder.block.i.layer.1.layer_norm.weight                    decoder/block_i/cro
 {s}.block.i.layer.{1|2}.DenseReluDense.{wi|wi_0,wi_1,wo}.weight  {s}/block_i/mlp/{...}/kernel (transposed)
 {s}.block.i.layer.{1|2}.layer_norm.weight                    {s}/block_i/mlp_norm/scale
 {s}.final_layer_norm.weight                                  {s}/final_norm/scale
+with {s} in (encoder, decoder); layer.1 of an encoder block is its feed-forward, layer.2 of a decoder's.
 """
 
 from __future__ import annotations
@@ -39,13 +41,17 @@ import numpy as np
 
 from diffjax.models.t5 import T5, T5Config
 
-MODEL_TYPES = ("t5", "mt5")
+MODEL_TYPES = ("t5", "mt5", "umt5")
+MODEL_CLASSES = (T5,)
 
-# Keys present in many checkpoints that carry no information of their own: the stacks' embedding
-# copies of shared.weight, and a cross-attention relative bias that old T5 checkpoints saved but never used.
+# Keys present in many checkpoints that carry no information of their own (re.search): the stacks'
+# embedding copies of shared.weight, a cross-attention relative bias that old T5 checkpoints saved but
+# never used, and the tied head (an expected key is never ignored, so an untied lm_head is still loaded;
+# canonicalize_keys refuses a tied model given a *different* lm_head).
 IGNORED_KEYS = (
-    r"(encoder|decoder)\.embed_tokens\.weight",
-    r"decoder\.block\.0\.layer\.1\.EncDecAttention\.relative_attention_bias\.weight",
+    r"^(encoder|decoder)\.embed_tokens\.weight$",
+    r"^decoder\.block\.0\.layer\.1\.EncDecAttention\.relative_attention_bias\.weight$",
+    r"^lm_head\.weight$",
 )
 
 _DEFAULTS = {
@@ -54,6 +60,7 @@ _DEFAULTS = {
     "mt5": dict(vocab_size=250112, d_model=512, d_kv=64, d_ff=1024, num_layers=8, num_heads=6,
                 feed_forward_proj="gated-gelu"),
 }
+_DEFAULTS["umt5"] = _DEFAULTS["mt5"]
 _COMMON = dict(num_decoder_layers=None, relative_attention_num_buckets=32, relative_attention_max_distance=128,
                dropout_rate=0.1, layer_norm_epsilon=1e-6, pad_token_id=0, eos_token_id=1,
                decoder_start_token_id=0, initializer_factor=1.0)
@@ -81,7 +88,7 @@ def model_from_hf_config(hf_config: dict, dtype=jnp.float32, **overrides) -> T5:
         kw[name] = default if value is None and name != "num_decoder_layers" else value
     if isinstance(kw["eos_token_id"], (list, tuple)):
         kw["eos_token_id"] = kw["eos_token_id"][0]
-    if model_type == "t5":
+    if model_type in ("t5", "umt5"):
         scale = hf_config.get("scale_decoder_outputs", hf_config.get("tie_word_embeddings", True) is not False)
         kw.update(scale_decoder_outputs=bool(scale), tie_word_embeddings=bool(scale))
     else:
@@ -90,7 +97,8 @@ def model_from_hf_config(hf_config: dict, dtype=jnp.float32, **overrides) -> T5:
         kw["decoder_attention"] = hf_config["diffjax_decoder_attention"]
     if "diffjax_decoder_bidirectional_buckets" in hf_config:
         kw["decoder_bidirectional_buckets"] = hf_config["diffjax_decoder_bidirectional_buckets"]
-    kw.update(model_type=model_type, dtype=dtype, param_dtype=dtype)
+    kw.update(model_type=model_type, dtype=dtype, param_dtype=dtype,
+              relative_attention_bias_per_layer=model_type == "umt5")
     unknown = sorted(set(overrides) - {f.name for f in dataclasses.fields(T5Config)})
     if unknown:
         raise TypeError(f"Unknown T5Config override(s) {unknown}; valid: {[f.name for f in dataclasses.fields(T5Config)]}.")
@@ -105,11 +113,15 @@ def _key_table(cfg: T5Config) -> list[tuple[str, tuple[str, ...], bool]]:
         table.append(("lm_head.weight", ("lm_head", "kernel"), True))
     mlp = ("wi_0", "wi_1", "wo") if cfg.is_gated else ("wi", "wo")
     for stack, n_layers in (("encoder", cfg.num_layers), ("decoder", cfg.num_decoder_layers)):
-        table.append((f"{stack}.block.0.layer.0.SelfAttention.relative_attention_bias.weight",
-                      (stack, "relative_attention_bias", "embedding"), False))
+        if not cfg.relative_attention_bias_per_layer:
+            table.append((f"{stack}.block.0.layer.0.SelfAttention.relative_attention_bias.weight",
+                          (stack, "relative_attention_bias", "embedding"), False))
         table.append((f"{stack}.final_layer_norm.weight", (stack, "final_norm", "scale"), False))
         for i in range(n_layers):
             hf, fx = f"{stack}.block.{i}.layer", (stack, f"block_{i}")
+            if cfg.relative_attention_bias_per_layer:
+                table.append((f"{hf}.0.SelfAttention.relative_attention_bias.weight",
+                              fx + ("relative_attention_bias", "embedding"), False))
             subs = [("0", "SelfAttention", "self_attention")]
             if stack == "decoder":
                 subs.append(("1", "EncDecAttention", "cross_attention"))
@@ -151,30 +163,48 @@ def _get(tree: dict, path: tuple[str, ...]):
     return tree
 
 
-def hf_to_params(tensors: dict[str, np.ndarray], model: T5) -> dict:
-    """HF state dict (numpy, PyTorch layout) -> the model's ``params`` tree (not wrapped in {"params": ...}).
+def init_params(model: T5, rng) -> dict:
+    """Fresh params (the "params" collection's content) from the model's own init; eval_shape-safe."""
+    ids = jnp.zeros((1, 1), jnp.int32)
+    return model.init(rng, ids, ids)["params"]
 
-    Strict: raises one ``ValueError`` listing every missing, unexpected and mis-shaped key. Keys matching
-    ``IGNORED_KEYS`` are skipped. Arrays are cast to ``model.config.param_dtype``.
+
+def canonicalize_keys(tensors: dict, model: T5) -> dict:
+    """Resolve the head before the strict key check (see the module docstring).
+
+    Untied model, no ``lm_head.weight`` in the file: ``shared.weight`` is copied in. Tied model with an
+    ``lm_head.weight`` different from ``shared.weight``: ``ValueError`` (load with tie_word_embeddings=False).
     """
     cfg = model.config
-    dtype = cfg.param_dtype
-    table = _key_table(cfg)
-    tensors = {k: v for k, v in tensors.items() if not any(re.fullmatch(p, k) for p in IGNORED_KEYS)}
-    expected = {k for k, _, _ in table}
-    extra_ok = set()
-    if cfg.tie_word_embeddings and "lm_head.weight" in tensors and "shared.weight" in tensors:
+    has_head, has_shared = "lm_head.weight" in tensors, "shared.weight" in tensors
+    if cfg.tie_word_embeddings and has_head and has_shared:
         head, shared = np.asarray(tensors["lm_head.weight"]), np.asarray(tensors["shared.weight"])
         if head.shape != shared.shape or not np.array_equal(head, shared):
             raise ValueError(
                 "The checkpoint has an lm_head.weight that differs from shared.weight (an untied T5 v1.1-style "
                 "head), but the model was built with tie_word_embeddings=True. Load it with "
                 "tie_word_embeddings=False (and scale_decoder_outputs=False for v1.1).")
-        extra_ok.add("lm_head.weight")
-    if not cfg.tie_word_embeddings and "lm_head.weight" not in tensors and "shared.weight" in tensors:
+    if not cfg.tie_word_embeddings and not has_head and has_shared:
         tensors = dict(tensors, **{"lm_head.weight": tensors["shared.weight"]})
+    return tensors
+
+
+def hf_to_params(tensors: dict[str, np.ndarray], model: T5) -> dict:
+    """HF state dict (numpy, PyTorch layout) -> the model's ``params`` tree (not wrapped in {"params": ...}).
+
+    Usable on its own (e.g. on ``{k: v.numpy() for k, v in torch_model.state_dict().items()}``): applies
+    ``canonicalize_keys``, skips ``IGNORED_KEYS`` and raises one ``ValueError`` listing every missing,
+    unexpected and mis-shaped key. Arrays are cast to ``model.config.param_dtype``.
+    """
+    cfg = model.config
+    dtype = cfg.param_dtype
+    table = _key_table(cfg)
+    expected = {k for k, _, _ in table}
+    tensors = canonicalize_keys(tensors, model)
+    tensors = {k: v for k, v in tensors.items()
+               if k in expected or not any(re.search(p, k) for p in IGNORED_KEYS)}
     missing = sorted(expected - set(tensors))
-    unexpected = sorted(set(tensors) - expected - extra_ok)
+    unexpected = sorted(set(tensors) - expected)
     mismatched = []
     params: dict = {}
     for hf_key, path, transpose in table:
@@ -206,34 +236,36 @@ def hf_to_params(tensors: dict[str, np.ndarray], model: T5) -> dict:
 
 
 def params_to_hf(params: dict, model: T5) -> dict[str, np.ndarray]:
-    """The model's params (tree or {"params": tree}) -> HF state dict of numpy arrays (PyTorch layout).
+    """The model's params (tree or {"params": tree}) -> HF state dict (PyTorch layout; jax/numpy arrays).
 
     Writes ``shared.weight`` once (transformers ties the stacks' embed_tokens to it) and ``lm_head.weight``
-    only for an untied head.
+    only for an untied head. Traceable (runs under ``jax.eval_shape`` for the strict check).
     """
     if "params" in params and "shared" not in params:
         params = params["params"]
     out = {}
     for hf_key, path, transpose in _key_table(model.config):
         try:
-            arr = np.asarray(_get(params, path))
+            arr = _get(params, path)
         except KeyError as e:
             raise ValueError(f"params has no {'/'.join(path)} (needed for {hf_key}); are these params "
                              f"from this model (config {model.config})?") from e
-        out[hf_key] = np.ascontiguousarray(arr.T if transpose else arr)
+        out[hf_key] = arr.T if transpose else arr
     return out
 
 
 def hf_config_from_model(model: T5) -> dict:
-    """config.json dict that transformers' T5ForConditionalGeneration / MT5ForConditionalGeneration reads
-    back to the same function (a scaled mT5, which transformers' MT5 cannot express, is written as t5).
+    """config.json dict that transformers' (M|UM)T5ForConditionalGeneration reads back to the same function
+    (a scaled mT5, which transformers' MT5 cannot express, is written as t5).
     A bidirectional decoder is recorded as ``diffjax_decoder_attention`` (transformers ignores it)."""
     cfg = model.config
     model_type = cfg.model_type
-    if model_type == "mt5" and cfg.scale_decoder_outputs:
+    if cfg.relative_attention_bias_per_layer:
+        model_type = "umt5"  # the only HF T5 variant with a bias table per layer
+    elif model_type == "umt5" or (model_type == "mt5" and cfg.scale_decoder_outputs):
         model_type = "t5"
     out = {
-        "architectures": ["MT5ForConditionalGeneration" if model_type == "mt5" else "T5ForConditionalGeneration"],
+        "architectures": [{"t5": "T5", "mt5": "MT5", "umt5": "UMT5"}[model_type] + "ForConditionalGeneration"],
         "model_type": model_type,
         "is_encoder_decoder": True,
         "vocab_size": cfg.vocab_size,
@@ -254,7 +286,7 @@ def hf_config_from_model(model: T5) -> dict:
         "eos_token_id": cfg.eos_token_id,
         "decoder_start_token_id": cfg.decoder_start_token_id,
     }
-    if model_type == "t5":
+    if model_type in ("t5", "umt5"):
         out["scale_decoder_outputs"] = cfg.scale_decoder_outputs
     if cfg.decoder_attention != "causal":
         out["diffjax_decoder_attention"] = cfg.decoder_attention

@@ -1,11 +1,12 @@
-"""T5 / T5 v1.1 / mT5 encoder-decoder in Flax linen, numerically matching transformers' PyTorch T5.
+"""T5 / T5 v1.1 / mT5 / UMT5 encoder-decoder in Flax linen, numerically matching transformers' PyTorch T5.
 
 Architecture (Raffel et al. 2020; v1.1 and mT5 changes noted):
 - Shared token embedding ``shared`` [V, D] feeds encoder and decoder. No absolute positions.
 - Pre-norm blocks with T5's RMS layer norm (no mean subtraction, no bias, variance in fp32).
 - Attention without the 1/sqrt(d_kv) scaling (T5 folds it into the init of ``query``), plus a learned
   relative-position bias [num_buckets, H] owned by each stack's first layer and shared by all its
-  layers. Buckets are bidirectional in the encoder and unidirectional (past only) in a causal decoder.
+  layers (UMT5: one table per layer). Buckets are bidirectional in the encoder and unidirectional
+  (past only) in a causal decoder.
 - Feed-forward: ``relu`` (T5 v1.0: wi -> relu -> wo) or gated (v1.1 / mT5 ``gated-gelu``:
   gelu_new(wi_0 x) * wi_1 x -> wo).
 - LM head tied to ``shared`` (v1.0, decoder output scaled by d_model**-0.5 first) or an untied
@@ -54,8 +55,10 @@ class T5Config:
     ``feed_forward_proj``: "relu" (T5 v1.0), "gated-gelu" (v1.1 / mT5; gelu_new), or "[gated-]ACT" with
     ACT in relu, gelu, gelu_new, silu. ``decoder_attention``: "causal" (AR) or "bidirectional"
     (diffusion). ``decoder_bidirectional_buckets``: None = follow ``decoder_attention``.
+    ``relative_attention_bias_per_layer``: every self-attention layer has its own bias table (UMT5)
+    instead of the first layer's table being shared by the stack (T5, mT5).
     ``dtype`` is the computation dtype, ``param_dtype`` the parameters' dtype.
-    ``model_type`` ("t5" / "mt5") only matters when writing an HF checkpoint back.
+    ``model_type`` ("t5" / "mt5" / "umt5") only matters when writing an HF checkpoint back.
     """
 
     vocab_size: int = 32128
@@ -77,6 +80,7 @@ class T5Config:
     pad_token_id: int = 0
     eos_token_id: int = 1
     decoder_start_token_id: int = 0
+    relative_attention_bias_per_layer: bool = False
     model_type: str = "t5"
     initializer_factor: float = 1.0
     dtype: Dtype = jnp.float32
@@ -151,6 +155,16 @@ def _as_bool_mask(mask, shape) -> jnp.ndarray:
     if mask is None:
         return jnp.ones(shape, dtype=bool)
     return jnp.asarray(mask).astype(bool)
+
+
+def _relative_bias(cfg: T5Config, buckets) -> jnp.ndarray:
+    """Bucket ids [Lq, Lk] -> bias [1, H, Lq, Lk] from a ``relative_attention_bias`` table
+    [num_buckets, H] created in the calling module's scope (call only inside a compact method)."""
+    table = nn.Embed(
+        cfg.relative_attention_num_buckets, cfg.num_heads, dtype=cfg.dtype, param_dtype=cfg.param_dtype,
+        embedding_init=nn.initializers.normal(cfg.initializer_factor * cfg.d_model ** -0.5),
+        name="relative_attention_bias")
+    return jnp.transpose(table(buckets), (2, 0, 1))[None]
 
 
 class T5LayerNorm(nn.Module):
@@ -231,7 +245,10 @@ class T5Block(nn.Module):
 
     @nn.compact
     def __call__(self, h, self_bias, self_mask, enc=None, cross_mask=None, deterministic: bool = True):
+        """``self_bias``: [1, H, L, L] shared bias, or (per-layer bias, UMT5) the bucket ids [L, L] int32."""
         cfg = self.config
+        if cfg.relative_attention_bias_per_layer:
+            self_bias = _relative_bias(cfg, self_bias)
         norm = lambda n: T5LayerNorm(cfg.layer_norm_epsilon, cfg.dtype, cfg.param_dtype, name=n)  # noqa: E731
         drop = lambda t: nn.Dropout(cfg.dropout_rate)(t, deterministic=deterministic)  # noqa: E731
         x = norm("self_attention_norm")(h)
@@ -263,11 +280,10 @@ class T5Stack(nn.Module):
         buckets = relative_position_bucket(
             pos[None, :] - pos[:, None], bidirectional=bidirectional_buckets,
             num_buckets=cfg.relative_attention_num_buckets, max_distance=cfg.relative_attention_max_distance)
-        rel_bias = nn.Embed(
-            cfg.relative_attention_num_buckets, cfg.num_heads, dtype=cfg.dtype, param_dtype=cfg.param_dtype,
-            embedding_init=nn.initializers.normal(cfg.initializer_factor * cfg.d_model ** -0.5),
-            name="relative_attention_bias")
-        bias = jnp.transpose(rel_bias(jnp.asarray(buckets)), (2, 0, 1))[None]  # [1, H, L, L]
+        if cfg.relative_attention_bias_per_layer:
+            bias = jnp.asarray(buckets)  # each block looks up its own table
+        else:
+            bias = _relative_bias(cfg, jnp.asarray(buckets))  # [1, H, L, L], shared by all blocks
         self_mask = mask[:, None, None, :]  # [B, 1, 1, L]
         if causal:
             self_mask = self_mask & jnp.tril(jnp.ones((length, length), dtype=bool))[None, None]
@@ -285,7 +301,8 @@ class T5(nn.Module):
 
     Params: ``shared/embedding`` [V, D]; ``encoder/...``, ``decoder/...`` (``block_i/{self_attention,
     cross_attention}/{query,key,value,out}/kernel``, ``block_i/mlp/{wi|wi_0,wi_1,wo}/kernel``, norms'
-    ``scale``, ``relative_attention_bias/embedding`` [num_buckets, H], ``final_norm/scale``); and
+    ``scale``, ``relative_attention_bias/embedding`` [num_buckets, H] (per block for UMT5:
+    ``block_i/relative_attention_bias/embedding``), ``final_norm/scale``); and
     ``lm_head/kernel`` [D, V] when untied. Dropout (``deterministic=False``) needs the "dropout" rng.
     """
 

@@ -412,9 +412,13 @@ def check_tensors(
         if misshaped:
             lines.append(f"  wrong shape ({len(misshaped)}): key: expected [shape], found [shape]:")
             lines += [f"    {k}: expected {list(expected[k][0])}, found {list(tensors[k].shape)}" for k in sorted(misshaped)]
+        hint = ""
+        if missing:
+            groups = sorted({re.escape(".".join(k.split(".")[:2])) + r"\." for k in missing})
+            hint = f" (here e.g. init_missing={groups[:6]!r})"
         lines.append(
             "  To fix: use the config.json that belongs to these weights, or pass overrides (e.g. a head "
-            "option) so the model matches; keys the model may start fresh go in init_missing=[regex, ...]."
+            f"option) so the model matches; keys the model may start fresh go in init_missing=[regex, ...]{hint}."
         )
         raise CheckpointMismatchError("\n".join(lines))
     return ignored, allowed

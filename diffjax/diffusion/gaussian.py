@@ -45,6 +45,25 @@ def _coef(values: jax.Array, t, x: jax.Array) -> jax.Array:
     return c.reshape(c.shape + (1,) * (x.ndim - c.ndim))
 
 
+def one_minus_alpha_bars(schedule: GaussianSchedule) -> jax.Array:
+    """``1 - abar_t`` for t = 0..T, ``[T + 1]``, computed as ``-expm1(sum_{s<=t} log1p(-beta_s))``.
+
+    Accurate in float32 for small t, where ``1 - alpha_bars[t]`` loses digits to cancellation
+    (linear schedule: abar_1 = 1 - 1e-4 is off by ~2e-4 relative). Used by every formula here.
+    """
+    return -jnp.expm1(log_alpha_bars(schedule))
+
+
+def log_alpha_bars(schedule: GaussianSchedule) -> jax.Array:
+    """``log abar_t = sum_{s<=t} log1p(-beta_s)`` for t = 0..T, ``[T + 1]`` (``log abar_0 = 0``)."""
+    return jnp.cumsum(jnp.log1p(-schedule.betas))
+
+
+def _abar(schedule: GaussianSchedule, t, x: jax.Array):
+    """``(abar_t, 1 - abar_t)``, each broadcastable against ``x``."""
+    return _coef(schedule.alpha_bars, t, x), _coef(one_minus_alpha_bars(schedule), t, x)
+
+
 def _per_example(sq: jax.Array, mask, reduction: str) -> jax.Array:
     """Reduces ``sq: [B, ...]`` to ``[B]`` by mean or sum over non-batch dims, optionally masked.
 
@@ -78,8 +97,8 @@ def q_sample(schedule: GaussianSchedule, x0: jax.Array, t, noise: jax.Array) -> 
       x0: ``[B, ...]`` clean data. t: int ``[B]`` or scalar in ``0..T``. noise: ``eps``, same shape as x0.
     Returns: ``x_t: [B, ...]``.
     """
-    abar = _coef(schedule.alpha_bars, t, x0)
-    return jnp.sqrt(abar) * x0 + jnp.sqrt(1.0 - abar) * noise
+    abar, omab = _abar(schedule, t, x0)
+    return jnp.sqrt(abar) * x0 + jnp.sqrt(omab) * noise
 
 
 def posterior_mean_variance(schedule: GaussianSchedule, x0: jax.Array, xt: jax.Array, t):
@@ -96,12 +115,11 @@ def posterior_mean_variance(schedule: GaussianSchedule, x0: jax.Array, xt: jax.A
     t = jnp.asarray(t)
     beta = _coef(schedule.betas, t, xt)
     alpha = _coef(schedule.alphas, t, xt)
-    abar = _coef(schedule.alpha_bars, t, xt)
-    abar_prev = _coef(schedule.alpha_bars, t - 1, xt)
-    denom = 1.0 - abar
+    _, denom = _abar(schedule, t, xt)
+    abar_prev, omab_prev = _abar(schedule, t - 1, xt)
     c0 = beta * jnp.sqrt(abar_prev) / denom
-    ct = (1.0 - abar_prev) * jnp.sqrt(alpha) / denom
-    var = beta * (1.0 - abar_prev) / denom
+    ct = omab_prev * jnp.sqrt(alpha) / denom
+    var = beta * omab_prev / denom
     return c0 * x0 + ct * xt, var
 
 
@@ -111,32 +129,32 @@ def posterior_mean_variance(schedule: GaussianSchedule, x0: jax.Array, xt: jax.A
 
 def x0_from_eps(schedule: GaussianSchedule, xt: jax.Array, t, eps: jax.Array) -> jax.Array:
     """``x0 = (x_t - sqrt(1 - abar_t) eps) / sqrt(abar_t)`` (inverse of DDPM eq. 4). Shapes ``[B, ...]``."""
-    abar = _coef(schedule.alpha_bars, t, xt)
-    return (xt - jnp.sqrt(1.0 - abar) * eps) / jnp.sqrt(abar)
+    abar, omab = _abar(schedule, t, xt)
+    return (xt - jnp.sqrt(omab) * eps) / jnp.sqrt(abar)
 
 
 def eps_from_x0(schedule: GaussianSchedule, xt: jax.Array, t, x0: jax.Array) -> jax.Array:
     """``eps = (x_t - sqrt(abar_t) x0) / sqrt(1 - abar_t)``; needs ``t >= 1``. Shapes ``[B, ...]``."""
-    abar = _coef(schedule.alpha_bars, t, xt)
-    return (xt - jnp.sqrt(abar) * x0) / jnp.sqrt(1.0 - abar)
+    abar, omab = _abar(schedule, t, xt)
+    return (xt - jnp.sqrt(abar) * x0) / jnp.sqrt(omab)
 
 
 def v_from_x0_eps(schedule: GaussianSchedule, x0: jax.Array, t, eps: jax.Array) -> jax.Array:
     """``v = sqrt(abar_t) eps - sqrt(1 - abar_t) x0`` (Salimans & Ho 2022, sec. 4). Shapes ``[B, ...]``."""
-    abar = _coef(schedule.alpha_bars, t, x0)
-    return jnp.sqrt(abar) * eps - jnp.sqrt(1.0 - abar) * x0
+    abar, omab = _abar(schedule, t, x0)
+    return jnp.sqrt(abar) * eps - jnp.sqrt(omab) * x0
 
 
 def x0_from_v(schedule: GaussianSchedule, xt: jax.Array, t, v: jax.Array) -> jax.Array:
     """``x0 = sqrt(abar_t) x_t - sqrt(1 - abar_t) v`` (Salimans & Ho 2022). Shapes ``[B, ...]``."""
-    abar = _coef(schedule.alpha_bars, t, xt)
-    return jnp.sqrt(abar) * xt - jnp.sqrt(1.0 - abar) * v
+    abar, omab = _abar(schedule, t, xt)
+    return jnp.sqrt(abar) * xt - jnp.sqrt(omab) * v
 
 
 def eps_from_v(schedule: GaussianSchedule, xt: jax.Array, t, v: jax.Array) -> jax.Array:
     """``eps = sqrt(1 - abar_t) x_t + sqrt(abar_t) v`` (Salimans & Ho 2022). Shapes ``[B, ...]``."""
-    abar = _coef(schedule.alpha_bars, t, xt)
-    return jnp.sqrt(1.0 - abar) * xt + jnp.sqrt(abar) * v
+    abar, omab = _abar(schedule, t, xt)
+    return jnp.sqrt(omab) * xt + jnp.sqrt(abar) * v
 
 
 def x0_eps_from_prediction(schedule: GaussianSchedule, xt: jax.Array, t, pred: jax.Array, prediction: str):

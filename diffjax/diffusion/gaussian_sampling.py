@@ -22,8 +22,10 @@ import numpy as np
 
 from diffjax.diffusion.gaussian import (
     DenoiseFn,
+    _abar,
     _check_prediction,
     _coef,
+    log_alpha_bars,
     eps_from_x0,
     posterior_mean_variance,
     x0_eps_from_prediction,
@@ -62,14 +64,16 @@ def ddim_step(
     """
     t_eval = jnp.maximum(t, 1)  # the model is never asked about t = 0 (identity steps only)
     x0_hat, eps_hat = _predict(denoise_fn, schedule, x, t_eval, prediction, clip_x0)
-    abar = _coef(schedule.alpha_bars, t_eval, x)
-    abar_prev = _coef(schedule.alpha_bars, t_prev, x)
-    sigma2 = eta**2 * (1.0 - abar_prev) / (1.0 - abar) * (1.0 - abar / abar_prev)
-    sigma2 = jnp.clip(sigma2, 0.0, None)
+    log_abar = log_alpha_bars(schedule)
+    _, omab = _abar(schedule, t_eval, x)
+    abar_prev, omab_prev = _abar(schedule, t_prev, x)
+    # 1 - abar_t / abar_{t'} without cancellation.
+    one_minus_ratio = -jnp.expm1(_coef(log_abar, t_eval, x) - _coef(log_abar, t_prev, x))
+    sigma2 = jnp.clip(eta**2 * omab_prev / omab * one_minus_ratio, 0.0, None)
     z = jax.random.normal(rng, x.shape, x.dtype)
     x_prev = (
         jnp.sqrt(abar_prev) * x0_hat
-        + jnp.sqrt(jnp.clip(1.0 - abar_prev - sigma2, 0.0, None)) * eps_hat
+        + jnp.sqrt(jnp.clip(omab_prev - sigma2, 0.0, None)) * eps_hat
         + jnp.sqrt(sigma2) * z
     )
     same = (t_prev == t).reshape(t.shape + (1,) * (x.ndim - 1))

@@ -97,7 +97,8 @@ class Checkpointer:
         self.directory = os.path.abspath(directory)
         options = ocp.CheckpointManagerOptions(max_to_keep=max(int(keep), 1), create=True,
                                                enable_async_checkpointing=async_save)
-        self.manager = ocp.CheckpointManager(self.directory, options=options)
+        self.manager = ocp.CheckpointManager(self.directory, options=options,
+                                            item_handlers=ocp.StandardCheckpointHandler())
 
     def latest_step(self) -> int | None:
         return self.manager.latest_step()

@@ -105,3 +105,14 @@ def ood_metrics(id_scores, ood_scores) -> dict[str, float]:
                          f"{np.sum(~np.isfinite(ood_np))} OOD non-finite).")
     out = _all_metrics(jnp.asarray(id_np), jnp.asarray(ood_np))
     return {k: float(v) for k, v in out.items()}
+
+
+def roc_curve(id_scores, ood_scores) -> tuple[np.ndarray, np.ndarray]:
+    """ROC points (numpy, for plots): (fpr = fraction of ID flagged, tpr = fraction of OOD flagged)
+    at every distinct threshold "flag if score >= thr", from (0, 0) to (1, 1)."""
+    id_np = np.sort(np.asarray(id_scores, np.float64).reshape(-1))
+    ood_np = np.sort(np.asarray(ood_scores, np.float64).reshape(-1))
+    thr = np.unique(np.r_[id_np, ood_np])[::-1]
+    fpr = (len(id_np) - np.searchsorted(id_np, thr, side="left")) / len(id_np)
+    tpr = (len(ood_np) - np.searchsorted(ood_np, thr, side="left")) / len(ood_np)
+    return np.r_[0.0, fpr], np.r_[0.0, tpr]

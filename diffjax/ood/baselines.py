@@ -1,0 +1,48 @@
+"""Feature-space OOD baselines on the same features as DLSR (higher = more OOD).
+
+* Mahalanobis distance to one Gaussian fitted on the ID training features (unsupervised, no
+  labels): (x - mu)^T (Sigma + lambda I)^-1 (x - mu), lambda = ``shrinkage * trace(Sigma) / D``.
+* kNN (Sun et al. 2022, "Out-of-distribution detection with deep nearest neighbors"): distance
+  from the L2-normalised feature to its k-th nearest L2-normalised ID training feature.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+
+def fit_mahalanobis(train: np.ndarray, shrinkage: float = 1e-3) -> dict[str, np.ndarray]:
+    """train: [N, D] -> {"mean": [D], "precision": [D, D]} (float64 fit, float32 out)."""
+    x = np.asarray(train, np.float64)
+    mu = x.mean(0)
+    cov = np.cov(x - mu, rowvar=False).reshape(x.shape[1], x.shape[1])
+    cov += shrinkage * max(np.trace(cov) / cov.shape[0], 1e-12) * np.eye(cov.shape[0])
+    return {"mean": mu.astype(np.float32), "precision": np.linalg.inv(cov).astype(np.float32)}
+
+
+@jax.jit
+def mahalanobis_score(fit: dict, x: jax.Array) -> jax.Array:
+    """x: [N, D] -> squared Mahalanobis distance [N]."""
+    d = x - fit["mean"]
+    return jnp.einsum("nd,de,ne->n", d, fit["precision"], d)
+
+
+def _unit(x):
+    return x / jnp.maximum(jnp.linalg.norm(x, axis=-1, keepdims=True), 1e-12)
+
+
+def knn_score(train: np.ndarray, x: np.ndarray, k: int = 5, chunk: int = 1024) -> np.ndarray:
+    """x: [N, D] -> Euclidean distance of unit(x) to its k-th nearest unit(train) [N] (k clipped to N_train)."""
+    bank = _unit(jnp.asarray(train, jnp.float32))
+    k = int(min(k, bank.shape[0]))
+
+    @jax.jit
+    def kth(q):
+        sims = _unit(q) @ bank.T  # unit vectors: ||a - b||^2 = 2 - 2 a.b
+        top = jax.lax.top_k(sims, k)[0][:, -1]
+        return jnp.sqrt(jnp.maximum(2.0 - 2.0 * top, 0.0))
+
+    x = np.asarray(x, np.float32)
+    return np.concatenate([np.asarray(kth(jnp.asarray(x[i:i + chunk]))) for i in range(0, len(x), chunk)])

@@ -1,0 +1,90 @@
+"""DLSR reconstruction scores (papers.md, paper 003, "Inference (scoring)"). Higher = more OOD.
+
+1. z_0: normalised features [N, D] (``diffjax.ood.features``).
+2. z_t = sqrt(abar_t) z_0 + sqrt(1 - abar_t) eps with a *fixed* noise seed
+   (``reconstruct``; noise of example i depends only on (seed, i), not on batching).
+3. z0_hat = DDIM(eta) from t back to 0 in ``ddim_steps`` steps (``gaussian.reconstruct`` ->
+   ``ddim_denoise_from``); ``ddim_steps=0`` is the single x0 prediction f(z_t, t).
+4. Scores, per layer l (slice of C_l channels) and fused:
+   * ``mse``   : sum_i (z_0,i - z0_hat_i)^2;     per layer: the same sum over the slice
+                 (fused = sum of the per-layer values).
+   * ``mfsim`` : -(1/L) sum_l cos(z_0,l, z0_hat_l); per layer: -cos(z_0,l, z0_hat_l).
+                 ``mfsim_skip_first=True`` averages over layers 2..L only, as the authors' code
+                 (``cosine_similarity_per_block`` loops over ``zip(indices[:-1], indices[1:])``).
+   * ``lr``    : S(final params) - S(early params) for each of the above with the *same* noise
+                 (``likelihood_ratio``; the task takes the early params from a trainer snapshot).
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Sequence
+
+import jax
+import jax.numpy as jnp
+
+from diffjax.diffusion import gaussian
+from diffjax.ood.features import split_layers
+
+SCORE_NAMES = ("mse", "mfsim")
+
+
+def example_keys(rng: jax.Array, example_ids: jax.Array) -> jax.Array:
+    """One key per example: fold_in(rng, id). example_ids: [N] int -> keys [N]."""
+    return jax.vmap(lambda i: jax.random.fold_in(rng, i))(example_ids)
+
+
+def reconstruct(denoise_fn: Callable, schedule, z0: jax.Array, t, keys: jax.Array, *,
+                ddim_steps: int = 3, eta: float = 1.0) -> jax.Array:
+    """Noise ``z0 [N, D]`` to step ``t`` (int scalar, may be traced) and denoise back -> z0_hat [N, D].
+
+    ``denoise_fn(z_t [B, D], t [B] int32) -> z0_hat [B, D]`` (x0-parameterisation).
+    ``keys: [N]`` per-example keys (``example_keys``): example i's forward noise and DDIM noise
+    depend only on keys[i], so scores do not depend on how examples are batched (the per-example
+    calls are vmapped, so the denoiser still runs as one batched matmul chain).
+    """
+    t = jnp.asarray(t, jnp.int32)
+
+    def one(z, key):
+        return gaussian.reconstruct(denoise_fn, z[None], t, key, schedule=schedule, prediction="x0",
+                                    ddim_steps=ddim_steps, eta=eta)[0]
+
+    return jax.vmap(one)(z0, keys)
+
+
+def mse_layers(z0: jax.Array, z0_hat: jax.Array, dims: Sequence[int]) -> jax.Array:
+    """Per-layer squared error: [N, D] x2 -> [L, N]."""
+    return jnp.stack([jnp.sum((a - b) ** 2, axis=-1)
+                      for a, b in zip(split_layers(z0, dims), split_layers(z0_hat, dims))])
+
+
+def neg_cos_layers(z0: jax.Array, z0_hat: jax.Array, dims: Sequence[int], eps: float = 1e-8) -> jax.Array:
+    """Per-layer negative cosine similarity (torch's cosine_similarity eps): [N, D] x2 -> [L, N]."""
+    out = []
+    for a, b in zip(split_layers(z0, dims), split_layers(z0_hat, dims)):
+        na = jnp.maximum(jnp.linalg.norm(a, axis=-1), eps)
+        nb = jnp.maximum(jnp.linalg.norm(b, axis=-1), eps)
+        out.append(-jnp.sum(a * b, axis=-1) / (na * nb))
+    return jnp.stack(out)
+
+
+def scores_from_reconstruction(z0: jax.Array, z0_hat: jax.Array, dims: Sequence[int], *,
+                               mfsim_skip_first: bool = False) -> dict[str, jax.Array]:
+    """All scores of one reconstruction: {"mse": [N], "mse_layers": [L, N], "mfsim": [N], "mfsim_layers": [L, N]}."""
+    mse_l = mse_layers(z0, z0_hat, dims)
+    cos_l = neg_cos_layers(z0, z0_hat, dims)
+    fused_cos = cos_l[1:] if (mfsim_skip_first and len(dims) > 1) else cos_l
+    return {"mse": jnp.sum(mse_l, axis=0), "mse_layers": mse_l,
+            "mfsim": jnp.mean(fused_cos, axis=0), "mfsim_layers": cos_l}
+
+
+def reconstruction_scores(denoise_fn: Callable, schedule, z0: jax.Array, t, keys: jax.Array,
+                          dims: Sequence[int], *, ddim_steps: int = 3, eta: float = 1.0,
+                          mfsim_skip_first: bool = False) -> dict[str, jax.Array]:
+    """``reconstruct`` then ``scores_from_reconstruction``: z0 [N, D] -> dict of [N] / [L, N] scores."""
+    z0_hat = reconstruct(denoise_fn, schedule, z0, t, keys, ddim_steps=ddim_steps, eta=eta)
+    return scores_from_reconstruction(z0, z0_hat, dims, mfsim_skip_first=mfsim_skip_first)
+
+
+def likelihood_ratio(final: dict[str, jax.Array], early: dict[str, jax.Array]) -> dict[str, jax.Array]:
+    """LR scores S_final - S_early (papers.md 003, [P]) for every entry: {"lr_<name>": ...}."""
+    return {f"lr_{k}": final[k] - early[k] for k in final}

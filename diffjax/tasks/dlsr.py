@@ -1,0 +1,374 @@
+"""DLSR task (papers.md, paper 003): diffusion on layer-wise semantic features for unsupervised OOD.
+
+frozen EfficientNet (not in ``params``) -> per-stage GAP features, cached once per set
+(``diffjax.ood.features``) -> z_0 (per-sample z-score per layer, or ID-train dataset statistics
+stored in ``params["stats"]``) -> LFDN (``diffjax.models.lfdn``) trained on ID train features only
+with the x0 loss ``E_{t,eps} ||z_0 - f(z_t, t)||^2`` (``diffusion.gaussian.x0_loss``, scaled-linear
+schedule, T = 100). The trainer's EMA params score; a trainer snapshot at ``lr_snapshot_step``
+gives the early params of the LR score.
+
+``evaluate``: scores MSE, MFsim (fused and per layer) and LR (S_final - S_early) at
+``score_t`` for ID test and every OOD set, plus Mahalanobis / kNN baselines on the same z_0 ->
+printed table (AUROC, FPR95 with the ID-95% convention, AUPR) + ``roc.png``; returns the dict the
+trainer writes to ``results.json``. ``sweep``: AUROC per t over ``sweep_ts`` (one vmapped jitted
+call per example chunk) -> ``sweep.png`` + ``sweep.json``.
+
+Config (``config.task``; see configs/dlsr_mnist_demo.py for every field with comments).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import sys
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from diffjax.data.images import ImageSet
+from diffjax.diffusion import gaussian
+from diffjax.diffusion.schedules import gaussian_schedule
+from diffjax.models.lfdn import LFDN
+from diffjax.ood import baselines, features as feat, metrics, sweep as sweep_lib
+from diffjax.tasks.base import Task, register_task
+
+
+def _cfg_to_dict(c) -> dict:
+    return json.loads(c.to_json()) if hasattr(c, "to_json") else dict(c)
+
+
+def _log(msg: str) -> None:
+    if jax.process_index() == 0:
+        print(msg, file=sys.stderr, flush=True)
+
+
+# ----------------------------------------------------------------------------------------------
+# Data and encoder
+
+
+def load_sets(data) -> tuple[ImageSet, ImageSet, dict[str, ImageSet]]:
+    """``config.task.data`` -> (ID train, ID test, {ood_name: ImageSet})."""
+    if data.kind == "mnist_demo":
+        from diffjax.data.demo_sets import dlsr_mnist_demo_sets
+
+        return dlsr_mnist_demo_sets(n_train=data.n_train, n_test=data.n_test, n_ood=data.n_ood, seed=data.seed)
+    if data.kind == "tfds":
+        from diffjax.data.images import load_tfds
+
+        def one(spec, n, default_split):
+            name, _, split = spec.partition(":")
+            return load_tfds(name, split or default_split, data.data_dir or None, image_key=data.image_key,
+                             max_examples=n or None, resize_to=data.resize_to or None, set_name=spec)
+
+        train = one(f"{data.id_name}:{data.id_train_split}", data.n_train, "train")
+        test = one(f"{data.id_name}:{data.id_test_split}", data.n_test, "test")
+        ood = {spec.partition(":")[0]: one(spec, data.n_ood, "test") for spec in data.ood}
+        return train, test, ood
+    raise ValueError(f"unknown task.data.kind {data.kind!r}; expected 'mnist_demo' or 'tfds'")
+
+
+def build_encoder(enc):
+    """``config.task.encoder`` -> (encode_stages(x) -> 5 stage maps, layer dims, mean, std, image_size)."""
+    from diffjax.models import efficientnet as en
+
+    name = en.canonical_name(enc.name)
+    dtype = jnp.dtype(enc.dtype)
+    if enc.weights == "random":  # tests / smoke runs only: random conv weights, BN at init stats
+        cfg = en.efficientnet_config(name)
+        model = en.EfficientNet(cfg, include_head=False, dtype=dtype)
+        size = enc.image_size or cfg.resolution
+        variables = model.init(jax.random.PRNGKey(enc.random_seed), jnp.zeros((1, size, size, 3)))
+    else:
+        from diffjax.checkpoints.efficientnet import load_efficientnet
+
+        path = None if enc.weights in ("", "embedded") else os.path.expanduser(enc.weights)
+        model, variables = load_efficientnet(name, path, include_head=False, dtype=dtype)
+        cfg = model.config
+    dims = en.feature_channels(cfg)
+    variables = jax.tree_util.tree_map(jnp.asarray, variables)
+
+    def encode_stages(x):
+        return model.apply(variables, x.astype(dtype))["features"]
+
+    return encode_stages, tuple(int(d) for d in dims), cfg.mean, cfg.std, int(enc.image_size or cfg.resolution)
+
+
+# ----------------------------------------------------------------------------------------------
+# The task
+
+
+class DLSRTask(Task):
+    name = "dlsr"
+
+    def __init__(self, c):
+        self.c = c
+        self.schedule = gaussian_schedule(c.schedule, int(c.num_diffusion_steps))
+        m = c.model
+        self._encoder = None
+        self._sets = None
+        self._raw: dict[str, np.ndarray] = {}
+        self.dims = self._layer_dims()
+        self.model = LFDN(in_dim=sum(self.dims), width=m.width or None, mid_width=m.mid_width or None,
+                          emb_dim=m.emb_dim or None, num_blocks=int(m.num_blocks), dropout=float(m.dropout))
+        self.snapshot_steps = (int(c.lr_snapshot_step),) if int(c.lr_snapshot_step) >= 0 else ()
+        if c.normalize == "dataset":  # stats must be concrete before init_params is traced
+            self._stats = feat.fit_dataset_stats(self.raw_features("train"))
+
+    # -- features ---------------------------------------------------------------------------
+    def _layer_dims(self):
+        from diffjax.models import efficientnet as en
+
+        return tuple(int(d) for d in en.feature_channels(en.efficientnet_config(en.canonical_name(self.c.encoder.name))))
+
+    def sets(self):
+        if self._sets is None:
+            train, test, ood = load_sets(self.c.data)
+            self._sets = {"train": train, "test": test, **{f"ood/{k}": v for k, v in ood.items()}}
+        return self._sets
+
+    @property
+    def ood_names(self) -> list[str]:
+        return [k[4:] for k in self.sets() if k.startswith("ood/")]
+
+    def _cache_path(self, key: str) -> str | None:
+        if not self.c.feature_cache_dir:
+            return None
+        ident = json.dumps({"encoder": _cfg_to_dict(self.c.encoder), "data": _cfg_to_dict(self.c.data),
+                            "set": key}, sort_keys=True)
+        h = hashlib.sha1(ident.encode()).hexdigest()[:16]
+        return os.path.join(os.path.expanduser(self.c.feature_cache_dir), f"dlsr_{key.replace('/', '_')}_{h}.npy")
+
+    def raw_features(self, key: str) -> np.ndarray:
+        """Raw concatenated GAP features of set ``key`` ("train", "test", "ood/<name>") -> [N, D]."""
+        if key in self._raw:
+            return self._raw[key]
+        path = self._cache_path(key)
+        if path and os.path.exists(path):
+            self._raw[key] = np.load(path)
+            return self._raw[key]
+        if self._encoder is None:
+            encode, dims, mean, std, size = build_encoder(self.c.encoder)
+            assert dims == self.dims, (dims, self.dims)
+            self._encoder = feat.make_feature_fn(encode, image_size=size, mean=mean, std=std)
+        images = self.sets()[key].images
+        t0 = time.time()
+        raw = feat.extract_features(self._encoder, images, batch_size=int(self.c.encoder.batch_size), desc=key)
+        _log(f"dlsr: features of {key}: {raw.shape} in {time.time() - t0:.1f}s")
+        if path:
+            os.makedirs(os.path.dirname(path), exist_ok=True)
+            np.save(path + ".tmp.npy", raw)
+            os.replace(path + ".tmp.npy", path)
+        self._raw[key] = raw
+        return raw
+
+    def normalize(self, raw, params) -> jax.Array:
+        stats = jax.lax.stop_gradient(params["stats"]) if "stats" in params else None
+        return feat.normalize_features(raw, self.dims, self.c.normalize, stats=stats, ddof=int(self.c.zscore_ddof))
+
+    def z0(self, key: str, params) -> np.ndarray:
+        return np.asarray(jax.jit(self.normalize)(jnp.asarray(self.raw_features(key)), params))
+
+    # -- training ---------------------------------------------------------------------------
+    def init_params(self, rng):
+        d = sum(self.dims)
+        params = {"lfdn": self.model.init(rng, jnp.zeros((1, d)), jnp.ones((1,), jnp.int32))["params"]}
+        if self.c.normalize == "dataset":
+            params["stats"] = {k: jnp.asarray(v) for k, v in self._stats.items()}
+        return params
+
+    def apply(self, params, z_t, t):
+        """LFDN x0 prediction with ``params`` (the full task params): [B, D], [B] -> [B, D]."""
+        return self.model.apply({"params": params["lfdn"]}, z_t, t)
+
+    def loss_fn(self, params, batch, rng):
+        z0 = self.normalize(batch["features"], params)
+        drop_rng, loss_rng = jax.random.split(rng)
+        train = float(self.c.model.dropout) > 0
+
+        def denoise(x, t):
+            return self.model.apply({"params": params["lfdn"]}, x, t, train=train,
+                                    rngs={"dropout": drop_rng} if train else None)
+
+        loss, aux = gaussian.x0_loss(denoise, z0, loss_rng, schedule=self.schedule)
+        return loss, {"loss": loss, "t_mean": jnp.mean(aux["t"].astype(jnp.float32))}
+
+    def train_batches(self, start_step, *, global_batch_size, process_index=0, process_count=1):
+        raw = self.raw_features("train")
+        n = raw.shape[0]
+        if global_batch_size % process_count:
+            raise ValueError(f"global_batch_size {global_batch_size} must divide by process_count {process_count}")
+        local = global_batch_size // process_count
+        seed = int(self.c.data.seed)
+        perms: dict[int, np.ndarray] = {}
+
+        def perm(epoch):  # one permutation per epoch, a pure function of (seed, epoch)
+            if epoch not in perms:
+                if len(perms) > 4:
+                    perms.clear()
+                perms[epoch] = np.random.default_rng([seed, 7, epoch]).permutation(n)
+            return perms[epoch]
+
+        step = int(start_step)
+        while True:  # example p of the stream = perm(p // n)[p % n]: resumable and process-consistent
+            pos = step * global_batch_size + process_index * local + np.arange(local)
+            idx = np.array([perm(int(q) // n)[int(q) % n] for q in pos])
+            yield {"features": raw[idx]}
+            step += 1
+
+    # -- scoring ----------------------------------------------------------------------------
+    def _sweep_fn(self, per_layer: bool):
+        key = ("sweep_fn", per_layer)
+        if key not in self.__dict__:
+            self.__dict__[key] = sweep_lib.make_sweep_fn(
+                self.apply, self.schedule, self.dims, ddim_steps=int(self.c.ddim_steps), eta=float(self.c.ddim_eta),
+                mfsim_skip_first=bool(self.c.mfsim_skip_first), per_layer=per_layer)
+        return self.__dict__[key]
+
+    def _scores(self, params, z0, ts, num_seeds, per_layer, early=None, chunk=None):
+        """{score: [n_t, n_s, (L,) N]} for the final params, plus lr_* when early params are given."""
+        keys = sweep_lib.seed_keys(int(self.c.score_seed), int(num_seeds))
+        fn = self._sweep_fn(per_layer)
+        out = sweep_lib.sweep_chunked(fn, params, z0, ts, keys, chunk=chunk)
+        if early is not None:
+            e = sweep_lib.sweep_chunked(fn, early, z0, ts, keys, chunk=chunk)
+            out.update({f"lr_{k}": out[k] - e[k] for k in e})
+        return out
+
+    def _early(self, snapshots):
+        if not snapshots:
+            return None
+        step = int(self.c.lr_snapshot_step)
+        return snapshots.get(step)
+
+    def evaluate(self, params, rng, workdir, snapshots=None, **kwargs):
+        del rng, kwargs
+        t0 = time.time()
+        c = self.c
+        early = self._early(snapshots)
+        ts = [int(c.score_t)]
+        z = {k: self.z0(k, params) for k in self.sets()}
+        score = {}
+        for k in self.sets():
+            if k == "train":
+                continue
+            s = self._scores(params, z[k], ts, c.num_seeds, True, early, chunk=int(c.score_chunk))
+            score[k] = {name: v[0].mean(axis=0) for name, v in s.items()}  # seed-averaged [N] / [L, N]
+        # baselines on the same z_0
+        base = {}
+        if "mahalanobis" in c.baselines:
+            fit = baselines.fit_mahalanobis(z["train"])
+            base["mahalanobis"] = {k: np.asarray(baselines.mahalanobis_score(fit, jnp.asarray(z[k]))) for k in score}
+        if "knn" in c.baselines:
+            base["knn"] = {k: baselines.knn_score(z["train"], z[k], k=int(c.knn_k)) for k in score}
+        for b, per in base.items():
+            for k in score:
+                score[k][b] = per[k]
+
+        fused = [n for n in score["test"] if not n.endswith("_layers")]
+        results = {"fpr95_convention": metrics.FPR95_CONVENTION, "score_t": int(c.score_t),
+                   "ddim_steps": int(c.ddim_steps), "num_seeds": int(c.num_seeds), "metrics": {}, "per_layer": {}}
+        for ood in self.ood_names:
+            kk = f"ood/{ood}"
+            results["metrics"][ood] = {n: metrics.ood_metrics(score["test"][n], score[kk][n]) for n in fused}
+            results["per_layer"][ood] = {
+                n: [metrics.ood_metrics(score["test"][n][l], score[kk][n][l])["auroc"] for l in range(len(self.dims))]
+                for n in score["test"] if n.endswith("_layers")}
+        results["average"] = {n: {m: float(np.mean([results["metrics"][o][n][m] for o in self.ood_names]))
+                                  for m in ("auroc", "fpr95", "aupr_in", "aupr_out")} for n in fused}
+        results["num_examples"] = {k: int(len(v)) for k, v in self.sets().items()}
+        results["eval_seconds"] = time.time() - t0
+        table = format_table(results, self.ood_names, fused, self.dims)
+        if jax.process_index() == 0:
+            print(table, flush=True)
+            os.makedirs(workdir, exist_ok=True)
+            with open(os.path.join(workdir, "results_table.txt"), "w") as f:
+                f.write(table + "\n")
+            plot_rocs(score, self.ood_names, fused, os.path.join(workdir, "roc.png"))
+        return results
+
+    def sweep(self, params, rng, workdir, snapshots=None, **kwargs):
+        del rng, kwargs
+        t0 = time.time()
+        c = self.c
+        early = self._early(snapshots)
+        ts = [int(t) for t in c.sweep_ts]
+        n_max = int(c.sweep_max_examples) or None
+        out = {}
+        for k in self.sets():
+            if k == "train":
+                continue
+            z = self.z0(k, params)[:n_max]
+            out[k] = self._scores(params, z, ts, c.sweep_num_seeds, False, early, chunk=int(c.sweep_chunk))
+        names = list(out["test"])
+        curves, res = {}, {"ts": ts, "auroc": {}, "best_t": {}}
+        for ood in self.ood_names:
+            res["auroc"][ood] = {}
+            for n in names:
+                a = sweep_lib.sweep_auroc(out["test"][n], out[f"ood/{ood}"][n])
+                res["auroc"][ood][n] = [float(x) for x in a]
+                res["best_t"].setdefault(ood, {})[n] = {"t": ts[int(np.argmax(a))], "auroc": float(np.max(a))}
+                curves[f"{ood} {n}"] = a
+        res["sweep_seconds"] = time.time() - t0
+        res["num_examples_per_set"] = {k: int(v["mse"].shape[-1]) for k, v in out.items()}
+        if jax.process_index() == 0:
+            os.makedirs(workdir, exist_ok=True)
+            sweep_lib.plot_sweep(ts, curves, os.path.join(workdir, "sweep.png"),
+                                 title=f"DLSR AUROC vs t ({c.ddim_steps} DDIM steps, eta={c.ddim_eta})")
+            print("sweep: best t per OOD set and score: " + "; ".join(
+                f"{o}/{n}: t={v['t']} AUROC={v['auroc']:.4f}" for o, d in res["best_t"].items() for n, v in d.items()),
+                flush=True)
+        return res
+
+
+def format_table(results: dict, ood_names, fused, dims) -> str:
+    """The printed evaluation table: one row per (OOD set, score), then the averages."""
+    lines = [f"DLSR OOD detection at t={results['score_t']} ({results['ddim_steps']} DDIM steps, "
+             f"{results['num_seeds']} noise seed(s)); OOD = positive, higher score = more OOD.",
+             metrics.FPR95_CONVENTION + ".",
+             f"{'OOD set':<18} {'score':<24} {'AUROC':>7} {'FPR95':>7} {'AUPR-In':>8} {'AUPR-Out':>9}"]
+    rows = [(o, results["metrics"][o]) for o in ood_names] + [("average", results["average"])]
+    for o, per in rows:
+        lines.append("-" * 77)
+        for n in fused:
+            m = per[n]
+            tag = " (baseline)" if n in ("mahalanobis", "knn") else ""
+            lines.append(f"{o:<18} {n + tag:<24} {m['auroc']:7.4f} {m['fpr95']:7.4f} {m['aupr_in']:8.4f} "
+                         f"{m['aupr_out']:9.4f}")
+    if results.get("per_layer"):
+        lines.append("-" * 77)
+        lines.append(f"per-layer AUROC (layers of {len(dims)} stages, channels {tuple(dims)}):")
+        for o in ood_names:
+            for n, vals in results["per_layer"][o].items():
+                lines.append(f"  {o:<16} {n:<24} " + " ".join(f"{v:.3f}" for v in vals))
+    return "\n".join(lines)
+
+
+def plot_rocs(score: dict, ood_names, fused, path: str) -> None:
+    """ROC curves (fraction of ID flagged vs fraction of OOD flagged), one panel per OOD set."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(ood_names), figsize=(4.2 * len(ood_names), 4), squeeze=False)
+    for ax, o in zip(axes[0], ood_names):
+        for n in fused:
+            fpr, tpr = metrics.roc_curve(score["test"][n], score[f"ood/{o}"][n])
+            auc = metrics.ood_metrics(score["test"][n], score[f"ood/{o}"][n])["auroc"]
+            ax.plot(fpr, tpr, lw=1.2, ls="--" if n in ("mahalanobis", "knn") else "-", label=f"{n} ({auc:.3f})")
+        ax.plot([0, 1], [0, 1], color="grey", lw=0.6)
+        ax.set_title(f"ID test vs {o}", fontsize=9)
+        ax.set_xlabel("ID flagged (FPR)")
+        ax.set_ylabel("OOD flagged (TPR)")
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+@register_task("dlsr")
+def from_config(task_config) -> DLSRTask:
+    return DLSRTask(task_config)

@@ -73,6 +73,12 @@ def compare_trees(stored, expected, *, what: str = "checkpoint") -> None:
     raise CheckpointMismatchError("\n".join(lines))
 
 
+def _metadata_tree(metadata):
+    """The tree of ArrayMetadata inside orbax's StepMetadata / TreeMetadata wrappers."""
+    metadata = getattr(metadata, "item_metadata", metadata)
+    return getattr(metadata, "tree", metadata)
+
+
 def state_to_tree(state) -> dict:
     """TrainState -> plain dict without None entries (what is stored)."""
     d = {"step": state.step, "params": state.params, "opt_state": state.opt_state, "rng": state.rng}
@@ -127,7 +133,7 @@ class Checkpointer:
             raise CheckpointCorruptError(
                 f"cannot read the metadata of checkpoint {where}: {type(e).__name__}: {e}. Delete that "
                 f"step directory to resume from an earlier one, or use a fresh --workdir.") from e
-        stored_tree = getattr(stored, "tree", stored)
+        stored_tree = _metadata_tree(stored)
         if stored_tree is None:
             raise CheckpointCorruptError(f"checkpoint {where} has no readable metadata; delete it or use a "
                                          f"fresh --workdir.")
@@ -172,5 +178,5 @@ def load_snapshot(workdir: str, step: int, target_params: PyTree) -> PyTree:
             stored = ckptr.metadata(path)
         except Exception as e:  # noqa: BLE001
             raise CheckpointCorruptError(f"cannot read snapshot {path}: {type(e).__name__}: {e}") from e
-        compare_trees(getattr(stored, "tree", stored), target_params, what=f"snapshot {path}")
+        compare_trees(_metadata_tree(stored), target_params, what=f"snapshot {path}")
         return ckptr.restore(path, _abstract(target_params))

@@ -418,7 +418,8 @@ def check_tensors(
             hint = f" (here e.g. init_missing={groups[:6]!r})"
         lines.append(
             "  To fix: use the config.json that belongs to these weights, or pass overrides (e.g. a head "
-            f"option) so the model matches; keys the model may start fresh go in init_missing=[regex, ...]{hint}."
+            f"option) so the model matches; keys the model may start fresh go in init_missing=[regex, ...]{hint}; "
+            "file keys to drop on purpose go in ignore_unexpected=[regex, ...]."
         )
         raise CheckpointMismatchError("\n".join(lines))
     return ignored, allowed
@@ -439,6 +440,7 @@ def load_hf_checkpoint(
     *,
     dtype=jnp.float32,
     init_missing: str | Sequence[str] = (),
+    ignore_unexpected: str | Sequence[str] = (),
     rng: jax.Array | None = None,
     return_report: bool = False,
     **overrides,
@@ -451,6 +453,8 @@ def load_hf_checkpoint(
       init_missing: regexes (``re.search`` on HF key names) of keys that may be absent from the file;
         those are initialised fresh (``family.init_params(model, rng)``), logged at WARNING and listed
         in the report. E.g. ``init_missing=[r"cls\\.predictions\\."]`` for an MLM head on a BertModel.
+      ignore_unexpected: regexes (``re.search``) of file keys to drop on purpose (e.g. ``r"^cls\\."`` to
+        take only the encoder of an MLM checkpoint); listed in the report's ``ignored``.
       rng: key for the fresh init (default ``jax.random.key(0)``); only used with ``init_missing``.
       return_report: also return a ``LoadReport`` (fresh / ignored keys, format).
       **overrides: family options / config fields, passed to ``model_from_hf_config``.
@@ -471,18 +475,21 @@ def load_hf_checkpoint(
     expected = expected_hf_shapes(family, model)
     if isinstance(init_missing, str):
         init_missing = (init_missing,)
+    if isinstance(ignore_unexpected, str):
+        ignore_unexpected = (ignore_unexpected,)
     ignored, fresh = check_tensors(
         tensors,
         expected,
-        ignored_patterns=family.IGNORED_KEYS,
+        ignored_patterns=tuple(family.IGNORED_KEYS) + tuple(ignore_unexpected),
         allowed_missing=tuple(init_missing),
         model_type=model_type,
         source=f"{path} ({fmt})",
     )
     tensors = {k: v for k, v in tensors.items() if k in expected}
     if fresh:
-        init = family.init_params(model, jax.random.key(0) if rng is None else rng)
-        init_hf = family.params_to_hf(init, model)
+        key = jax.random.key(0) if rng is None else rng
+        # jit so XLA drops the init of every parameter that is not fresh (a big encoder costs nothing).
+        init_hf = jax.jit(lambda r: {k: family.params_to_hf(family.init_params(model, r), model)[k] for k in fresh})(key)
         for k in fresh:
             tensors[k] = np.asarray(init_hf[k])
         log.warning("%s: initialised fresh (absent from the checkpoint, allowed by init_missing): %s", path, fresh)

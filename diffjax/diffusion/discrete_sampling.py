@@ -1,0 +1,255 @@
+"""Samplers for discrete text diffusion, each one ``jax.lax.scan`` over the denoising steps.
+
+* ``topk_unmask_sample`` — paper 002's reparameterised top-k confidence decoding (absorbing).
+* ``ancestral_unmask_sample`` — MD4-style random-order ancestral unmasking (absorbing).
+* ``iterative_refinement_sample`` — paper 001's refinement from uniform random tokens, N samples
+  in parallel, keep the highest model log-prob.
+
+Conventions: ``x_init: [B, L] int`` holds the prompt / source at non-generated positions (its
+values at generated positions are ignored); ``corruptible: [B, L] bool`` marks the positions to
+generate (False on the prompt); ``valid: [B, L] bool`` (optional) limits each example's target
+length — positions with ``corruptible & valid`` False are returned unchanged from ``x_init``, so
+variable target lengths are handled by a valid mask. ``logits_fn(x [B, L] int32, t [B] float32)
+-> [B, L, V]`` with t the current noise level in (0, 1] (fraction of steps still to go).
+``num_steps`` (and ``num_samples``) must be Python ints. To jit, close over ``logits_fn`` and the
+static arguments: ``jax.jit(lambda x, rng: topk_unmask_sample(fn, x, rng, mask_id=m, num_steps=50))``.
+Temperature divides the logits before sampling; ``greedy=True`` takes the argmax instead.
+Confidence scores are always the temperature-1 log-probabilities.
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Optional
+
+import jax
+import jax.numpy as jnp
+
+from diffjax.diffusion import schedules
+from diffjax.diffusion.masked import combine_masks, exclude_token_logit
+
+LogitsFn = Callable[[jax.Array, jax.Array], jax.Array]
+
+
+def _check(x_init: jax.Array, num_steps: int) -> None:
+    if x_init.ndim != 2 or not jnp.issubdtype(x_init.dtype, jnp.integer):
+        raise ValueError(f"x_init must be [B, L] int token ids; got shape {x_init.shape}, dtype {x_init.dtype}.")
+    if not isinstance(num_steps, int) or num_steps < 1:
+        raise ValueError(f"num_steps must be a Python int >= 1 (it fixes the scan length); got {num_steps!r}.")
+
+
+def _choose(logits: jax.Array, rng: jax.Array, temperature: float, greedy: bool) -> tuple[jax.Array, jax.Array]:
+    """Picks tokens from logits [B, L, V]; returns (tokens [B, L] int32, log p(token) [B, L] at temperature 1)."""
+    logp = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
+    if greedy:
+        tok = jnp.argmax(logp, axis=-1)
+    else:
+        tok = jax.random.categorical(rng, logp / temperature, axis=-1)
+    tok = tok.astype(jnp.int32)
+    return tok, jnp.take_along_axis(logp, tok[..., None], axis=-1)[..., 0]
+
+
+def _top_count(scores: jax.Array, candidates: jax.Array, count: jax.Array) -> jax.Array:
+    """Boolean [B, L]: the ``count_b`` highest-scoring candidate positions of each row (ties -> lower index).
+
+    scores: [B, L] float; candidates: [B, L] bool; count: [B] int (clipped to the number of candidates).
+    """
+    key = jnp.where(candidates, -scores, jnp.inf)
+    key = jnp.where(jnp.isnan(key), jnp.inf, key)
+    order = jnp.argsort(key, axis=-1, stable=True)
+    ranks = jnp.argsort(order, axis=-1, stable=True)
+    return (ranks < count[:, None]) & candidates
+
+
+def topk_unmask_sample(
+    logits_fn: LogitsFn,
+    x_init: jax.Array,
+    rng: jax.Array,
+    *,
+    mask_id: int,
+    num_steps: int = 50,
+    corruptible: Optional[jax.Array] = None,
+    valid: Optional[jax.Array] = None,
+    temperature: float = 1.0,
+    greedy: bool = True,
+    remask: bool = True,
+    return_history: bool = False,
+):
+    """Top-k confidence unmasking (papers.md 002, reparameterised decoding).
+
+    Start: every generated position (``corruptible & valid``) is [MASK]. At step i = 1..N:
+      1. logits = logits_fn(x, t_i), t_i = 1 - (i - 1)/N; the [MASK] logit is excluded;
+      2. x^_0^n = argmax (greedy) or a sample of softmax(logits / temperature); s^n = log p(x^_0^n);
+      3. k_i = floor(L_valid * i / N) generated positions are unmasked afterwards, the rest [MASK]:
+         * ``remask=True`` (RDM, papers.md default): the top-k_i of *all* generated positions by s^n
+           are set to x^_0^n and every other one is re-masked (decoded tokens may be re-masked or
+           rewritten);
+         * ``remask=False``: decoded tokens are frozen; the top (k_i - #decoded) still-masked positions
+           by s^n are set to x^_0^n.
+    Exactly k_i generated positions are unmasked after step i (k_N = L_valid, so no mask remains);
+    non-generated positions (prompt, beyond the target length) keep their ``x_init`` values.
+
+    Args:
+      logits_fn: (x [B, L] int32, t [B] float32) -> [B, L, V].
+      x_init: [B, L] int prompt / source tokens (values at generated positions are ignored).
+      rng: PRNG key (split into one key per step).
+      mask_id: the [MASK] id; num_steps: N.
+      corruptible, valid: [B, L] bool or None — positions to generate / per-example target length.
+      temperature, greedy: token choice; remask: see above.
+      return_history: also return the token array after every step.
+
+    Returns:
+      tokens: [B, L] int32; with ``return_history`` also history [N, B, L] int32.
+    """
+    _check(x_init, num_steps)
+    B = x_init.shape[0]
+    gen = combine_masks(corruptible, valid, x_init.shape)
+    n_gen = jnp.sum(gen, axis=-1).astype(jnp.int32)  # [B]
+    x = jnp.where(gen, mask_id, x_init).astype(jnp.int32)
+
+    def step(x, inp):
+        i, key = inp
+        t = jnp.full((B,), 1.0 - (i - 1).astype(jnp.float32) / num_steps)
+        logits = exclude_token_logit(logits_fn(x, t), mask_id)
+        tok, score = _choose(logits, key, temperature, greedy)
+        k = (n_gen * i) // num_steps  # [B], exact integer floor(L_valid * i / N)
+        if remask:
+            keep = _top_count(score, gen, k)
+            x_new = jnp.where(gen, jnp.where(keep, tok, mask_id), x)
+        else:
+            still_masked = gen & (x == mask_id)
+            n_decoded = jnp.sum(gen & ~still_masked, axis=-1)
+            choose = _top_count(score, still_masked, k - n_decoded)
+            x_new = jnp.where(choose, tok, x)
+        return x_new, (x_new if return_history else None)
+
+    steps = jnp.arange(1, num_steps + 1, dtype=jnp.int32)
+    x, hist = jax.lax.scan(step, x, (steps, jax.random.split(rng, num_steps)))
+    return (x, hist) if return_history else x
+
+
+def ancestral_unmask_sample(
+    logits_fn: LogitsFn,
+    x_init: jax.Array,
+    rng: jax.Array,
+    *,
+    mask_id: int,
+    num_steps: int = 50,
+    schedule: str = "linear",
+    schedule_kwargs: Optional[dict] = None,
+    corruptible: Optional[jax.Array] = None,
+    valid: Optional[jax.Array] = None,
+    temperature: float = 1.0,
+    greedy: bool = False,
+    return_history: bool = False,
+):
+    """Random-order ancestral unmasking (MD4 / MDLM reverse process of the absorbing diffusion).
+
+    Times t_i = 1 - (i - 1)/N, s_i = 1 - i/N. At step i each still-masked generated position is
+    unmasked independently with probability
+
+        (alpha(s_i) - alpha(t_i)) / (1 - alpha(t_i))     (alpha = schedules.masking_alpha(., schedule))
+
+    and gets a token drawn from softmax(logits / temperature) of logits_fn(x, t_i) (argmax if greedy,
+    [MASK] excluded); unmasked tokens never change. The last step (s = 0, alpha = 1) unmasks all
+    remaining positions, so no [MASK] is left; the expected unmasked fraction after step i is alpha(s_i).
+
+    Args / Returns: as ``topk_unmask_sample`` plus ``schedule``, ``schedule_kwargs`` (the masking
+    schedule the model was trained with). Defaults sample (greedy=False), temperature 1.
+    """
+    _check(x_init, num_steps)
+    kw = dict(schedule_kwargs or {})
+    B = x_init.shape[0]
+    gen = combine_masks(corruptible, valid, x_init.shape)
+    x = jnp.where(gen, mask_id, x_init).astype(jnp.int32)
+
+    def step(x, inp):
+        i, key = inp
+        k_tok, k_unmask = jax.random.split(key)
+        t = 1.0 - (i - 1).astype(jnp.float32) / num_steps
+        s = 1.0 - i.astype(jnp.float32) / num_steps
+        a_t = schedules.masking_alpha(t, schedule, **kw)
+        a_s = schedules.masking_alpha(s, schedule, **kw)
+        p_unmask = jnp.clip((a_s - a_t) / jnp.maximum(1.0 - a_t, 1e-12), 0.0, 1.0)
+        p_unmask = jnp.where(i == num_steps, 1.0, p_unmask)
+        logits = exclude_token_logit(logits_fn(x, jnp.full((B,), t)), mask_id)
+        tok, _ = _choose(logits, k_tok, temperature, greedy)
+        still_masked = gen & (x == mask_id)
+        unmask = still_masked & (jax.random.uniform(k_unmask, x.shape) < p_unmask)
+        x_new = jnp.where(unmask, tok, x)
+        return x_new, (x_new if return_history else None)
+
+    steps = jnp.arange(1, num_steps + 1, dtype=jnp.int32)
+    x, hist = jax.lax.scan(step, x, (steps, jax.random.split(rng, num_steps)))
+    return (x, hist) if return_history else x
+
+
+def iterative_refinement_sample(
+    logits_fn: LogitsFn,
+    x_init: jax.Array,
+    rng: jax.Array,
+    *,
+    vocab_size: int,
+    num_steps: int = 10,
+    temperature: float = 0.2,
+    num_samples: int = 8,
+    corruptible: Optional[jax.Array] = None,
+    valid: Optional[jax.Array] = None,
+    greedy: bool = False,
+    score: str = "last_step",
+    return_all: bool = False,
+):
+    """Iterative refinement from uniform random tokens (papers.md 001, SUNDAE-style decoding).
+
+        y^(0) ~ Uniform{0..V-1} at generated positions (prompt kept);
+        y^(k) ~ softmax(f(prefix, y^(k-1)) / tau) at generated positions, k = 1..K  (argmax if greedy);
+    N chains per example run in parallel (the batch is tiled to [B * N, L]) and the chain with the
+    highest model log-prob is returned. The log-prob is summed over generated positions:
+      * ``score="last_step"``: log p(y^(K) | y^(K-1)) = sum_n log softmax(f(y^(K-1)))_n[y^(K)_n]
+        (temperature 1; no extra forward pass);
+      * ``score="rescore"``: one more pass, sum_n log softmax(f(y^(K), t=0))_n[y^(K)_n].
+    logits_fn receives t_k = 1 - (k - 1)/K (paper 001's model ignores it).
+
+    Args:
+      logits_fn: (x [B', L] int32, t [B'] float32) -> [B', L, V] with B' = B * num_samples.
+      x_init: [B, L] int prompt tokens; rng: PRNG key (init draw + one key per step).
+      vocab_size: V of the initial uniform draw; num_steps: K (paper: 10); temperature: tau (0.2);
+      num_samples: N (8); corruptible, valid: [B, L] bool or None; greedy; score: see above.
+      return_all: also return every chain.
+
+    Returns:
+      tokens [B, L] int32 and scores [B] float32 of the selected chain; with ``return_all`` also
+      all_tokens [B, N, L] and all_scores [B, N].
+    """
+    _check(x_init, num_steps)
+    if score not in ("last_step", "rescore"):
+        raise ValueError(f"score={score!r} is not 'last_step' or 'rescore'.")
+    B, L = x_init.shape
+    N = int(num_samples)
+    gen = jnp.repeat(combine_masks(corruptible, valid, x_init.shape), N, axis=0)  # [B*N, L]
+    base = jnp.repeat(x_init.astype(jnp.int32), N, axis=0)
+    rng_init, rng_steps = jax.random.split(rng)
+    y = jnp.where(gen, jax.random.randint(rng_init, base.shape, 0, vocab_size, dtype=jnp.int32), base)
+
+    def step(carry, inp):
+        y, _ = carry
+        k, key = inp
+        t = jnp.full((B * N,), 1.0 - (k - 1).astype(jnp.float32) / num_steps)
+        tok, logp = _choose(logits_fn(y, t), key, temperature, greedy)
+        y_new = jnp.where(gen, tok, base)
+        return (y_new, jnp.sum(jnp.where(gen, logp, 0.0), axis=-1)), None
+
+    steps = jnp.arange(1, num_steps + 1, dtype=jnp.int32)
+    init = (y, jnp.zeros((B * N,), jnp.float32))
+    (y, scores), _ = jax.lax.scan(step, init, (steps, jax.random.split(rng_steps, num_steps)))
+    if score == "rescore":
+        logp = jax.nn.log_softmax(logits_fn(y, jnp.zeros((B * N,), jnp.float32)).astype(jnp.float32), -1)
+        lp = jnp.take_along_axis(logp, y[..., None], axis=-1)[..., 0]
+        scores = jnp.sum(jnp.where(gen, lp, 0.0), axis=-1)
+    all_tokens = y.reshape(B, N, L)
+    all_scores = scores.reshape(B, N)
+    best = jnp.argmax(all_scores, axis=-1)
+    tokens = jnp.take_along_axis(all_tokens, best[:, None, None], axis=1)[:, 0]
+    best_scores = jnp.take_along_axis(all_scores, best[:, None], axis=1)[:, 0]
+    if return_all:
+        return tokens, best_scores, all_tokens, all_scores
+    return tokens, best_scores

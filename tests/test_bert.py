@@ -221,10 +221,11 @@ def test_sharding_rules_megatron_layout_and_sharded_forward():
         assert specs[lp + "output/kernel"] == P("model", None)
         assert specs[lp + "output_ln/scale"] == P()
     mesh = Mesh(np.array(jax.devices()[:4]).reshape(2, 2), ("data", "model"))
-    sharded = jax.tree_util.tree_unflatten(
-        jax.tree_util.tree_structure(params),
-        [jax.device_put(v, NamedSharding(mesh, specs[k])) for k, v in flat.items()],
-    )
+    sharding = pytest.importorskip("diffjax.train.sharding")  # the trainer's own rule matching
+    shardings = sharding.param_shardings(params, bert.SHARDING_RULES, mesh)
+    for path, s in jax.tree_util.tree_flatten_with_path(shardings)[0]:
+        assert s.spec == specs["/".join(k.key for k in path)]
+    sharded = jax.device_put(params, shardings)
     fwd = jax.jit(lambda p, i, m: model.apply({"params": p}, i, m)["logits"])
     ids_s = jax.device_put(ids, NamedSharding(mesh, P("data", None)))
     np.testing.assert_allclose(fwd(sharded, ids_s, mask), fwd(params, ids, mask), atol=1e-5)

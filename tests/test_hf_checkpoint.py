@@ -101,15 +101,21 @@ def test_all_formats_load_identically_and_match_transformers(family, tmp_path):
 
     model_t = make_hf(family)
     sd = state_dict_np(model_t)
-    dirs = {f: tmp_path / f for f in ("st", "bin", "sharded", "flax")}
+    dirs = {f: tmp_path / f for f in ("st", "bin", "sharded", "bin_sharded", "flax")}
     model_t.save_pretrained(dirs["st"])
     model_t.save_pretrained(dirs["sharded"], max_shard_size="20KB")
     assert (dirs["sharded"] / "model.safetensors.index.json").exists()
-    for f in ("bin", "flax"):
+    for f in ("bin", "bin_sharded", "flax"):
         dirs[f].mkdir()
         (dirs[f] / "config.json").write_text((dirs["st"] / "config.json").read_text())
     # transformers 5 always writes safetensors; torch.save is what .bin checkpoints are (incl. tied copies).
     torch.save(model_t.state_dict(), dirs["bin"] / "pytorch_model.bin")
+    keys = sorted(model_t.state_dict())
+    shards = {"pytorch_model-00001-of-00002.bin": keys[::2], "pytorch_model-00002-of-00002.bin": keys[1::2]}
+    for name, ks in shards.items():
+        torch.save({k: model_t.state_dict()[k] for k in ks}, dirs["bin_sharded"] / name)
+    (dirs["bin_sharded"] / "pytorch_model.bin.index.json").write_text(
+        json.dumps({"weight_map": {k: n for n, ks in shards.items() for k in ks}}))
     (dirs["flax"] / "flax_model.msgpack").write_bytes(serialization.msgpack_serialize(to_hf_flax_tree(sd)))
 
     loaded = {f: hf.load_hf_checkpoint(str(d), return_report=True) for f, d in dirs.items()}
@@ -117,7 +123,8 @@ def test_all_formats_load_identically_and_match_transformers(family, tmp_path):
     assert loaded["bin"][2].weights_format == "pytorch_model.bin"
     assert "embeddings.position_ids" not in str(loaded["st"][2].ignored)  # not persisted in safetensors
     assert any(k.endswith("decoder.weight") for k in loaded["bin"][2].ignored)  # tied copy, documented ignorable
-    for f in ("bin", "sharded", "flax"):
+    assert loaded["bin_sharded"][2].weights_format == "pytorch_model.bin (sharded)"
+    for f in ("bin", "sharded", "bin_sharded", "flax"):
         tree_equal(loaded[f][1], loaded["st"][1])
     model, params, _ = loaded["bin"]
     ids, mask = batch(48, model_t.config.pad_token_id)

@@ -431,7 +431,7 @@ def check_tensors(
 def _cast(x: np.ndarray, dtype) -> np.ndarray:
     x = np.asarray(x)
     if np.issubdtype(x.dtype, np.floating) or x.dtype == ml_dtypes.bfloat16:
-        return x.astype(dtype)
+        return x.astype(dtype, copy=False)
     return x
 
 

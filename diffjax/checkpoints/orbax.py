@@ -23,6 +23,11 @@ import orbax.checkpoint as ocp
 PyTree = Any
 
 
+def _short(e: Exception, limit: int = 400) -> str:
+    text = f"{type(e).__name__}: {e}"
+    return text if len(text) <= limit else text[:limit] + " ..."
+
+
 class CheckpointMismatchError(ValueError):
     """The checkpoint on disk does not have the tree paths / shapes the current config expects."""
 
@@ -131,7 +136,7 @@ class Checkpointer:
             stored = self.manager.item_metadata(step)
         except Exception as e:  # noqa: BLE001 - any read failure means an unusable checkpoint
             raise CheckpointCorruptError(
-                f"cannot read the metadata of checkpoint {where}: {type(e).__name__}: {e}. Delete that "
+                f"cannot read the metadata of checkpoint {where}: {_short(e)}. Delete that "
                 f"step directory to resume from an earlier one, or use a fresh --workdir.") from e
         stored_tree = _metadata_tree(stored)
         if stored_tree is None:
@@ -142,8 +147,8 @@ class Checkpointer:
             restored = self.manager.restore(int(step), args=ocp.args.StandardRestore(_abstract(target)))
         except Exception as e:  # noqa: BLE001
             raise CheckpointCorruptError(
-                f"checkpoint {where} has the expected tree but its data cannot be read: {type(e).__name__}: "
-                f"{e}. Delete that step directory to resume from an earlier one.") from e
+                f"checkpoint {where} has the expected tree but its data cannot be read: {_short(e)}. "
+                f"Delete that step directory to resume from an earlier one.") from e
         return target_state.replace(step=restored["step"], params=restored["params"],
                                     opt_state=restored["opt_state"], rng=restored["rng"],
                                     ema_params=restored.get("ema_params"))
@@ -177,6 +182,6 @@ def load_snapshot(workdir: str, step: int, target_params: PyTree) -> PyTree:
         try:
             stored = ckptr.metadata(path)
         except Exception as e:  # noqa: BLE001
-            raise CheckpointCorruptError(f"cannot read snapshot {path}: {type(e).__name__}: {e}") from e
+            raise CheckpointCorruptError(f"cannot read snapshot {path}: {_short(e)}") from e
         compare_trees(_metadata_tree(stored), target_params, what=f"snapshot {path}")
         return ckptr.restore(path, _abstract(target_params))

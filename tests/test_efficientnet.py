@@ -84,16 +84,16 @@ def _check_parity(model, variables, tmodel, x, tol=TOL):
     return out
 
 
-@pytest.mark.parametrize("name,size", [("efficientnet-b0", 64), ("efficientnet-b4", 100),
-                                       ("efficientnet-lite2", 90)])
-def test_random_weight_parity(name, size):
+@pytest.mark.parametrize("name,size,impl", [("efficientnet-b0", 64, "shift"), ("efficientnet-b0", 64, "conv"),
+                                            ("efficientnet-b4", 100, "auto"), ("efficientnet-lite2", 90, "auto")])
+def test_random_weight_parity(name, size, impl):
     """Logits and all 5 stage maps match torch; odd sizes (100 -> 50, 25, 13, 7) exercise TF-same
-    padding on odd inputs."""
+    padding on odd inputs; both depthwise implementations (lax grouped conv, shifted taps)."""
     tmodel = _torch_model(name, size)
     cfg = en.efficientnet_config(name)
     variables = ckpt.convert_state_dict(_state_dict_np(tmodel), cfg)
     x = np.random.default_rng(0).normal(size=(2, size, size, 3)).astype(np.float32)
-    out = _check_parity(en.EfficientNet(cfg), variables, tmodel, x)
+    out = _check_parity(en.EfficientNet(cfg, depthwise_impl=impl), variables, tmodel, x)
     strides = [2, 4, 8, 16, 32]
     for f, c, s in zip(out["features"], en.feature_channels(cfg), strides):
         assert f.shape == (2, -(-size // s), -(-size // s), c)
@@ -148,8 +148,9 @@ def test_lite0_real_weights_parity_and_cat(lite0, cache):
     out = _check_parity(model, variables, tmodel, batch)
     p = np.asarray(jax.nn.softmax(out["logits"][0]))
     top5 = list(np.argsort(-p)[:5])
-    assert top5[0] == 285 and set(top5) >= {285, 281, 282}, top5  # Egyptian / tabby / tiger cat
-    assert 0.7 < p[285] < 0.85, p[285]
+    # Egyptian cat, tiger cat, tabby, lynx, plastic bag; p(285) = 0.773 with PIL's bicubic resize.
+    assert top5 == [285, 282, 281, 287, 728], top5
+    assert abs(p[285] - 0.77) < 0.01, p[285]
 
 
 def test_lite0_cache_loads_without_torch(cache):

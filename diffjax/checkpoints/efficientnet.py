@@ -51,7 +51,7 @@ class _Entry:
     torch_shape: Callable  # flax shape -> expected torch shape
 
 
-def _conv_entry(path, depthwise=False):
+def _conv_entry(path):
     return _Entry(path, _CONV, lambda s: (s[3], s[2], s[0], s[1]))
 
 
@@ -65,12 +65,12 @@ def _bias_entry(path):
     return _Entry(path, _ID, lambda s: tuple(s))
 
 
-def _convbn(table, tprefix, fprefix, conv_key="conv", bn_key="bn", tconv="weight"):
+def _convbn(table, tprefix, fprefix):
     """Register a conv (no bias) + BN pair. tprefix: (conv torch prefix, bn torch prefix)."""
     tconv_prefix, tbn_prefix = tprefix
-    table[f"{tconv_prefix}.weight"] = _conv_entry(("params", *fprefix, conv_key, "kernel"))
+    table[f"{tconv_prefix}.weight"] = _conv_entry(("params", *fprefix, "conv", "kernel"))
     for t, (col, leaf) in _BN.items():
-        table[f"{tbn_prefix}.{t}"] = _Entry((col, *fprefix, bn_key, leaf), _ID, lambda s: tuple(s))
+        table[f"{tbn_prefix}.{t}"] = _Entry((col, *fprefix, "bn", leaf), _ID, lambda s: tuple(s))
 
 
 def key_table(cfg: en.EfficientNetConfig, layout: str) -> dict[str, _Entry]:

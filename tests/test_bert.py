@@ -150,8 +150,9 @@ def test_length_head_and_mean_pool():
                           max_position_embeddings=16, length_max=10)
     model = bert.BertEncoder(cfg)
     ids, mask, _ = batch(32, 0, b=4, l=8)
-    params = model.init(jax.random.key(0), ids, mask)["params"]
-    out = model.apply({"params": params}, ids, mask)
+    params = jax.jit(model.init)(jax.random.key(0), ids, mask)["params"]
+    apply = jax.jit(lambda p, i, m, lm: model.apply({"params": p}, i, m, length_mask=lm))
+    out = apply(params, ids, mask, mask)
     assert out["length_logits"].shape == (4, 11)
     h = np.asarray(out["last_hidden_state"])
     pooled = np.stack([h[i, mask[i] == 1].mean(0) for i in range(4)])
@@ -160,7 +161,7 @@ def test_length_head_and_mean_pool():
     # a separate length_mask (e.g. source positions only) is honoured
     src = mask.copy()
     src[:, 1:] = 0
-    out2 = model.apply({"params": params}, ids, mask, length_mask=src)
+    out2 = apply(params, ids, mask, src)
     np.testing.assert_allclose(out2["length_logits"], h[:, 0] @ w + b, atol=1e-5)
 
 
@@ -169,11 +170,14 @@ def test_dropout_needs_rng_and_is_off_when_deterministic():
                           max_position_embeddings=16, hidden_dropout=0.3, attention_dropout=0.3)
     model = bert.BertEncoder(cfg)
     ids, mask, _ = batch(32, 0, b=2, l=6)
-    params = model.init(jax.random.key(0), ids, mask)["params"]
-    a = model.apply({"params": params}, ids, mask)["logits"]
-    b = model.apply({"params": params}, ids, mask)["logits"]
+    params = jax.jit(model.init)(jax.random.key(0), ids, mask)["params"]
+    apply = jax.jit(lambda p, det, key: model.apply({"params": p}, ids, mask, deterministic=det, rngs={"dropout": key})["logits"],
+                    static_argnums=1)
+    a = apply(params, True, jax.random.key(1))
+    b = apply(params, True, jax.random.key(2))
     np.testing.assert_array_equal(a, b)
-    c = model.apply({"params": params}, ids, mask, deterministic=False, rngs={"dropout": jax.random.key(1)})["logits"]
+    c = apply(params, False, jax.random.key(1))
+    np.testing.assert_array_equal(c, apply(params, False, jax.random.key(1)))
     assert np.abs(np.asarray(a - c)).max() > 1e-3
 
 

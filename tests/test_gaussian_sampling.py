@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from diffjax.diffusion import gaussian as G
-from diffjax.diffusion import gaussian_sampling as GS
+from diffjax.diffusion import gaussian_sampling as GS  # noqa: N812
 from diffjax.diffusion.schedules import gaussian_schedule
 
 T = 200
@@ -164,3 +164,50 @@ def test_ddim_denoise_from_vmap_over_t_start_equals_loop():
     swept = jax.jit(jax.vmap(fn))(ts)
     loop = np.stack([np.asarray(fn(t)) for t in ts])
     np.testing.assert_allclose(swept, loop, rtol=1e-5, atol=1e-6)
+
+
+def test_ddim_denoise_along_explicit_sequence_equals_ddim_sample():
+    """A full DDIM run is the chain along ddim_timesteps from x_T (same per-step keys)."""
+    sch = gaussian_schedule("linear", 60)
+    f = lambda x, t: jnp.tanh(x) * 0.9  # noqa: E731
+    rng = jax.random.PRNGKey(14)
+    x_T = jax.random.normal(jax.random.PRNGKey(15), (8, 3))
+    want = GS.ddim_sample(f, sch, (8, 3), rng, num_steps=6, eta=1.0, prediction="x0", x_T=x_T)
+    _, loop_rng = jax.random.split(rng)
+    taus = jnp.asarray(GS.ddim_timesteps(60, 6))
+    got = jax.jit(lambda tt: GS.ddim_denoise_along(f, sch, x_T, tt, loop_rng, eta=1.0, prediction="x0"))(taus)
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+    with pytest.raises(ValueError, match=r"\[K \+ 1\]"):
+        GS.ddim_denoise_along(f, sch, x_T, jnp.array([[5, 0]]), loop_rng)
+
+
+def test_reconstruction_gradients_are_finite_including_t0():
+    """Identity steps (t_start = 0) must not leak NaNs into gradients (where-trick safety)."""
+    sch = gaussian_schedule("scaled_linear", 100)
+    x0 = jax.random.normal(jax.random.PRNGKey(16), (4, 5))
+
+    def total(w):
+        f = lambda x, t: jnp.tanh(w * x)  # noqa: E731
+        errs = jax.vmap(lambda t: G.reconstruction_error(f, x0, t, jax.random.PRNGKey(17), schedule=sch, ddim_steps=3))(
+            jnp.array([0, 1, 3, 10])
+        )
+        return errs.sum(), errs
+
+    (val, errs), g = jax.jit(jax.value_and_grad(total, has_aux=True))(1.3)
+    assert np.isfinite(float(g)) and abs(float(g)) > 0
+    np.testing.assert_allclose(errs[0], 0.0, atol=1e-12)  # t = 0: nothing to reconstruct
+
+
+def test_reconstruction_under_sharded_jit_equals_unsharded():
+    from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+
+    devices = np.array(jax.devices()[:4])
+    if devices.size < 4:
+        pytest.skip("needs the 4 fake CPU devices of conftest.py")
+    mesh = Mesh(devices, ("data",))
+    x0 = jax.random.normal(jax.random.PRNGKey(18), (8, 6))
+    fn = lambda x: G.reconstruction_error(_toy, x, 7, jax.random.PRNGKey(19), schedule=SCHED, ddim_steps=3)  # noqa: E731
+    xs = jax.device_put(x0, NamedSharding(mesh, P("data")))
+    out = jax.jit(fn, out_shardings=NamedSharding(mesh, P("data")))(xs)
+    assert len(out.sharding.device_set) == 4
+    np.testing.assert_allclose(out, jax.jit(fn)(x0), rtol=1e-5, atol=1e-7)

@@ -207,13 +207,49 @@ def ddim_denoise_from(
         raise ValueError(f"num_steps must be a static Python int >= 1; got {num_steps!r}")
     b = x_t.shape[0]
     t_start = jnp.broadcast_to(jnp.asarray(t_start, jnp.int32), (b,))
+    ks = jnp.arange(num_steps, -1, -1, dtype=jnp.int32)
+    timesteps = (t_start[None, :] * ks[:, None]) // num_steps  # [K + 1, B], from t_start down to 0
+    return ddim_denoise_along(
+        denoise_fn, schedule, x_t, timesteps, rng, eta=eta, prediction=prediction, clip_x0=clip_x0
+    )
+
+
+def ddim_denoise_along(
+    denoise_fn: DenoiseFn,
+    schedule: GaussianSchedule,
+    x_t: jax.Array,
+    timesteps,
+    rng: jax.Array,
+    *,
+    eta: float = 1.0,
+    prediction: str = "x0",
+    clip_x0: float | None = None,
+) -> jax.Array:
+    """DDIM chain along an explicit timestep sequence: ``x_{tau_0} -> x_{tau_1} -> ... -> x_{tau_K}``.
+
+    For reproducing a reference sequence exactly (e.g. DLSR's subset of a uniform DDIM grid).
+    Each step is :func:`ddim_step` (Song et al. 2021, eq. 12); a step with equal consecutive taus
+    is the identity; ending at tau_K = 0 returns ``x0_hat`` of the last step.
+
+    Args:
+      x_t: ``[B, ...]`` noised at ``timesteps[0]``.
+      timesteps: int ``[K + 1]`` (same for all examples) or ``[K + 1, B]``, non-increasing,
+        values in 0..T; may be traced (K is static from the shape).
+      rng: split into one key per step.
+    Returns: ``x_{tau_K}: [B, ...]``.
+    """
+    _check_prediction(prediction)
+    b = x_t.shape[0]
+    timesteps = jnp.asarray(timesteps, jnp.int32)
+    if timesteps.ndim == 1:
+        timesteps = jnp.broadcast_to(timesteps[:, None], (timesteps.shape[0], b))
+    if timesteps.ndim != 2 or timesteps.shape[1] != b or timesteps.shape[0] < 2:
+        raise ValueError(f"timesteps must be [K + 1] or [K + 1, B={b}] with K >= 1; got shape {timesteps.shape}")
+    num_steps = timesteps.shape[0] - 1
 
     def body(x, inp):
-        k, key = inp
-        t = (t_start * k) // num_steps
-        t_prev = (t_start * (k - 1)) // num_steps
+        t, t_prev, key = inp
         return ddim_step(denoise_fn, schedule, x, t, t_prev, key, eta=eta, prediction=prediction, clip_x0=clip_x0), None
 
-    ks = jnp.arange(num_steps, 0, -1, dtype=jnp.int32)
-    x, _ = jax.lax.scan(body, x_t, (ks, jax.random.split(rng, num_steps)))
+    x, _ = jax.lax.scan(body, x_t, (timesteps[:-1], timesteps[1:], jax.random.split(rng, num_steps)))
     return x

@@ -87,10 +87,17 @@ def state_dict_numpy(model):
     return {k: v.detach().numpy().copy() for k, v in model.state_dict().items()}
 
 
-def jax_outputs(model, params, ids, enc_mask, dec, dec_mask):
+@jax.jit(static_argnums=0)
+def _encode_decode(model, params, ids, enc_mask, dec, dec_mask):
     variables = {"params": params}
-    enc = model.apply(variables, jnp.asarray(ids), jnp.asarray(enc_mask), method=model.encode)
-    logits = model.apply(variables, jnp.asarray(ids), jnp.asarray(dec), jnp.asarray(enc_mask), jnp.asarray(dec_mask))
+    enc = model.apply(variables, ids, enc_mask, method=model.encode)
+    logits = model.apply(variables, dec, enc, enc_mask, dec_mask, method=model.decode)
+    return logits, enc
+
+
+def jax_outputs(model, params, ids, enc_mask, dec, dec_mask):
+    """(logits [B, T, V], encoder states [B, S, D]) through the public encode / decode methods, jitted."""
+    logits, enc = _encode_decode(model, params, *(jnp.asarray(x) for x in (ids, enc_mask, dec, dec_mask)))
     return np.asarray(logits), np.asarray(enc)
 
 
@@ -155,8 +162,7 @@ def test_relative_position_bucket_matches_torch():
 
 
 def _decoder_logits(model, params, ids, enc_mask, dec, dec_mask):
-    return np.asarray(model.apply({"params": params}, jnp.asarray(ids), jnp.asarray(dec),
-                                  jnp.asarray(enc_mask), jnp.asarray(dec_mask)))
+    return jax_outputs(model, params, ids, enc_mask, dec, dec_mask)[0]
 
 
 def test_bidirectional_decoder_sees_future_causal_does_not():
@@ -295,6 +301,15 @@ def test_bf16_close_to_fp32_and_dropout_needs_rng():
     # Training mode: dropout active (config dropout 0.1) and driven by the "dropout" rng.
     mtrain = hf_t5.model_from_hf_config(hf.config.to_dict(), jnp.float32, dropout_rate=0.1)
     args = tuple(jnp.asarray(x) for x in (inputs[0], inputs[2], inputs[1], inputs[3]))
-    a = mtrain.apply({"params": p32}, *args, deterministic=False, rngs={"dropout": jax.random.key(0)})
-    b = mtrain.apply({"params": p32}, *args, deterministic=False, rngs={"dropout": jax.random.key(1)})
+    train_fn = jax.jit(lambda key: mtrain.apply({"params": p32}, *args, deterministic=False, rngs={"dropout": key}))
+    a, b = train_fn(jax.random.key(0)), train_fn(jax.random.key(1))
     assert np.abs(np.asarray(a) - np.asarray(b)).max() > 1e-3
+
+
+def test_shift_right_matches_transformers():
+    hf = make_hf_model("v1_0_relu_tied")
+    hf.config.decoder_start_token_id = 0  # transformers 5 keeps it in generation_config only
+    labels = np.array([[5, 6, 7, -100], [8, -100, -100, -100]])
+    ref = hf._shift_right(torch.tensor(labels)).numpy()
+    np.testing.assert_array_equal(np.asarray(t5_lib.shift_right(labels, 0, 0)), ref)
+    np.testing.assert_array_equal(ref, [[0, 5, 6, 7], [0, 8, 0, 0]])

@@ -358,6 +358,17 @@ class T5(nn.Module):
         return self.decode(decoder_input_ids, enc, attention_mask, decoder_attention_mask, deterministic)
 
 
+def shift_right(labels, decoder_start_token_id: int = 0, pad_token_id: int = 0) -> jnp.ndarray:
+    """Teacher-forcing decoder inputs for AR training: [start, y_0, ..., y_{T-2}]; label -100 -> pad.
+
+    labels: [B, T] int -> [B, T] int32 (as transformers' ``T5PreTrainedModel._shift_right``).
+    """
+    labels = jnp.asarray(labels)
+    shifted = jnp.concatenate(
+        [jnp.full(labels.shape[:-1] + (1,), decoder_start_token_id, labels.dtype), labels[..., :-1]], axis=-1)
+    return jnp.where(shifted == -100, pad_token_id, shifted).astype(jnp.int32)
+
+
 def with_decoder_attention(model: T5, mode: str, bidirectional_buckets: Optional[bool] = None) -> T5:
     """Same parameters, decoder self-attention switched to ``mode`` ("causal" | "bidirectional").
 

@@ -141,6 +141,15 @@ def main(argv: list[str] | None = None) -> int:
     except UsageError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    try:
+        _run(command, config, workdir)
+    except NotImplementedError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+def _run(command: str, config, workdir: str) -> None:
     from diffjax.tasks.base import Task
     from diffjax.train import trainer
 
@@ -160,4 +169,3 @@ def main(argv: list[str] | None = None) -> int:
         if type(task).sweep is not Task.sweep:
             trainer.run_task_method(config, workdir, "sweep", task=task)
         print(f"demo finished: see {os.path.abspath(workdir)}", flush=True)
-    return 0

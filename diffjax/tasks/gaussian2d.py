@@ -61,7 +61,9 @@ class Gaussian2DTask(Task):
             raise ValueError(f"task.prediction={self.prediction!r}; expected 'eps' or 'x0'.")
         m = cfg.model
         self.model = MLPDenoiser(features=2, hidden=int(m.hidden), depth=int(m.depth),
-                                 num_timesteps=int(cfg.num_diffusion_steps), time_embed_dim=int(m.time_embed_dim))
+                                 time_embed_dim=int(m.time_embed_dim),
+                                 time_scale=1000.0 / int(cfg.num_diffusion_steps))
+        self._sample_fns = {}
 
     # -- Task interface ------------------------------------------------------------------------
     def init_params(self, rng):
@@ -93,11 +95,11 @@ class Gaussian2DTask(Task):
 
     def sample(self, params, rng, n: int) -> jax.Array:
         """``[n, 2]`` DDIM samples (jitted end to end)."""
-        fn = jax.jit(lambda p, r: ddim_sample(self.denoise_fn(p), self.schedule, (n, 2), r,
-                                              num_steps=int(self.cfg.ddim_steps), eta=float(self.cfg.ddim_eta),
-                                              prediction=self.prediction,
-                                              clip_x0=float(self.cfg.clip_x0) or None))
-        return fn(params, rng)
+        if n not in self._sample_fns:  # one compile per sample count
+            self._sample_fns[n] = jax.jit(lambda p, r: ddim_sample(
+                self.denoise_fn(p), self.schedule, (n, 2), r, num_steps=int(self.cfg.ddim_steps),
+                eta=float(self.cfg.ddim_eta), prediction=self.prediction, clip_x0=float(self.cfg.clip_x0) or None))
+        return self._sample_fns[n](params, rng)
 
     def evaluate(self, params, rng, workdir: str, **unused) -> dict:
         n = int(self.cfg.eval_num_samples)

@@ -57,6 +57,7 @@ class T5Config:
     (diffusion). ``decoder_bidirectional_buckets``: None = follow ``decoder_attention``.
     ``relative_attention_bias_per_layer``: every self-attention layer has its own bias table (UMT5)
     instead of the first layer's table being shared by the stack (T5, mT5).
+    ``remat``: recompute each block's activations in the backward pass (jax.checkpoint; same params).
     ``dtype`` is the computation dtype, ``param_dtype`` the parameters' dtype.
     ``model_type`` ("t5" / "mt5" / "umt5") only matters when writing an HF checkpoint back.
     """
@@ -81,6 +82,7 @@ class T5Config:
     eos_token_id: int = 1
     decoder_start_token_id: int = 0
     relative_attention_bias_per_layer: bool = False
+    remat: bool = False
     model_type: str = "t5"
     initializer_factor: float = 1.0
     dtype: Dtype = jnp.float32
@@ -290,8 +292,9 @@ class T5Stack(nn.Module):
         cross_mask = None if enc_mask is None else enc_mask[:, None, None, :]
         num = cfg.num_decoder_layers if self.is_decoder else cfg.num_layers
         h = nn.Dropout(cfg.dropout_rate)(h, deterministic=deterministic)
+        block_cls = nn.remat(T5Block, static_argnums=(6,)) if cfg.remat else T5Block
         for i in range(num):
-            h = T5Block(cfg, self.is_decoder, name=f"block_{i}")(h, bias, self_mask, enc, cross_mask, deterministic)
+            h = block_cls(cfg, self.is_decoder, name=f"block_{i}")(h, bias, self_mask, enc, cross_mask, deterministic)
         h = T5LayerNorm(cfg.layer_norm_epsilon, cfg.dtype, cfg.param_dtype, name="final_norm")(h)
         return nn.Dropout(cfg.dropout_rate)(h, deterministic=deterministic)
 

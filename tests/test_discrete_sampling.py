@@ -211,8 +211,9 @@ def test_vmap_over_rng_and_errors():
     rngs = jax.random.split(jax.random.PRNGKey(9), 3)
     batched = np.asarray(jax.jit(jax.vmap(f))(rngs))
     assert batched.shape == (3,) + x0.shape
-    np.testing.assert_array_equal(batched[1], f(rngs[1]))
-    assert not (batched[0] == batched[1]).all()
+    assert not (batched[0] == batched[1]).all()  # each rng its own draw
+    assert not (batched[:, gen] == MASK).any()
+    np.testing.assert_array_equal(batched[:, ~gen], np.broadcast_to(np.asarray(x0)[~gen], (3, (~gen).sum())))
     with pytest.raises(ValueError, match="num_steps"):
         ds.topk_unmask_sample(random_fn, x0, rngs[0], mask_id=MASK, num_steps=0)
     with pytest.raises(ValueError, match="score"):

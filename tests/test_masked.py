@@ -31,12 +31,6 @@ def prompt_corruptible(batch):
     return jnp.broadcast_to(jnp.arange(L) >= N_PROMPT, (batch, L))
 
 
-def mc_mean(loss_of_rng, reps, seed=0):
-    vals = jax.jit(jax.vmap(loss_of_rng))(jax.random.split(jax.random.PRNGKey(seed), reps))
-    vals = np.asarray(vals, np.float64)
-    return vals.mean(), vals.std(ddof=1) / math.sqrt(reps)
-
-
 # ----------------------------------------------------------------------------- corruption
 
 
@@ -60,16 +54,24 @@ def test_absorbing_corrupt_rate_and_protected_positions():
         assert abs(m[sel].mean() - p) < 4 * math.sqrt(p * (1 - p) / n)
 
 
-@pytest.mark.parametrize("kind,kw", [("linear", {}), ("cosine", {}), ("polynomial", {"power": 2.0})])
-def test_elbo_masks_with_rate_one_minus_alpha(kind, kw):
+def test_elbo_masks_with_rate_one_minus_alpha():
     B = 4000
     x0 = sample_x0(jax.random.PRNGKey(3), B)
-    for t in (0.2, 0.7):
-        _, aux = masked.masked_diffusion_elbo(marginal_logits_fn, x0, jax.random.PRNGKey(4), mask_id=MASK,
-                                              schedule=kind, schedule_kwargs=kw, t=jnp.full((B,), t),
-                                              corruptible=prompt_corruptible(B))
-        q = 1.0 - float(schedules.masking_alpha(t, kind, **kw))
-        assert abs(float(aux["mask_rate"]) - q) < 4 * math.sqrt(q * (1 - q) / (B * N_CORR))
+    kinds = (("linear", {}), ("cosine", {}), ("polynomial", {"power": 2.0}))
+    ts = jnp.array([0.2, 0.7])
+
+    @jax.jit
+    def rates(t):  # [len(kinds)] masked fraction at a fixed t, for every schedule kind
+        return jnp.stack([masked.masked_diffusion_elbo(marginal_logits_fn, x0, jax.random.PRNGKey(4), mask_id=MASK,
+                                                       schedule=k, schedule_kwargs=kw, t=jnp.full((B,), t),
+                                                       corruptible=prompt_corruptible(B))[1]["mask_rate"]
+                          for k, kw in kinds])
+
+    got = np.asarray(jax.vmap(rates)(ts))
+    for j, (kind, kw) in enumerate(kinds):
+        for i, t in enumerate(np.asarray(ts)):
+            q = 1.0 - float(schedules.masking_alpha(t, kind, **kw))
+            assert abs(got[i, j] - q) < 4 * math.sqrt(q * (1 - q) / (B * N_CORR)), (kind, t, got[i, j], q)
 
 
 def test_corrupt_count_is_exact_and_uniform():
@@ -173,17 +175,18 @@ def test_rdm_expectation_matches_closed_form():
 
 def test_rdm_ratio_variant_counts_and_expectation():
     B, rmin = 64, 0.05
-    x0 = sample_x0(jax.random.PRNGKey(13), B)
-    _, aux = masked.rdm_loss(marginal_logits_fn, x0, jax.random.PRNGKey(14), mask_id=MASK, time_sampling="ratio",
-                             t=jnp.full((B,), 0.3), corruptible=prompt_corruptible(B))
-    assert float(aux["mask_rate"]) == pytest.approx(2 / 5)  # exactly ceil(0.3 * 5) = 2 of 5 masked
 
     def loss(rng):
         r1, r2 = jax.random.split(rng)
-        return masked.rdm_loss(marginal_logits_fn, sample_x0(r1, B), r2, mask_id=MASK, time_sampling="ratio",
-                               min_ratio=rmin, corruptible=prompt_corruptible(B))[0]
+        x0 = sample_x0(r1, B)
+        kw = dict(mask_id=MASK, time_sampling="ratio", corruptible=prompt_corruptible(B))
+        _, aux = masked.rdm_loss(marginal_logits_fn, x0, r2, t=jnp.full((B,), 0.3), **kw)
+        return masked.rdm_loss(marginal_logits_fn, x0, r2, min_ratio=rmin, **kw)[0], aux["mask_rate"]
 
-    mean, se = mc_mean(loss, 256, seed=2)
+    vals, rate = jax.jit(jax.vmap(loss))(jax.random.split(jax.random.PRNGKey(2), 256))
+    np.testing.assert_allclose(rate, 2 / 5, rtol=1e-6)  # exactly ceil(0.3 * 5) = 2 of 5 masked, every draw
+    vals = np.asarray(vals, np.float64)
+    mean, se = vals.mean(), vals.std(ddof=1) / math.sqrt(len(vals))
     n = N_CORR
     e = sum(k * math.log((k / n) / max((k - 1) / n, rmin)) for k in range(1, n + 1) if k / n > rmin) / (1 - rmin)
     expected = H * e

@@ -240,35 +240,28 @@ def test_strict_mapping_errors_name_keys_and_shapes():
         hf_t5.model_from_hf_config({"model_type": "bert"})
 
 
-def test_sharding_rules_cover_and_shard_on_mesh():
+def test_sharding_rules_shard_on_mesh():
+    """SHARDING_RULES through the trainer's rule table (re.search) on a 2x2 mesh: Megatron specs, same logits."""
+    sharding = pytest.importorskip("diffjax.train.sharding")
     hf = make_hf_model("v1_1_gated_untied")
     model = hf_t5.model_from_hf_config(hf.config.to_dict(), jnp.float32)
     params = hf_t5.hf_to_params(state_dict_numpy(hf), model)
-    mesh = jax.sharding.Mesh(np.array(jax.devices()[:4]).reshape(2, 2), ("data", "model"))
-    P = jax.sharding.PartitionSpec
-
-    def spec_for(path, leaf):
-        name = "/".join(k.key for k in path)
-        for pattern, spec in t5_lib.SHARDING_RULES:
-            assert re.search(pattern, name) is not None or re.fullmatch(pattern, name) is None
-            if re.fullmatch(pattern, name):
-                assert len(spec) == leaf.ndim, (name, spec)
-                return spec
-        return (None,) * leaf.ndim
-
-    specs = jax.tree_util.tree_map_with_path(spec_for, params)
-    names = {"/".join(k.key for k in p): s for p, s in jax.tree_util.tree_leaves_with_path(
-        specs, is_leaf=lambda x: isinstance(x, tuple))}
-    assert names["decoder/block_0/cross_attention/query/kernel"] == (None, "model")
-    assert names["encoder/block_1/mlp/wo/kernel"] == ("model", None)
-    assert names["lm_head/kernel"] == (None, "model")
-    assert names["encoder/final_norm/scale"] == (None,)
-    sharded = jax.tree_util.tree_map(lambda x, s: jax.device_put(x, jax.sharding.NamedSharding(mesh, P(*s))),
-                                     params, specs, is_leaf=lambda x: isinstance(x, tuple) and not hasattr(x, "shape"))
+    mesh = sharding.make_mesh((2, 2))
+    shardings = sharding.param_shardings(params, t5_lib.SHARDING_RULES, mesh)
+    specs = {sharding.path_str(p): tuple(s.spec) for p, s in jax.tree_util.tree_leaves_with_path(shardings)}
+    assert specs["decoder/block_0/cross_attention/query/kernel"] == (None, "model")
+    assert specs["encoder/block_1/self_attention/out/kernel"] == ("model", None)
+    assert specs["decoder/block_2/mlp/wi_1/kernel"] == (None, "model")
+    assert specs["encoder/block_1/mlp/wo/kernel"] == ("model", None)
+    assert specs["shared/embedding"] == ("model", None)
+    assert specs["lm_head/kernel"] == (None, "model")
+    assert specs["encoder/final_norm/scale"] == () and specs["decoder/relative_attention_bias/embedding"] == ()
+    for pattern, _ in t5_lib.SHARDING_RULES:  # the patterns also work under re.fullmatch
+        assert any(re.fullmatch(pattern, name) for name in specs), pattern
+    sharded = jax.device_put(params, shardings)
     inputs = make_inputs()
-    ids, enc_mask, dec, dec_mask = (jnp.asarray(x) for x in inputs)
-    fn = jax.jit(lambda p: model.apply({"params": p}, ids, dec, enc_mask, dec_mask))
-    np.testing.assert_allclose(np.asarray(fn(sharded)), np.asarray(fn(params)), atol=1e-5)
+    np.testing.assert_allclose(jax_outputs(model, sharded, *inputs)[0], jax_outputs(model, params, *inputs)[0],
+                               atol=1e-5)
 
 
 def test_config_round_trip_and_overrides():
@@ -315,6 +308,7 @@ def test_shift_right_matches_transformers():
     np.testing.assert_array_equal(ref, [[0, 5, 6, 7], [0, 8, 0, 0]])
 
 
+@pytest.mark.slow
 def test_remat_same_params_outputs_and_grads():
     hf = make_hf_model("umt5_per_layer_bias")
     model = hf_t5.model_from_hf_config(hf.config.to_dict(), jnp.float32)

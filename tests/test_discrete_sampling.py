@@ -51,21 +51,27 @@ def oracle_fn(x0):
 def test_topk_unmasks_scheduled_count_and_keeps_prompt():
     x0, corr, valid, gen = setup()
     N = 5
-    combos = [(r, g) for r in (True, False) for g in (True, False)]
+    combos = [(r, g, "linear") for r in (True, False) for g in (True, False)] + [(True, True, "cosine"),
+                                                                                 (False, False, "cosine")]
 
     @jax.jit
     def run(rng):
         return [ds.topk_unmask_sample(random_fn, x0, rng, mask_id=MASK, num_steps=N, corruptible=corr, valid=valid,
-                                      remask=r, greedy=g, temperature=0.7, return_history=True) for r, g in combos]
+                                      remask=r, greedy=g, temperature=0.7, unmask_schedule=u, return_history=True)
+                for r, g, u in combos]
 
     n_gen = gen.sum(1)
-    for (remask, greedy), (out, hist) in zip(combos, run(jax.random.PRNGKey(3))):
+    for (remask, greedy, sched), (out, hist) in zip(combos, run(jax.random.PRNGKey(3))):
         out, hist = np.asarray(out), np.asarray(hist)
         assert hist.shape == (N,) + x0.shape
         np.testing.assert_array_equal(out, hist[-1])
         for i in range(1, N + 1):
             h = hist[i - 1]
-            np.testing.assert_array_equal(((h != MASK) & gen).sum(1), (n_gen * i) // N)  # k_i = floor(L_valid i/N)
+            if sched == "linear":
+                k = (n_gen * i) // N  # k_i = floor(L_valid i / N)
+            else:
+                k = n_gen - np.floor(n_gen * np.cos(np.pi / 2 * i / N) + 1e-6).astype(int)
+            np.testing.assert_array_equal(((h != MASK) & gen).sum(1), k, err_msg=f"{sched} step {i}")
             np.testing.assert_array_equal(h[~gen], np.asarray(x0)[~gen])  # prompt and padding untouched
             if not remask and i > 1:  # decoded tokens are frozen
                 prev = hist[i - 2]

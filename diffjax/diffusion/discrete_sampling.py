@@ -72,6 +72,7 @@ def topk_unmask_sample(
     temperature: float = 1.0,
     greedy: bool = True,
     remask: bool = True,
+    unmask_schedule: str = "linear",
     return_history: bool = False,
 ):
     """Top-k confidence unmasking (papers.md 002, reparameterised decoding).
@@ -79,7 +80,10 @@ def topk_unmask_sample(
     Start: every generated position (``corruptible & valid``) is [MASK]. At step i = 1..N:
       1. logits = logits_fn(x, t_i), t_i = 1 - (i - 1)/N; the [MASK] logit is excluded;
       2. x^_0^n = argmax (greedy) or a sample of softmax(logits / temperature); s^n = log p(x^_0^n);
-      3. k_i = floor(L_valid * i / N) generated positions are unmasked afterwards, the rest [MASK]:
+      3. k_i generated positions are unmasked afterwards, the rest [MASK], with
+         k_i = floor(L_valid * i / N) (``unmask_schedule="linear"``, papers.md 002) or
+         k_i = L_valid - floor(L_valid * cos(pi/2 * i / N)) (``"cosine"``, the default of paper 002's
+         public generator, yegcjs/DiffusionLLM):
          * ``remask=True`` (RDM, papers.md default): the top-k_i of *all* generated positions by s^n
            are set to x^_0^n and every other one is re-masked (decoded tokens may be re-masked or
            rewritten);
@@ -94,16 +98,24 @@ def topk_unmask_sample(
       rng: PRNG key (split into one key per step).
       mask_id: the [MASK] id; num_steps: N.
       corruptible, valid: [B, L] bool or None — positions to generate / per-example target length.
-      temperature, greedy: token choice; remask: see above.
+      temperature, greedy: token choice; remask, unmask_schedule: see above.
       return_history: also return the token array after every step.
 
     Returns:
       tokens: [B, L] int32; with ``return_history`` also history [N, B, L] int32.
     """
     _check(x_init, num_steps)
+    if unmask_schedule not in ("linear", "cosine"):
+        raise ValueError(f"unmask_schedule={unmask_schedule!r} is not 'linear' or 'cosine'.")
     B = x_init.shape[0]
     gen = combine_masks(corruptible, valid, x_init.shape)
     n_gen = jnp.sum(gen, axis=-1).astype(jnp.int32)  # [B]
+
+    def num_unmasked(i):  # k_i, [B] int32 in [0, n_gen]
+        if unmask_schedule == "linear":
+            return (n_gen * i) // num_steps  # exact integer floor(L_valid * i / N)
+        still = jnp.floor(n_gen * jnp.cos(0.5 * jnp.pi * i.astype(jnp.float32) / num_steps)).astype(jnp.int32)
+        return jnp.where(i == num_steps, n_gen, jnp.clip(n_gen - still, 0, n_gen))
     x = jnp.where(gen, mask_id, x_init).astype(jnp.int32)
 
     def step(x, inp):
@@ -111,7 +123,7 @@ def topk_unmask_sample(
         t = jnp.full((B,), 1.0 - (i - 1).astype(jnp.float32) / num_steps)
         logits = exclude_token_logit(logits_fn(x, t), mask_id)
         tok, score = _choose(logits, key, temperature, greedy)
-        k = (n_gen * i) // num_steps  # [B], exact integer floor(L_valid * i / N)
+        k = num_unmasked(i)
         if remask:
             keep = _top_count(score, gen, k)
             x_new = jnp.where(gen, jnp.where(keep, tok, mask_id), x)

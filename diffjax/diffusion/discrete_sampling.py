@@ -116,6 +116,7 @@ def topk_unmask_sample(
             return (n_gen * i) // num_steps  # exact integer floor(L_valid * i / N)
         still = jnp.floor(n_gen * jnp.cos(0.5 * jnp.pi * i.astype(jnp.float32) / num_steps)).astype(jnp.int32)
         return jnp.where(i == num_steps, n_gen, jnp.clip(n_gen - still, 0, n_gen))
+
     x = jnp.where(gen, mask_id, x_init).astype(jnp.int32)
 
     def step(x, inp):

@@ -198,7 +198,7 @@ def masked_diffusion_elbo(
     antithetic: bool = True,
     normalize: str = "sequence",
 ) -> tuple[jax.Array, dict[str, Any]]:
-    """Continuous-time masked-diffusion negative ELBO (MD4 eq. 4 / MDLM), one-sample estimate.
+    """Continuous-time masked-diffusion negative ELBO (MD4, Shi et al. 2024; MDLM), one-sample estimate.
 
         -ELBO = int_0^1 w(t) E_{q(x_t|x_0)} [ sum_n 1[x_t^n = MASK] (-log p_theta(x_0^n | x_t)) ] dt,
         w(t) = -alpha'(t) / (1 - alpha(t))
@@ -306,7 +306,7 @@ def rdm_loss(
 
     ``time_sampling="ratio"`` is the variant "draw r ~ U(min_ratio, 1), mask exactly ceil(r n_b)
     corruptible tokens, weight 1/r" ("reciprocal") or 1 ("constant"); ``logits_fn`` gets r. Note
-    E[ceil(r n)/r] has a log-divergence at r -> 0 (hence ``min_ratio`` > 0) and exceeds n slightly:
+    E[ceil(r n)/r] has a log-divergence at r -> 0 (hence ``min_ratio`` > 0) and exceeds n (biased vs the ELBO):
     E_r[ceil(r n)/r] = (1/(1 - r_min)) sum_k k log(b_k / a_k) over [a_k, b_k] = [(k-1)/n, k/n] ∩ [r_min, 1].
 
     Args:

@@ -111,8 +111,8 @@ class Progress:
 
     def line(self, step: int, scalars: Mapping[str, Any], rate: float) -> str:
         eta = (self.num_steps - step) / rate if rate and rate > 0 else float("nan")
-        shown = " ".join(f"{k} {float(v):.4g}" for k, v in scalars.items()
-                         if np.ndim(v) == 0 and k in ("loss", "learning_rate", "grad_norm"))
+        shown = " ".join(f"{k} {float(scalars[k]):.4g}" for k in ("loss", "grad_norm", "learning_rate")
+                         if k in scalars)
         return f"step {step}/{self.num_steps} {shown} | {rate:.1f} steps/s | ETA {_fmt_duration(eta)}"
 
     def report(self, step: int, scalars: Mapping[str, Any], rate: float) -> None:

@@ -152,7 +152,9 @@ def main(argv: list[str] | None = None) -> int:
 def _run(command: str, config, workdir: str) -> None:
     from diffjax.tasks.base import Task
     from diffjax.train import trainer
+    from diffjax.train.sharding import maybe_initialize_distributed
 
+    maybe_initialize_distributed(config.get("distributed"))  # before anything touches a JAX backend
     if command == "train":
         trainer.train(config, workdir)
     elif command == "eval":

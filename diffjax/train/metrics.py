@@ -102,6 +102,10 @@ class Progress:
         self._last_t = self._t0
         self._last_step = int(start_step)
 
+    def reset(self, step: int) -> None:
+        """Restart the rate window at ``step`` (e.g. after the compile of the first step)."""
+        self._last_t, self._last_step = time.perf_counter(), int(step)
+
     def rate(self, step: int) -> float:
         now = time.perf_counter()
         dt = now - self._last_t

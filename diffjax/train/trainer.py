@@ -292,6 +292,8 @@ def train(config, workdir: str, *, task: Task | None = None) -> TrainState:
             state, metrics = setup.train_step(state, batch)
             if pending is not None:
                 _check_finite(*pending, checkpointer, ckpt_dir)
+                if step == start + 1:  # the first step (compile) is done: time the rest
+                    progress.reset(step)
             pending = (step + 1, metrics)
             done = step + 1
             sync = (done % log_every == 0 or done == num_steps or done in snapshots

@@ -17,6 +17,7 @@ import pytest
 from diffjax.checkpoints import orbax as ck
 from diffjax.cli import _load_config_file
 from diffjax.train import trainer
+from diffjax.train.metrics import read_metrics
 from diffjax.train.state import TrainState
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -164,6 +165,8 @@ def test_sigkill_then_rerun_is_bit_identical(tmp_path):
         resumed = c.restore(STEPS, trainer.build(config).abstract_state)
     finally:
         c.close()
+    steps = [r["step"] for r in read_metrics(str(workdir))]
+    assert steps == list(range(10, STEPS + 1, 10))  # rows after the killed run's checkpoint were dropped
     for name in ("params", "ema_params", "opt_state", "rng", "step"):
         a = jax.tree_util.tree_leaves(getattr(resumed, name))
         b = jax.tree_util.tree_leaves(getattr(reference, name))

@@ -163,9 +163,8 @@ def save_snapshot(workdir: str, step: int, params: PyTree) -> None:
     path = os.path.abspath(os.path.join(workdir, "snapshots", str(int(step))))
     if os.path.exists(path):
         return
-    with ocp.StandardCheckpointer() as ckptr:
-        ckptr.save(path, params)
-        ckptr.wait_until_finished()
+    with ocp.Checkpointer(ocp.StandardCheckpointHandler()) as ckptr:  # synchronous
+        ckptr.save(path, args=ocp.args.StandardSave(params))
 
 
 def snapshot_steps_on_disk(workdir: str) -> list[int]:
@@ -178,10 +177,10 @@ def snapshot_steps_on_disk(workdir: str) -> list[int]:
 def load_snapshot(workdir: str, step: int, target_params: PyTree) -> PyTree:
     """Restores snapshot ``step`` into the structure / shardings of ``target_params``."""
     path = os.path.abspath(os.path.join(workdir, "snapshots", str(int(step))))
-    with ocp.StandardCheckpointer() as ckptr:
+    with ocp.Checkpointer(ocp.StandardCheckpointHandler()) as ckptr:
         try:
             stored = ckptr.metadata(path)
         except Exception as e:  # noqa: BLE001
             raise CheckpointCorruptError(f"cannot read snapshot {path}: {_short(e)}") from e
         compare_trees(_metadata_tree(stored), target_params, what=f"snapshot {path}")
-        return ckptr.restore(path, _abstract(target_params))
+        return ckptr.restore(path, args=ocp.args.StandardRestore(_abstract(target_params)))

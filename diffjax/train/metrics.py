@@ -52,6 +52,20 @@ class MetricsWriter:
 
             self._tb = SummaryWriter(os.path.join(workdir, "tensorboard"))
 
+    def drop_after(self, step: int) -> None:
+        """Removes rows with ``step`` > ``step`` (left by a run killed after its last checkpoint),
+        so a resumed run's metrics.jsonl has each step once."""
+        if not self.active:
+            return
+        self._f.close()
+        path = self._f.name
+        with open(path) as f:
+            rows = [line for line in f if line.strip() and json.loads(line).get("step", 0) <= step]
+        with open(path + ".tmp", "w") as f:
+            f.writelines(rows)
+        os.replace(path + ".tmp", path)
+        self._f = open(path, "a")
+
     def write(self, step: int, scalars: Mapping[str, Any], prefix: str = "") -> None:
         if not self.active:
             return

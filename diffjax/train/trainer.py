@@ -275,6 +275,7 @@ def train(config, workdir: str, *, task: Task | None = None) -> TrainState:
         else:
             state = setup.init_state()
         start = int(jax.device_get(state.step))
+        writer.drop_after(start)
         snapshots = _snapshot_steps(task)
         ckpt_every, log_every = int(tc.checkpoint_every), max(int(tc.log_every), 1)
         eval_every = int(tc.get("eval_every", 0) or 0)

@@ -23,7 +23,7 @@ import time
 
 _args = argparse.ArgumentParser()
 _args.add_argument("--devices", type=int, default=4)
-_args.add_argument("--iters", type=int, default=50)
+_args.add_argument("--iters", type=int, default=20)
 _args.add_argument("--repeats", type=int, default=3)
 ARGS = _args.parse_args()
 os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") +

@@ -95,28 +95,28 @@ def _one_step(mesh_shape):
     config = small_config(mesh_shape=mesh_shape, **{"train.global_batch_size": 16, "optimizer.warmup_steps": 0})
     setup = trainer.build(config)
     state = setup.init_state()
+    p0 = jax.device_get(state.params)  # host copy: the step donates `state`
     local = next(setup.task.train_batches(0, global_batch_size=16))
     step = trainer.jit_train_step(setup, local)
     batch = sh.global_batch(local, setup.batch_shardings, 16)
     new, metrics = step(state, batch)
-    return new, jax.device_get(metrics)
+    return new, jax.device_get(metrics), p0
 
 
 def test_one_step_is_mesh_invariant():
     """Acceptance: loss and updated params of one step agree to 1e-5 on meshes (4,1), (2,2), (1,1)."""
     results = {m: _one_step(m) for m in [(4, 1), (2, 2), (1, 1)]}
-    ref_state, ref_metrics = results[(1, 1)]
+    ref_state, ref_metrics, p0 = results[(1, 1)]
     sharded = results[(2, 2)][0].params["hidden_0"]["kernel"]
     assert sharded.sharding.spec == P(None, "model")  # really split over "model" ...
     assert len({str(s.index) for s in sharded.addressable_shards}) == 2
     assert results[(4, 1)][0].params["hidden_0"]["kernel"].sharding.spec == P(None, "model")
     for m in [(4, 1), (2, 2)]:
-        state, metrics = results[m]
+        state, metrics, _ = results[m]
         np.testing.assert_allclose(metrics["loss"], ref_metrics["loss"], rtol=1e-5, atol=1e-5)
         for a, b in zip(jax.tree_util.tree_leaves(state.params), jax.tree_util.tree_leaves(ref_state.params)):
             np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-5)
     # The step did move the params (otherwise the comparison would be vacuous).
-    p0 = trainer.build(small_config(mesh_shape=(1, 1))).init_state().params
     assert np.abs(np.asarray(p0["hidden_0"]["kernel"]) - np.asarray(ref_state.params["hidden_0"]["kernel"])).max() > 1e-4
     assert not np.allclose(np.asarray(p0["hidden_0"]["kernel"]), np.asarray(ref_state.params["hidden_0"]["kernel"]))
 

@@ -181,6 +181,17 @@ def test_include_head_false_and_bf16(lite0, cache):
     np.testing.assert_allclose(np.asarray(bf["logits"]), np.asarray(full["logits"]), atol=0.5)
 
 
+def test_apply_in_chunks_equals_one_call(cache):
+    model, variables = ckpt.lite0_imagenet()
+    x = jnp.asarray(np.random.default_rng(3).normal(size=(3, 48, 48, 3)).astype(np.float32))
+    whole = jax.jit(model.apply)(variables, x)
+    chunked = jax.jit(lambda v, x: en.apply_in_chunks(model, v, x, 2))(variables, x)
+    assert jax.tree_util.tree_structure(whole) == jax.tree_util.tree_structure(chunked)
+    for a, b in zip(jax.tree_util.tree_leaves(whole), jax.tree_util.tree_leaves(chunked)):
+        assert a.shape == b.shape
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-5)
+
+
 def _to_torchvision(sd_lukemelas, tmodel):
     """Rename a lukemelas state dict to torchvision's documented EfficientNet layout
     (features.0 stem, features.1..7 stages of MBConv ``block.K`` = [expand] dw [SE fc1/fc2] project,
@@ -273,3 +284,23 @@ def test_preprocess_shapes_and_normalisation():
                                rtol=1e-6)
     with pytest.raises(ValueError, match="Unknown EfficientNet variant"):
         en.efficientnet_config("b9")
+
+
+def test_train_mode_batch_statistics_match_torch_train():
+    """train=True normalises with batch statistics like torch's .train() (dropout/drop-connect off)."""
+    size = 64
+    tmodel = _torch_model("efficientnet-b0", size, seed=5)
+    tmodel._global_params = tmodel._global_params._replace(drop_connect_rate=0.0)
+    tmodel._dropout.p = 0.0
+    cfg = en.efficientnet_config("b0", drop_connect_rate=0.0, dropout=0.0)
+    variables = ckpt.convert_state_dict(_state_dict_np(tmodel), cfg)
+    x = np.random.default_rng(4).normal(size=(4, size, size, 3)).astype(np.float32)
+    out, updates = jax.jit(lambda v, x: en.EfficientNet(cfg).apply(v, x, train=True, mutable=["batch_stats"]))(
+        variables, jnp.asarray(x))
+    tmodel.train()
+    logits, maps = _torch_forward(tmodel, x)
+    _assert_close("train logits", out["logits"], logits, 1e-3)
+    for s, (f, m) in enumerate(zip(out["features"], maps)):
+        _assert_close(f"train stage {s}", f, m, 1e-3)
+    moved = updates["batch_stats"]["stem"]["bn"]["mean"]
+    assert not np.allclose(np.asarray(moved), variables["batch_stats"]["stem"]["bn"]["mean"])

@@ -220,6 +220,17 @@ def _explicit_pads(size: int, k: int, s: int, padding: str) -> tuple[int, int]:
     return total // 2, total - total // 2
 
 
+def _taps(x, k: int, s: int, padding: str):
+    """The k*k shifted, strided views of x [B,H,W,C] a k x k / stride s conv sees -> list of [B,oh,ow,C]."""
+    (h, wd) = x.shape[1:3]
+    ph, pw = _explicit_pads(h, k, s, padding), _explicit_pads(wd, k, s, padding)
+    oh, ow = (h + sum(ph) - k) // s + 1, (wd + sum(pw) - k) // s + 1
+    xp = jnp.pad(x, ((0, 0), ph, pw, (0, 0))) if any(ph + pw) else x
+    return [jax.lax.slice(xp, (0, i, j, 0), (xp.shape[0], i + (oh - 1) * s + 1, j + (ow - 1) * s + 1,
+                                             xp.shape[3]), (1, s, s, 1))
+            for i in range(k) for j in range(k)]
+
+
 class DepthwiseConv(nn.Module):
     """k x k depthwise conv (no bias) as a sum of k*k shifted, strided slices times per-channel weights.
 
@@ -242,17 +253,6 @@ class DepthwiseConv(nn.Module):
             tap = tap * w[t // k, t % k, 0]
             acc = tap if acc is None else acc + tap
         return acc
-
-
-def _taps(x, k: int, s: int, padding: str):
-    """The k*k shifted, strided views of x [B,H,W,C] a k x k / stride s conv sees -> list of [B,oh,ow,C]."""
-    (h, wd) = x.shape[1:3]
-    ph, pw = _explicit_pads(h, k, s, padding), _explicit_pads(wd, k, s, padding)
-    oh, ow = (h + sum(ph) - k) // s + 1, (wd + sum(pw) - k) // s + 1
-    xp = jnp.pad(x, ((0, 0), ph, pw, (0, 0))) if any(ph + pw) else x
-    return [jax.lax.slice(xp, (0, i, j, 0), (xp.shape[0], i + (oh - 1) * s + 1, j + (ow - 1) * s + 1,
-                                             xp.shape[3]), (1, s, s, 1))
-            for i in range(k) for j in range(k)]
 
 
 class DenseConv(nn.Module):
@@ -400,6 +400,21 @@ class EfficientNet(nn.Module):
         out["pooled"] = pooled
         out["logits"] = logits.astype(jnp.float32)
         return out
+
+
+def apply_in_chunks(model: EfficientNet, variables, images: jax.Array, chunk: int):
+    """``model.apply(variables, images)`` run as ``lax.map`` over chunks of ``chunk`` images (jittable).
+
+    Same result as one call (inference mode). On XLA:CPU small chunks keep activations in cache:
+    Lite0 at 224 runs ~2x faster per image in chunks of 4 than as one batch of 32. The batch is
+    zero-padded to a multiple of ``chunk`` and the padding dropped. images: [B,H,W,3].
+    """
+    b = images.shape[0]
+    n = -(-b // chunk)
+    pad = n * chunk - b
+    x = jnp.pad(images, ((0, pad), (0, 0), (0, 0), (0, 0))) if pad else images
+    out = jax.lax.map(lambda xb: model.apply(variables, xb), x.reshape(n, chunk, *x.shape[1:]))
+    return jax.tree_util.tree_map(lambda a: a.reshape(n * chunk, *a.shape[2:])[:b], out)
 
 
 def preprocess(images, name: str | EfficientNetConfig, resolution: int | None = None,

@@ -252,6 +252,53 @@ def test_torchvision_layout(tmp_path):
     _check_parity(model, variables, tmodel, x)
 
 
+def _to_timm(sd_lukemelas, tmodel):
+    """Rename a lukemelas state dict to timm's EfficientNet layout (conv_stem/bn1, blocks.S.J with
+    DepthwiseSeparableConv or InvertedResidual names, conv_head/bn2, classifier)."""
+    out = {}
+
+    def put(dst_conv, dst_bn, conv, bn):
+        out[f"{dst_conv}.weight"] = sd_lukemelas[f"{conv}.weight"]
+        for t in ("weight", "bias", "running_mean", "running_var", "num_batches_tracked"):
+            out[f"{dst_bn}.{t}"] = sd_lukemelas[f"{bn}.{t}"]
+
+    put("conv_stem", "bn1", "_conv_stem", "_bn0")
+    stage, j = -1, -1
+    for i, b in enumerate(tmodel._blocks):
+        if b._block_args.input_filters != b._block_args.output_filters:
+            stage, j = stage + 1, 0
+        else:
+            j += 1
+        p, q = f"blocks.{stage}.{j}", f"_blocks.{i}"
+        if hasattr(b, "_expand_conv"):
+            put(f"{p}.conv_pw", f"{p}.bn1", f"{q}._expand_conv", f"{q}._bn0")
+            put(f"{p}.conv_dw", f"{p}.bn2", f"{q}._depthwise_conv", f"{q}._bn1")
+            put(f"{p}.conv_pwl", f"{p}.bn3", f"{q}._project_conv", f"{q}._bn2")
+        else:
+            put(f"{p}.conv_dw", f"{p}.bn1", f"{q}._depthwise_conv", f"{q}._bn1")
+            put(f"{p}.conv_pw", f"{p}.bn2", f"{q}._project_conv", f"{q}._bn2")
+        if b.has_se:
+            for tm_, lm in (("conv_reduce", "_se_reduce"), ("conv_expand", "_se_expand")):
+                for t in ("weight", "bias"):
+                    out[f"{p}.se.{tm_}.{t}"] = sd_lukemelas[f"{q}.{lm}.{t}"]
+    put("conv_head", "bn2", "_conv_head", "_bn1")
+    out["classifier.weight"], out["classifier.bias"] = sd_lukemelas["_fc.weight"], sd_lukemelas["_fc.bias"]
+    assert len(out) == len(sd_lukemelas)
+    return out
+
+
+def test_timm_layout(tmp_path):
+    """A timm-named state dict (safetensors file, detected layout) reproduces the lukemelas reference."""
+    from safetensors.numpy import save_file
+    tmodel = _torch_model("efficientnet-b0", 64, seed=6)
+    path = tmp_path / "timm_b0.safetensors"
+    save_file({k: np.ascontiguousarray(v) for k, v in _to_timm(_state_dict_np(tmodel), tmodel).items()}, str(path))
+    model, variables = ckpt.load_efficientnet("efficientnet_b0", path)
+    assert model.config.padding == "same"
+    x = np.random.default_rng(7).normal(size=(2, 64, 64, 3)).astype(np.float32)
+    _check_parity(model, variables, tmodel, x)
+
+
 def test_strict_import_lists_every_problem():
     tmodel = _torch_model("efficientnet-b0", 32)
     sd = _state_dict_np(tmodel)

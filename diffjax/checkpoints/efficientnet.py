@@ -10,6 +10,11 @@ Supported layouts (detected from the keys):
   (``.0`` conv, ``.1`` BN), ``features.1..7`` stages of MBConv with ``block.K`` = [expand] depthwise
   [SE ``fc1``/``fc2``] project (each ``.0`` conv, ``.1`` BN), ``features.8`` head, ``classifier.1``.
   Symmetric padding; BN eps 1e-5 for B0–B4, 1e-3 for B5–B7 (torchvision's own settings).
+- ``"timm"``: ``conv_stem``/``bn1``, ``blocks.S.J`` (DepthwiseSeparableConv ``conv_dw``/``bn1``, ``se``,
+  ``conv_pw``/``bn2``; InvertedResidual ``conv_pw``/``bn1``, ``conv_dw``/``bn2``, ``se.conv_reduce``/
+  ``se.conv_expand``, ``conv_pwl``/``bn3``), ``conv_head``/``bn2``, ``classifier``. Defaults are those
+  of timm's ``tf_efficientnet_*`` / ``tf_efficientnet_lite*`` ports (TF same padding, eps 1e-3); for
+  timm's own ``efficientnet_b0..b3`` weights pass ``padding="symmetric", bn_eps=1e-5``.
 
 Every import checks that the file's keys are exactly the model's (``num_batches_tracked`` is
 ignored) with the right shapes and raises one ``ValueError`` listing every missing, unexpected and
@@ -41,7 +46,7 @@ _ID = lambda w: w
 _BN = {"weight": ("params", "scale"), "bias": ("params", "bias"),
        "running_mean": ("batch_stats", "mean"), "running_var": ("batch_stats", "var")}
 
-LAYOUTS = ("lukemelas", "torchvision")
+LAYOUTS = ("lukemelas", "torchvision", "timm")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -115,6 +120,28 @@ def key_table(cfg: en.EfficientNetConfig, layout: str) -> dict[str, _Entry]:
         _convbn(table, (f"features.{n}.0", f"features.{n}.1"), ("head",))
         table["classifier.1.weight"] = _dense_entry(("params", "classifier", "kernel"), conv1x1=False)
         table["classifier.1.bias"] = _bias_entry(("params", "classifier", "bias"))
+    elif layout == "timm":
+        _convbn(table, ("conv_stem", "bn1"), ("stem",))
+        counters = {}
+        for i, b in enumerate(specs):
+            j = counters.get(b.stage, 0)
+            counters[b.stage] = j + 1
+            p, f = f"blocks.{b.stage}.{j}.", (f"blocks_{i}",)
+            if b.expand_ratio != 1:  # InvertedResidual: conv_pw/bn1, conv_dw/bn2, se, conv_pwl/bn3
+                _convbn(table, (p + "conv_pw", p + "bn1"), (*f, "expand"))
+                _convbn(table, (p + "conv_dw", p + "bn2"), (*f, "depthwise"))
+                project = (p + "conv_pwl", p + "bn3")
+            else:  # DepthwiseSeparableConv: conv_dw/bn1, se, conv_pw/bn2
+                _convbn(table, (p + "conv_dw", p + "bn1"), (*f, "depthwise"))
+                project = (p + "conv_pw", p + "bn2")
+            if b.se_filters is not None:
+                for tn, fn in (("se.conv_reduce", "se_reduce"), ("se.conv_expand", "se_expand")):
+                    table[f"{p}{tn}.weight"] = _dense_entry(("params", *f, fn, "kernel"), conv1x1=True)
+                    table[f"{p}{tn}.bias"] = _bias_entry(("params", *f, fn, "bias"))
+            _convbn(table, project, (*f, "project"))
+        _convbn(table, ("conv_head", "bn2"), ("head",))
+        table["classifier.weight"] = _dense_entry(("params", "classifier", "kernel"), conv1x1=False)
+        table["classifier.bias"] = _bias_entry(("params", "classifier", "bias"))
     else:
         raise ValueError(f"Unknown layout {layout!r}; expected one of {LAYOUTS}.")
     return table
@@ -126,8 +153,11 @@ def detect_layout(state_dict: Mapping[str, np.ndarray]) -> str:
         return "lukemelas"
     if "features.0.0.weight" in keys:
         return "torchvision"
+    if "conv_stem.weight" in keys:
+        return "timm"
     raise ValueError("Cannot tell the EfficientNet checkpoint layout: expected '_conv_stem.weight' "
-                     "(lukemelas efficientnet_pytorch) or 'features.0.0.weight' (torchvision); found "
+                     "(lukemelas efficientnet_pytorch), 'features.0.0.weight' (torchvision) or "
+                     "'conv_stem.weight' (timm); found "
                      f"keys like {sorted(keys)[:5]}. Pass layout= explicitly or rename the keys.")
 
 
@@ -252,8 +282,9 @@ def load_efficientnet(name: str, weights_path: str | os.PathLike | None = None, 
       name: 'efficientnet-b0'..'b7', 'efficientnet-lite0'..'lite4' (or 'b4', 'lite0').
       weights_path: a state dict (.pth/.pt/.bin via torch, .safetensors, .npz). None: the embedded
         ImageNet Lite0 weights for lite0; an error for the others (no weights ship with diffjax).
-      layout: 'lukemelas' or 'torchvision' (default: detected from the keys). torchvision sets
-        symmetric padding and torchvision's BN eps unless given in ``config_overrides``.
+      layout: 'lukemelas', 'torchvision' or 'timm' (default: detected from the keys). torchvision sets
+        symmetric padding and torchvision's BN eps unless given in ``config_overrides``; timm keeps
+        the TF settings (its tf_* ports).
       include_head, dtype: passed to the model.
       config_overrides: fields of ``EfficientNetConfig`` (e.g. num_classes).
     Returns: (model, variables) with variables = {"params", "batch_stats"} (float32 numpy arrays).
@@ -272,7 +303,7 @@ def load_efficientnet(name: str, weights_path: str | os.PathLike | None = None, 
         big = key in ("efficientnet-b5", "efficientnet-b6", "efficientnet-b7")
         config_overrides.setdefault("bn_eps", 1e-3 if big else 1e-5)
     if "num_classes" not in config_overrides:
-        fc = sd.get("_fc.weight", sd.get("classifier.1.weight"))
+        fc = next((sd[k] for k in ("_fc.weight", "classifier.1.weight", "classifier.weight") if k in sd), None)
         if fc is not None:
             config_overrides["num_classes"] = int(fc.shape[0])
     cfg = en.efficientnet_config(key, **config_overrides)

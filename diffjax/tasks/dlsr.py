@@ -54,7 +54,8 @@ def load_sets(data) -> tuple[ImageSet, ImageSet, dict[str, ImageSet]]:
     if data.kind == "mnist_demo":
         from diffjax.data.demo_sets import dlsr_mnist_demo_sets
 
-        return dlsr_mnist_demo_sets(n_train=data.n_train, n_test=data.n_test, n_ood=data.n_ood, seed=data.seed)
+        return dlsr_mnist_demo_sets(n_train=data.n_train, n_test=data.n_test, n_ood=data.n_ood, seed=data.seed,
+                                    patch_size=data.patch_size)
     if data.kind == "tfds":
         from diffjax.data.images import load_tfds
 
@@ -80,7 +81,7 @@ def build_encoder(enc):
         cfg = en.efficientnet_config(name)
         model = en.EfficientNet(cfg, include_head=False, dtype=dtype)
         size = enc.image_size or cfg.resolution
-        variables = model.init(jax.random.PRNGKey(enc.random_seed), jnp.zeros((1, size, size, 3)))
+        variables = jax.jit(model.init)(jax.random.PRNGKey(enc.random_seed), jnp.zeros((1, size, size, 3)))
     else:
         from diffjax.checkpoints.efficientnet import load_efficientnet
 
@@ -301,7 +302,8 @@ class DLSRTask(Task):
             if k == "train":
                 continue
             z = self.z0(k, params)[:n_max]
-            out[k] = self._scores(params, z, ts, c.sweep_num_seeds, False, early, chunk=int(c.sweep_chunk))
+            s = self._scores(params, z, ts, c.sweep_num_seeds, True, early, chunk=int(c.sweep_chunk))
+            out[k] = {n: v for n, v in s.items() if not n.endswith("_layers")}
         names = list(out["test"])
         curves, res = {}, {"ts": ts, "auroc": {}, "best_t": {}}
         for ood in self.ood_names:

@@ -321,3 +321,21 @@ def test_prefix_lm_generate_equals_brute_force_loop(tmp_path_factory):
         logits = model.apply({"params": params}, seq, attention="prefix", prefix_length=jnp.full((2,), P))
         seq = jnp.concatenate([seq, jnp.argmax(logits[:, -1], -1)[:, None].astype(seq.dtype)], axis=1)
     np.testing.assert_array_equal(np.asarray(out), np.asarray(seq[:, P:]))
+
+
+def test_sharded_forward_on_2x2_mesh_matches_single_device():
+    sharding = pytest.importorskip("diffjax.train.sharding")
+    if jax.device_count() < 4:
+        pytest.skip("needs 4 (fake) devices")
+    cfg = llama_lib.LlamaConfig(vocab_size=64, hidden_size=16, intermediate_size=32, num_hidden_layers=2,
+                                num_attention_heads=4, num_key_value_heads=2, qkv_bias=True, attention="bidirectional")
+    model = llama_lib.Llama(cfg)
+    params = hf_llama.init_params(model, jax.random.key(1))
+    mesh = sharding.make_mesh((2, 2))
+    shardings = sharding.param_shardings(params, llama_lib.SHARDING_RULES, mesh)
+    assert shardings["layers_0"]["self_attn"]["k_proj"]["kernel"].spec == jax.sharding.PartitionSpec(None, "model")
+    sharded = jax.device_put(params, shardings)
+    ids = jnp.asarray(np.random.RandomState(0).randint(0, 64, (4, 6)))
+    ids_s = jax.device_put(ids, jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("data")))
+    f = jax.jit(lambda p, x: model.apply({"params": p}, x))
+    np.testing.assert_allclose(np.asarray(f(sharded, ids_s)), np.asarray(f(params, ids)), atol=1e-5)

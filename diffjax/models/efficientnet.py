@@ -24,6 +24,16 @@ Layout: NHWC. Output of ``EfficientNet.__call__(images [B,H,W,3] float32)``::
      "logits":   [B, num_classes] f32}   # (only when include_head)
 
 f_i: [B, ceil(H/2^i), ceil(W/2^i), C_i]; e.g. B0/Lite0 C = (16, 24, 40, 112, 320), B4 (24, 32, 56, 160, 448).
+
+Speed on XLA:CPU: depthwise convs run as k*k shifted slices and the stem / 1x1 convs as matmuls
+(``depthwise_impl="auto"``; grouped ``lax.conv`` is 5-80x slower there), and ``apply_in_chunks``
+runs a large batch in cache-sized chunks. Parameters are identical for every implementation.
+
+Typical use::
+
+    model, variables = diffjax.checkpoints.efficientnet.lite0_imagenet()    # real ImageNet weights
+    x = preprocess(images_uint8, "lite0")                                    # [B,224,224,3] float32
+    feats = jax.jit(EfficientNet(model.config, include_head=False).apply)(variables, x)["features"]
 """
 from __future__ import annotations
 

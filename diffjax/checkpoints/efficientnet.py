@@ -293,7 +293,7 @@ def load_efficientnet(name: str, weights_path: str | os.PathLike | None = None, 
     if weights_path is None:
         if key != "efficientnet-lite0":
             raise ValueError(f"No weights ship for {key}: pass weights_path= to a local state dict "
-                             "(lukemelas efficientnet_pytorch or torchvision layout). Only "
+                             "(lukemelas efficientnet_pytorch, torchvision or timm layout). Only "
                              "efficientnet-lite0 has embedded ImageNet weights.")
         weights_path = lite0_weights_path()
     sd = read_state_dict(weights_path)

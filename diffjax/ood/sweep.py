@@ -84,21 +84,25 @@ def sweep_auroc(id_scores: np.ndarray, ood_scores: np.ndarray) -> np.ndarray:
                                    jnp.asarray(np.mean(ood_scores, axis=1))))
 
 
-def plot_sweep(ts: Sequence[int], curves: dict[str, np.ndarray], path: str, title: str = "") -> None:
-    """Line plot of AUROC vs t, one curve per label -> PNG at ``path``."""
+def plot_sweep(ts: Sequence[int], curves: dict, path: str, title: str = "") -> None:
+    """AUROC vs t -> PNG at ``path``. ``curves``: {label: [n_t]} (one panel) or
+    {panel: {label: [n_t]}} (one panel each, e.g. one per OOD set)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(7, 4.5))
-    for label, y in curves.items():
-        ax.plot(list(ts), np.asarray(y), marker="o", ms=2.5, lw=1.2, label=label)
-    ax.set_xlabel("timestep t")
-    ax.set_ylabel("AUROC (OOD positive)")
-    ax.set_title(title or "DLSR score AUROC vs noise timestep")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=7, ncol=2)
+    panels = curves if all(isinstance(v, dict) for v in curves.values()) else {"": curves}
+    fig, axes = plt.subplots(1, len(panels), figsize=(4.6 * len(panels) + 0.6, 4.2), squeeze=False)
+    for ax, (name, panel) in zip(axes[0], panels.items()):
+        for label, y in panel.items():
+            ax.plot(list(ts), np.asarray(y), marker="o", ms=2.5, lw=1.2, label=label)
+        ax.set_xlabel("timestep t")
+        ax.set_ylabel("AUROC (OOD positive)")
+        ax.set_title(name, fontsize=9)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    fig.suptitle(title or "DLSR score AUROC vs noise timestep", fontsize=10)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    fig.savefig(path, dpi=110)
     plt.close(fig)

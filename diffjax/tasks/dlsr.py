@@ -312,7 +312,7 @@ class DLSRTask(Task):
                 a = sweep_lib.sweep_auroc(out["test"][n], out[f"ood/{ood}"][n])
                 res["auroc"][ood][n] = [float(x) for x in a]
                 res["best_t"].setdefault(ood, {})[n] = {"t": ts[int(np.argmax(a))], "auroc": float(np.max(a))}
-                curves[f"{ood} {n}"] = a
+                curves.setdefault(f"ID test vs {ood}", {})[n] = a
         res["sweep_seconds"] = time.time() - t0
         res["num_examples_per_set"] = {k: int(v["mse"].shape[-1]) for k, v in out.items()}
         if jax.process_index() == 0:

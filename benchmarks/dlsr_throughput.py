@@ -217,17 +217,20 @@ def main():
 
         # the sweep: n_t timesteps in one vmapped call vs a single-t call, on features only
         if v == args.variants.split(",")[0]:
-            fn = sweep.make_sweep_fn(lambda p, a, t: lfdn.apply({"params": p}, a, t), sched, dims, ddim_steps=DDIM_STEPS)
             z = jnp.asarray(rng.normal(size=(args.sweep_examples, d)).astype(np.float32))
             ids = jnp.arange(args.sweep_examples)
             ks = sweep.seed_keys(0, 1)
             ts_all = jnp.arange(1, args.sweep_t + 1)
-            t_one = _timeit(lambda: jax.block_until_ready(fn(lp, z, ts_all[:1] * 10, ks, ids)), args.iters)
-            t_all = _timeit(lambda: jax.block_until_ready(fn(lp, z, ts_all, ks, ids)), max(1, args.iters - 2))
-            print(f"sweep ({name} LFDN, {args.sweep_examples} examples, {DDIM_STEPS} DDIM steps): single t "
-                  f"{t_one * 1e3:.1f} ms; {args.sweep_t} t in one vmapped call {t_all:.2f} s = "
-                  f"{t_all / args.sweep_t * 1e3:.1f} ms per t ({t_all / args.sweep_t / t_one:.2f}x a single-t call)",
-                  flush=True)
+            for tb in (None, 1):
+                fn = sweep.make_sweep_fn(lambda p, a, t: lfdn.apply({"params": p}, a, t), sched, dims,
+                                         ddim_steps=DDIM_STEPS, t_batch_size=tb)
+                t_one = _timeit(lambda: jax.block_until_ready(fn(lp, z, ts_all[:1] * 10, ks, ids)), args.iters)
+                t_all = _timeit(lambda: jax.block_until_ready(fn(lp, z, ts_all, ks, ids)), max(1, args.iters - 2))
+                how = "vmap over all t" if tb is None else f"lax.map over t, batch_size={tb}"
+                print(f"sweep ({name} LFDN, {args.sweep_examples} examples, {DDIM_STEPS} DDIM steps, {how}): "
+                      f"single t {t_one * 1e3:.1f} ms; {args.sweep_t} t in one jitted call {t_all:.2f} s = "
+                      f"{t_all / args.sweep_t * 1e3:.1f} ms per t ({t_all / args.sweep_t / t_one:.2f}x a single-t call)",
+                      flush=True)
 
     print("\nDLSR end-to-end img/s (features + LFDN 16 blocks + MSE/MFsim scores), CPU, fp32")
     print("torch = the faster of 1 thread / default threads (see the per-variant lines above)")

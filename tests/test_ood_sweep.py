@@ -53,6 +53,11 @@ def test_chunked_equals_single_call(setup):
     parts = sweep.sweep_chunked(fn, params, z0, [2, 8], keys, chunk=4)  # 4 + 4 + 1 (padded)
     for k in whole:
         np.testing.assert_allclose(parts[k], whole[k], rtol=1e-5, atol=1e-6)
+    # lax.map over t in groups (bounded memory) == vmap over all t
+    mapped = sweep.make_sweep_fn(apply, sched, DIMS, ddim_steps=2, t_batch_size=1)
+    by_map = sweep.sweep_chunked(mapped, params, z0, [2, 8], keys)
+    for k in whole:
+        np.testing.assert_allclose(by_map[k], whole[k], rtol=1e-5, atol=1e-6)
 
 
 def test_sweep_auroc_matches_metrics_per_t():

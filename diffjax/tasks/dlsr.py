@@ -225,7 +225,8 @@ class DLSRTask(Task):
         if key not in self.__dict__:
             self.__dict__[key] = sweep_lib.make_sweep_fn(
                 self.apply, self.schedule, self.dims, ddim_steps=int(self.c.ddim_steps), eta=float(self.c.ddim_eta),
-                mfsim_skip_first=bool(self.c.mfsim_skip_first), per_layer=per_layer)
+                mfsim_skip_first=bool(self.c.mfsim_skip_first), per_layer=per_layer,
+                t_batch_size=int(self.c.sweep_t_batch) or None)
         return self.__dict__[key]
 
     def _scores(self, params, z0, ts, num_seeds, per_layer, early=None, chunk=None):

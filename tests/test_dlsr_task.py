@@ -63,3 +63,46 @@ def test_tiny_end_to_end_through_trainer(tmp_path, capsys):
     for png in ("roc.png", "sweep.png"):
         with open(os.path.join(wd, png), "rb") as f:
             assert f.read(8) == b"\x89PNG\r\n\x1a\n"
+
+
+def test_load_tfds_array_record_without_tensorflow(tmp_path):
+    """A tiny tfds dataset prepared as array_record (PNG bytes, no TF) reads back exactly; missing data
+    gives an error that says how to prepare it."""
+    import io
+
+    tfds = pytest.importorskip("tensorflow_datasets")
+    from PIL import Image
+
+    from diffjax.data.images import load_tfds
+
+    rng = np.random.default_rng(0)
+    originals = rng.integers(0, 256, (6, 8, 8, 3)).astype(np.uint8)
+
+    class TinyImages(tfds.core.GeneratorBasedBuilder):
+        # a one-part module name: tfds then skips its package-resource lookup of the builder's code
+        # path (that lookup needs `importlib_resources`, which is not installed here)
+        __module__ = "tiny_images_builder"
+        VERSION = tfds.core.Version("1.0.0")
+
+        def _info(self):
+            return tfds.core.DatasetInfo(builder=self, features=tfds.features.FeaturesDict({
+                "image": tfds.features.Image(shape=(8, 8, 3)), "label": tfds.features.ClassLabel(num_classes=6)}))
+
+        def _split_generators(self, dl_manager):
+            return {"train": self._generate_examples()}
+
+        def _generate_examples(self):
+            for i, im in enumerate(originals):
+                buf = io.BytesIO()
+                Image.fromarray(im).save(buf, format="PNG")
+                yield i, {"image": buf.getvalue(), "label": i}
+
+    TinyImages(data_dir=str(tmp_path), file_format="array_record").download_and_prepare()
+    s = load_tfds("tiny_images", "train", str(tmp_path))
+    assert s.images.shape == (6, 8, 8, 3) and sorted(s.labels.tolist()) == list(range(6))
+    for im, label in zip(s.images, s.labels):  # tfds shuffles the order; the label is the index
+        np.testing.assert_array_equal(im, originals[label])
+    with pytest.raises(FileNotFoundError, match="tfds build cifar10 --file_format=array_record"):
+        load_tfds("cifar10", "test", str(tmp_path / "missing"))
+    with pytest.raises(FileNotFoundError, match="--config.task.data_dir"):
+        load_tfds("cifar10", "test", str(tmp_path))

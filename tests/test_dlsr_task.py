@@ -106,3 +106,26 @@ def test_load_tfds_array_record_without_tensorflow(tmp_path):
         load_tfds("cifar10", "test", str(tmp_path / "missing"))
     with pytest.raises(FileNotFoundError, match="--config.task.data_dir"):
         load_tfds("cifar10", "test", str(tmp_path))
+
+
+def test_dataset_statistics_live_in_params_and_get_no_gradient(tmp_path):
+    import jax
+    import jax.numpy as jnp
+
+    c = _config()
+    with c.unlocked():
+        c.task.feature_cache_dir = str(tmp_path)
+    probe = build_task(c.task)  # same encoder + data config -> same cache files
+    raw = np.random.default_rng(0).normal(3.0, 2.0, size=(64, 512)).astype(np.float32)
+    np.save(probe._cache_path("train"), raw)
+    with c.unlocked():
+        c.task.normalize = "dataset"
+    task = build_task(c.task)  # fits the stats from the cached ID train features, no encoder run
+    params = task.init_params(jax.random.PRNGKey(0))
+    np.testing.assert_allclose(params["stats"]["mean"], raw.mean(0), rtol=1e-5)
+    z = np.asarray(task.normalize(jnp.asarray(raw), params))
+    np.testing.assert_allclose(z.mean(0), 0.0, atol=1e-4)
+    np.testing.assert_allclose(z.std(0), 1.0, atol=1e-3)
+    grads = jax.grad(lambda p: task.loss_fn(p, {"features": jnp.asarray(raw[:8])}, jax.random.PRNGKey(1))[0])(params)
+    assert not np.any(np.asarray(grads["stats"]["mean"])) and not np.any(np.asarray(grads["stats"]["std"]))
+    assert np.any(np.asarray(grads["lfdn"]["output"]["kernel"]))

@@ -165,6 +165,11 @@ def test_prefix_lm_semantics():
     assert np.abs(base[0, 0] - changed_prefix[0, 0]).max() > 1e-4  # bidirectional inside the prefix
     causal = model.apply({"params": params}, ids, attention="causal")
     assert np.abs(base[0, 0] - causal[0, 0]).max() > 1e-4
+    # An explicit visibility mask reproduces the named pattern.
+    vis = np.tril(np.ones((8, 8), bool))
+    vis[:, :4] = True
+    explicit = model.apply({"params": params}, ids, mask=jnp.asarray(vis)[None, None])
+    np.testing.assert_allclose(explicit, base, atol=1e-6)
 
 
 @pytest.mark.parametrize("name", ["llama_gqa2_tied_bias_llama3", "qwen2_gqa4_untied", "mistral_window3_headdim"])

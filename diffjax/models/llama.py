@@ -353,7 +353,7 @@ class Llama(nn.Module):
       positions: [B, L] int RoPE positions; None = arange(L) + cache_index.
       prefix_length: [B] int, for attention="prefix".
       attention: "causal" | "prefix" | "bidirectional"; None = ``config.attention``.
-      mask: optional explicit [B, 1|H, L, S] bool visibility mask; replaces the pattern (the padding mask
+      mask: optional explicit [B, 1, L, S] bool visibility mask (S = L, or the cache length); replaces the pattern (the padding mask
         and cache validity are still applied).
       cache: a ``KVCache`` (see ``init_cache``) and ``cache_index`` (int scalar, first slot to write).
       return_hidden: also return the final-normed hidden states [B, L, D].

@@ -344,3 +344,17 @@ def test_sharded_forward_on_2x2_mesh_matches_single_device():
     ids_s = jax.device_put(ids, jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("data")))
     f = jax.jit(lambda p, x: model.apply({"params": p}, x))
     np.testing.assert_allclose(np.asarray(f(sharded, ids_s)), np.asarray(f(params, ids)), atol=1e-5)
+
+
+def test_sampling_temperature():
+    cfg = llama_lib.LlamaConfig(vocab_size=V, hidden_size=16, intermediate_size=24, num_hidden_layers=1,
+                                num_attention_heads=2, initializer_range=0.5)
+    model = llama_lib.Llama(cfg)
+    params = hf_llama.init_params(model, jax.random.key(2))
+    ids = jnp.asarray(np.random.RandomState(7).randint(0, V, (2, 3)))
+    greedy = llama_lib.generate(model, params, ids, max_new_tokens=5)
+    cold = llama_lib.generate(model, params, ids, max_new_tokens=5, temperature=1e-6, rng=jax.random.key(1))
+    np.testing.assert_array_equal(cold, greedy)
+    hot = [np.asarray(llama_lib.generate(model, params, ids, max_new_tokens=5, temperature=5.0, rng=jax.random.key(s)))
+           for s in range(3)]
+    assert not (np.array_equal(hot[0], hot[1]) and np.array_equal(hot[1], hot[2]))

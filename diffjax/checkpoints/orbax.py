@@ -36,24 +36,13 @@ class CheckpointCorruptError(RuntimeError):
     """A checkpoint directory exists but cannot be read."""
 
 
-def _path_str(path) -> str:
-    parts = []
-    for k in path:
-        for attr in ("key", "name", "idx"):
-            if hasattr(k, attr):
-                parts.append(str(getattr(k, attr)))
-                break
-        else:
-            parts.append(str(k))
-    return "/".join(parts)
-
-
 def _flat(tree) -> dict[str, tuple[tuple[int, ...], str]]:
     out = {}
     for p, leaf in jax.tree_util.tree_leaves_with_path(tree):
         shape = tuple(getattr(leaf, "shape", np.shape(leaf)))
         dtype = getattr(leaf, "dtype", None)
-        out[_path_str(p)] = (shape, str(np.dtype(dtype)) if dtype is not None else "?")
+        key = jax.tree_util.keystr(p, simple=True, separator="/")  # same '/'-joined path as sharding rules
+        out[key] = (shape, str(np.dtype(dtype)) if dtype is not None else "?")
     return out
 
 

@@ -71,15 +71,7 @@ def make_mesh(mesh_shape: Sequence[int], devices: Sequence[jax.Device] | None = 
 
 def path_str(path) -> str:
     """'/'-joined pytree key path: ``(DictKey('mlp'), DictKey('kernel'))`` -> ``"mlp/kernel"``."""
-    parts = []
-    for k in path:
-        for attr in ("key", "name", "idx"):
-            if hasattr(k, attr):
-                parts.append(str(getattr(k, attr)))
-                break
-        else:
-            parts.append(str(k))
-    return "/".join(parts)
+    return jax.tree_util.keystr(path, simple=True, separator="/")
 
 
 def _normalise_rules(rules) -> list[tuple[re.Pattern, tuple]]:

@@ -25,6 +25,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
+from diffjax.checkpoints._keytable import params_to_table, table_to_params
 from diffjax.models.bert import BertConfig, BertEncoder
 
 MODEL_TYPES = ("bert", "roberta", "xlm-roberta")
@@ -151,24 +152,11 @@ def _key_table(cfg: BertConfig) -> list[tuple[str, tuple[str, ...], bool]]:
 
 
 def hf_to_params(tensors: dict, model: BertEncoder) -> dict:
-    params: dict = {}
-    for key, path, transpose in _key_table(model.config):
-        x = jnp.asarray(tensors[key])
-        node = params
-        for p in path[:-1]:
-            node = node.setdefault(p, {})
-        node[path[-1]] = x.T if transpose else x
-    return params
+    return table_to_params(tensors, _key_table(model.config))
 
 
 def params_to_hf(params, model: BertEncoder) -> dict:
-    out = {}
-    for key, path, transpose in _key_table(model.config):
-        x = params
-        for p in path:
-            x = x[p]
-        out[key] = x.T if transpose else x
-    return out
+    return params_to_table(params, _key_table(model.config))
 
 
 def canonicalize_keys(tensors: dict, model: BertEncoder) -> dict:

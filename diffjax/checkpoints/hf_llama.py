@@ -26,6 +26,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from diffjax.checkpoints._keytable import params_to_table, table_to_params
 from diffjax.models.llama import Llama, LlamaConfig
 
 MODEL_TYPES = ("llama", "qwen2", "mistral")
@@ -148,46 +149,17 @@ def canonicalize_keys(tensors: dict, model: Llama) -> dict:
     return tensors
 
 
-def _set(tree: dict, path, value) -> None:
-    for p in path[:-1]:
-        tree = tree.setdefault(p, {})
-    tree[path[-1]] = value
-
-
-def _get(tree, path):
-    for p in path:
-        tree = tree[p]
-    return tree
-
-
 def hf_to_params(tensors: dict[str, np.ndarray], model: Llama) -> dict:
     """HF state dict (numpy, PyTorch layout, canonical names) -> params tree. Extra keys are ignored;
     a missing key raises ``KeyError`` naming it (``hf.load_hf_checkpoint`` checks everything first)."""
-    cfg = model.config
-    params: dict = {}
-    for hf_key, path, transpose in _key_table(cfg):
-        if hf_key not in tensors:
-            raise KeyError(f"{hf_key} missing from the tensors (needed for {'/'.join(path)}).")
-        arr = np.asarray(tensors[hf_key])
-        if transpose:
-            arr = arr.T
-        _set(params, path, jnp.asarray(np.ascontiguousarray(arr), dtype=cfg.param_dtype))
-    return params
+    return table_to_params(tensors, _key_table(model.config), model.config.param_dtype)
 
 
 def params_to_hf(params: dict, model: Llama) -> dict:
     """params tree (or ``{"params": tree}``) -> {HF key: array} in PyTorch layout (traceable: jnp only)."""
     if "params" in params and "embed_tokens" not in params:
         params = params["params"]
-    out = {}
-    for hf_key, path, transpose in _key_table(model.config):
-        try:
-            arr = _get(params, path)
-        except KeyError as e:
-            raise ValueError(f"params has no {'/'.join(path)} (needed for {hf_key}); are these params from "
-                             f"this model?") from e
-        out[hf_key] = arr.T if transpose else arr
-    return out
+    return params_to_table(params, _key_table(model.config))
 
 
 def hf_config_from_model(model: Llama) -> dict:

@@ -39,6 +39,7 @@ from typing import Any
 import jax.numpy as jnp
 import numpy as np
 
+from diffjax.checkpoints._keytable import params_to_table, table_to_params
 from diffjax.models.t5 import T5, T5Config
 
 MODEL_TYPES = ("t5", "mt5", "umt5")
@@ -151,18 +152,6 @@ def _expected_hf_shape(cfg: T5Config, hf_key: str) -> tuple[int, ...]:
             "wi_1": (cfg.d_ff, cfg.d_model), "wo": (cfg.d_model, cfg.d_ff)}[name]
 
 
-def _set(tree: dict, path: tuple[str, ...], value) -> None:
-    for p in path[:-1]:
-        tree = tree.setdefault(p, {})
-    tree[path[-1]] = value
-
-
-def _get(tree: dict, path: tuple[str, ...]):
-    for p in path:
-        tree = tree[p]
-    return tree
-
-
 def init_params(model: T5, rng) -> dict:
     """Fresh params (the "params" collection's content) from the model's own init; eval_shape-safe."""
     ids = jnp.zeros((1, 1), jnp.int32)
@@ -206,18 +195,12 @@ def hf_to_params(tensors: dict[str, np.ndarray], model: T5) -> dict:
     missing = sorted(expected - set(tensors))
     unexpected = sorted(set(tensors) - expected)
     mismatched = []
-    params: dict = {}
-    for hf_key, path, transpose in table:
+    for hf_key, _, _ in table:
         if hf_key not in tensors:
             continue
-        arr = np.asarray(tensors[hf_key])
-        want = _expected_hf_shape(cfg, hf_key)
-        if tuple(arr.shape) != want:
-            mismatched.append(f"{hf_key}: checkpoint {tuple(arr.shape)}, model expects {want}")
-            continue
-        if transpose:
-            arr = arr.T
-        _set(params, path, jnp.asarray(np.ascontiguousarray(arr), dtype=dtype))
+        shape, want = tuple(np.shape(tensors[hf_key])), _expected_hf_shape(cfg, hf_key)
+        if shape != want:
+            mismatched.append(f"{hf_key}: checkpoint {shape}, model expects {want}")
     if missing or unexpected or mismatched:
         lines = [f"T5 checkpoint does not match the model built from its config "
                  f"(d_model={cfg.d_model}, heads={cfg.num_heads}x{cfg.d_kv}, d_ff={cfg.d_ff}, "
@@ -232,7 +215,7 @@ def hf_to_params(tensors: dict[str, np.ndarray], model: T5) -> dict:
         lines.append("Check that config.json belongs to these weights (feed_forward_proj, num_layers, "
                      "num_decoder_layers, num_heads, d_kv, d_ff, vocab_size).")
         raise ValueError("\n".join(lines))
-    return params
+    return table_to_params(tensors, table, dtype)
 
 
 def params_to_hf(params: dict, model: T5) -> dict[str, np.ndarray]:
@@ -243,15 +226,7 @@ def params_to_hf(params: dict, model: T5) -> dict[str, np.ndarray]:
     """
     if "params" in params and "shared" not in params:
         params = params["params"]
-    out = {}
-    for hf_key, path, transpose in _key_table(model.config):
-        try:
-            arr = _get(params, path)
-        except KeyError as e:
-            raise ValueError(f"params has no {'/'.join(path)} (needed for {hf_key}); are these params "
-                             f"from this model (config {model.config})?") from e
-        out[hf_key] = arr.T if transpose else arr
-    return out
+    return params_to_table(params, _key_table(model.config), hint=f" (config {model.config})")
 
 
 def hf_config_from_model(model: T5) -> dict:

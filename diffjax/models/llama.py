@@ -44,6 +44,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from diffjax.models.layers import RMSNorm
+
 Dtype = Any
 
 ATTENTION_MODES = ("causal", "prefix", "bidirectional")
@@ -256,21 +258,6 @@ def init_cache(config: LlamaConfig, batch_size: int, max_length: int, dtype: Dty
 
 
 # ----------------------------------------------------------------------------- modules
-
-
-class RMSNorm(nn.Module):
-    """``scale * x / sqrt(mean(x^2) + eps)``, the statistic in float32 (HF ``LlamaRMSNorm``)."""
-
-    eps: float = 1e-6
-    dtype: Dtype = jnp.float32
-    param_dtype: Dtype = jnp.float32
-
-    @nn.compact
-    def __call__(self, x):
-        scale = self.param("scale", nn.initializers.ones, (x.shape[-1],), self.param_dtype)
-        x32 = x.astype(jnp.float32)
-        y = x32 * jax.lax.rsqrt(jnp.mean(x32 * x32, axis=-1, keepdims=True) + self.eps)
-        return (scale.astype(self.dtype) * y.astype(self.dtype)).astype(self.dtype)
 
 
 def _dense(cfg: LlamaConfig, features: int, use_bias: bool, name: str) -> nn.Dense:

@@ -34,6 +34,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from diffjax.models.layers import RMSNorm
+
 Dtype = Any
 
 _ACTIVATIONS = {
@@ -169,22 +171,6 @@ def _relative_bias(cfg: T5Config, buckets) -> jnp.ndarray:
     return jnp.transpose(table(buckets), (2, 0, 1))[None]
 
 
-class T5LayerNorm(nn.Module):
-    """RMS norm: ``y = scale * x / sqrt(mean(x**2) + eps)``, variance in fp32, no bias / centering."""
-
-    eps: float = 1e-6
-    dtype: Dtype = jnp.float32
-    param_dtype: Dtype = jnp.float32
-
-    @nn.compact
-    def __call__(self, x):
-        scale = self.param("scale", nn.initializers.ones, (x.shape[-1],), self.param_dtype)
-        x32 = x.astype(jnp.float32)
-        variance = jnp.mean(jnp.square(x32), axis=-1, keepdims=True)
-        y = (x32 * jax.lax.rsqrt(variance + self.eps)).astype(self.dtype)
-        return scale.astype(self.dtype) * y
-
-
 class T5Attention(nn.Module):
     """Multi-head attention without score scaling.
 
@@ -251,7 +237,7 @@ class T5Block(nn.Module):
         cfg = self.config
         if cfg.relative_attention_bias_per_layer:
             self_bias = _relative_bias(cfg, self_bias)
-        norm = lambda n: T5LayerNorm(cfg.layer_norm_epsilon, cfg.dtype, cfg.param_dtype, name=n)  # noqa: E731
+        norm = lambda n: RMSNorm(cfg.layer_norm_epsilon, cfg.dtype, cfg.param_dtype, name=n)  # noqa: E731
         drop = lambda t: nn.Dropout(cfg.dropout_rate)(t, deterministic=deterministic)  # noqa: E731
         x = norm("self_attention_norm")(h)
         h = h + drop(T5Attention(cfg, name="self_attention")(x, x, self_bias, self_mask, deterministic))
@@ -295,7 +281,7 @@ class T5Stack(nn.Module):
         block_cls = nn.remat(T5Block, static_argnums=(6,)) if cfg.remat else T5Block
         for i in range(num):
             h = block_cls(cfg, self.is_decoder, name=f"block_{i}")(h, bias, self_mask, enc, cross_mask, deterministic)
-        h = T5LayerNorm(cfg.layer_norm_epsilon, cfg.dtype, cfg.param_dtype, name="final_norm")(h)
+        h = RMSNorm(cfg.layer_norm_epsilon, cfg.dtype, cfg.param_dtype, name="final_norm")(h)
         return nn.Dropout(cfg.dropout_rate)(h, deterministic=deterministic)
 
 

@@ -15,10 +15,10 @@ import optax
 import pytest
 
 from diffjax.checkpoints import orbax as ck
-from diffjax.cli import _load_config_file
 from diffjax.train import trainer
 from diffjax.train.metrics import read_metrics
 from diffjax.train.state import TrainState
+from tests._config_util import small_config
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIG = os.path.join(REPO, "configs", "gaussian2d.py")
@@ -98,18 +98,6 @@ def test_snapshot_roundtrip(tmp_path):
     np.testing.assert_array_equal(np.asarray(back["dense"]["kernel"]), np.asarray(p["dense"]["kernel"]))
     with pytest.raises(ck.CheckpointMismatchError, match="dense/kernel: stored"):
         ck.load_snapshot(str(tmp_path), 5, make_state(hidden=2).params)
-
-
-def small_config(**overrides):
-    c = _load_config_file(CONFIG + ":small")
-    with c.unlocked():
-        for k, v in overrides.items():
-            node = c
-            *parents, leaf = k.split(".")
-            for p in parents:
-                node = node[p]
-            node[leaf] = v
-    return c
 
 
 def test_resume_with_changed_model_gives_tree_path_error(tmp_path):

@@ -13,25 +13,13 @@ import optax
 import pytest
 from jax.sharding import PartitionSpec as P
 
-from diffjax.cli import _load_config_file
 from diffjax.checkpoints.orbax import Checkpointer
 from diffjax.train import sharding as sh
 from diffjax.train import trainer
+from tests._config_util import small_config
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIG = os.path.join(REPO, "configs", "gaussian2d.py")
-
-
-def small_config(**overrides):
-    c = _load_config_file(CONFIG + ":small")
-    with c.unlocked():
-        for k, v in overrides.items():
-            node = c
-            *parents, leaf = k.split(".")
-            for p in parents:
-                node = node[p]
-            node[leaf] = v
-    return c
 
 
 def test_resolve_mesh_shape():

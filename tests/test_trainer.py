@@ -16,6 +16,7 @@ from diffjax.train import trainer
 from diffjax.train.config import base_config
 from diffjax.train.metrics import read_metrics
 from diffjax.train.optim import learning_rate_schedule
+from tests._config_util import set_fields
 
 
 class ToyLinear(Task):
@@ -73,12 +74,7 @@ def toy_config(**overrides):
     c.train.log_every = 2
     c.train.checkpoint_every = 2
     c.train.eval_at_end = False
-    for k, v in overrides.items():
-        node = c
-        *parents, leaf = k.split(".")
-        for p in parents:
-            node = node[p]
-        node[leaf] = v
+    set_fields(c, overrides)
     c.lock()
     return c
 

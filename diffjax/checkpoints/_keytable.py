@@ -1,4 +1,5 @@
-"""Key tables shared by the HF family modules (``hf_llama``, ``hf_t5``, ``hf_bert``).
+"""Key tables shared by the HF family modules (``hf_llama``, ``hf_t5``, ``hf_bert``); the nested-dict
+path helpers ``get_path`` / ``set_path`` also serve ``checkpoints/efficientnet.py``.
 
 A family describes its checkpoint layout as a key table: ``[(hf_key, param_path, transpose)]``, one
 row per parameter, where ``param_path`` is the tuple of nested dict keys in the Flax ``params`` tree

@@ -37,6 +37,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from diffjax.checkpoints._keytable import get_path, set_path
 from diffjax.models import efficientnet as en
 
 # torch weight -> flax kernel transforms (numpy)
@@ -167,18 +168,6 @@ def _variable_shapes(cfg: en.EfficientNetConfig) -> dict:
     return jax.tree_util.tree_map(lambda s: tuple(s.shape), shapes)
 
 
-def _get(tree, path):
-    for p in path:
-        tree = tree[p]
-    return tree
-
-
-def _set(tree: dict, path, value):
-    for p in path[:-1]:
-        tree = tree.setdefault(p, {})
-    tree[path[-1]] = value
-
-
 def convert_state_dict(state_dict: Mapping[str, np.ndarray], cfg: en.EfficientNetConfig,
                        layout: str | None = None) -> dict:
     """torch state dict (name -> array) -> flax variables {"params", "batch_stats"}, strictly.
@@ -197,11 +186,11 @@ def convert_state_dict(state_dict: Mapping[str, np.ndarray], cfg: en.EfficientNe
         if key not in given:
             continue
         arr = np.asarray(given[key])
-        want = entry.torch_shape(_get(shapes, entry.path))
+        want = entry.torch_shape(get_path(shapes, entry.path))
         if tuple(arr.shape) != tuple(want):
             mis_shaped.append(f"{key}: file {tuple(arr.shape)} vs model {tuple(want)}")
             continue
-        _set(out, entry.path, np.ascontiguousarray(entry.fn(arr)).astype(np.float32))
+        set_path(out, entry.path, np.ascontiguousarray(entry.fn(arr)).astype(np.float32))
     if missing or unexpected or mis_shaped:
         lines = [f"Checkpoint does not match {cfg.name} ({layout} layout): "
                  f"{len(missing)} missing, {len(unexpected)} unexpected, {len(mis_shaped)} mis-shaped keys."]

@@ -57,9 +57,17 @@ def test_tiny_end_to_end_through_trainer(tmp_path, capsys):
             m = res["metrics"][o][score]
             assert 0.0 <= m["auroc"] <= 1.0 and 0.0 <= m["fpr95"] <= 1.0, (o, score, m)
         assert len(res["per_layer"][o]["mse_layers"]) == 5
+    assert "over 2 fixed noise seed(s)" in open(os.path.join(wd, "results_table.txt")).read()
     sw = json.load(open(os.path.join(wd, "sweep.json")))
-    assert sw["ts"] == [1, 5, 10]
+    assert sw["ts"] == [1, 5, 10] and sw["num_seeds"] == res["num_seeds"] == 2
     assert len(sw["auroc"]["natural_patches"]["mse"]) == 3 and "lr_mfsim" in sw["auroc"]["natural_patches"]
+    # the sweep at the table's t (same examples, seeds, params, chunk) reproduces the table exactly
+    at = sw["at_score_t"]
+    assert at["t"] == res["score_t"] == 10 and at["same_examples_and_seeds_as_evaluate"]
+    for o in oods:
+        for score in ("mse", "mfsim", "lr_mse", "lr_mfsim"):
+            assert at["auroc"][o][score] == res["metrics"][o][score]["auroc"], (o, score)
+            assert sw["auroc"][o][score][2] == res["metrics"][o][score]["auroc"], (o, score)
     for png in ("roc.png", "sweep.png"):
         with open(os.path.join(wd, png), "rb") as f:
             assert f.read(8) == b"\x89PNG\r\n\x1a\n"

@@ -34,8 +34,12 @@ def test_scores_match_numpy_per_layer_and_fused():
     same = scores.scores_from_reconstruction(jnp.asarray(a), jnp.asarray(a), DIMS)
     np.testing.assert_allclose(same["mse"], 0.0, atol=1e-6)
     np.testing.assert_allclose(same["mfsim"], -1.0, atol=1e-6)
-    lr = scores.likelihood_ratio(out, same)
+    # LR = S_early - S_final (xbyym/DLSR test_LR.py: mse_first - mse_end): a final model that
+    # reconstructs perfectly scores S_early
+    lr = scores.likelihood_ratio(same, out)
     np.testing.assert_allclose(lr["lr_mse"], out["mse"], rtol=1e-6)
+    np.testing.assert_allclose(lr["lr_mfsim"], out["mfsim"] + 1.0, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(scores.likelihood_ratio(out, same)["lr_mse"], -out["mse"], rtol=1e-6)
 
 
 def test_per_sample_zscore_matches_authors_formula():

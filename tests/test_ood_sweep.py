@@ -60,6 +60,20 @@ def test_chunked_equals_single_call(setup):
         np.testing.assert_allclose(by_map[k], whole[k], rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.parametrize("ddim_steps", [0, 2])
+def test_grid_value_at_t_is_bitwise_the_single_t_call(setup, ddim_steps):
+    """With t_batch_size=1 every t is a flat batch of the single-t call's shape, so the sweep at t
+    equals the call with ts=[t] (what the DLSR table runs) exactly, not just to rounding."""
+    apply, params, z0, sched = setup
+    keys = sweep.seed_keys(3, 2)
+    fn = sweep.make_sweep_fn(apply, sched, DIMS, ddim_steps=ddim_steps, per_layer=True, t_batch_size=1)
+    grid = sweep.sweep_chunked(fn, params, z0, [1, 10, 57], keys, chunk=5)
+    one = sweep.sweep_chunked(fn, params, z0, [10], keys, chunk=5)
+    assert grid["mse"].shape == (3, 2, 9) and grid["mse_layers"].shape == (3, 2, 2, 9)
+    for k in one:
+        np.testing.assert_array_equal(grid[k][1], one[k][0], err_msg=k)
+
+
 def test_sweep_auroc_matches_metrics_per_t():
     rng = np.random.default_rng(0)
     id_s = rng.normal(size=(3, 2, 40))

@@ -11,8 +11,9 @@
    * ``mfsim`` : -(1/L) sum_l cos(z_0,l, z0_hat_l); per layer: -cos(z_0,l, z0_hat_l).
                  ``mfsim_skip_first=True`` averages over layers 2..L only, as the authors' code
                  (``cosine_similarity_per_block`` loops over ``zip(indices[:-1], indices[1:])``).
-   * ``lr``    : S(final params) - S(early params) for each of the above with the *same* noise
+   * ``lr``    : S(early params) - S(final params) for each of the above with the *same* noise
                  (``likelihood_ratio``; the task takes the early params from a trainer snapshot).
+                 Sign as the authors' code (xbyym/DLSR ``test_LR.py``), not papers.md's wording.
 """
 
 from __future__ import annotations
@@ -35,20 +36,21 @@ def example_keys(rng: jax.Array, example_ids: jax.Array) -> jax.Array:
 
 def reconstruct(denoise_fn: Callable, schedule, z0: jax.Array, t, keys: jax.Array, *,
                 ddim_steps: int = 3, eta: float = 1.0) -> jax.Array:
-    """Noise ``z0 [N, D]`` to step ``t`` (int scalar, may be traced) and denoise back -> z0_hat [N, D].
+    """Noise ``z0 [N, D]`` to step ``t`` and denoise back -> z0_hat [N, D].
 
-    ``denoise_fn(z_t [B, D], t [B] int32) -> z0_hat [B, D]`` (x0-parameterisation).
-    ``keys: [N]`` per-example keys (``example_keys``): example i's forward noise and DDIM noise
-    depend only on keys[i], so scores do not depend on how examples are batched (the per-example
-    calls are vmapped, so the denoiser still runs as one batched matmul chain).
+    ``t``: int scalar or per-example ``[N]`` (may be traced). ``denoise_fn(z_t [B, D], t [B] int32)
+    -> z0_hat [B, D]`` (x0-parameterisation). ``keys: [N]`` per-example keys (``example_keys``):
+    example i's forward noise and DDIM noise depend only on keys[i], so scores do not depend on how
+    examples are batched (the per-example calls are vmapped, so the denoiser still runs as one
+    batched matmul chain over all N rows).
     """
-    t = jnp.asarray(t, jnp.int32)
+    t = jnp.broadcast_to(jnp.asarray(t, jnp.int32), z0.shape[:1])
 
-    def one(z, key):
-        return gaussian.reconstruct(denoise_fn, z[None], t, key, schedule=schedule, prediction="x0",
+    def one(z, key, tt):
+        return gaussian.reconstruct(denoise_fn, z[None], tt, key, schedule=schedule, prediction="x0",
                                     ddim_steps=ddim_steps, eta=eta)[0]
 
-    return jax.vmap(one)(z0, keys)
+    return jax.vmap(one)(z0, keys, t)
 
 
 def mse_layers(z0: jax.Array, z0_hat: jax.Array, dims: Sequence[int]) -> jax.Array:
@@ -86,5 +88,23 @@ def reconstruction_scores(denoise_fn: Callable, schedule, z0: jax.Array, t, keys
 
 
 def likelihood_ratio(final: dict[str, jax.Array], early: dict[str, jax.Array]) -> dict[str, jax.Array]:
-    """LR scores S_final - S_early (papers.md 003, [P]) for every entry: {"lr_<name>": ...}."""
-    return {f"lr_{k}": final[k] - early[k] for k in final}
+    """LR scores ``S_early - S_final`` for every entry: ``{"lr_<name>": [...]}`` (same shapes).
+
+    The authors' definition: xbyym/DLSR ``test_LR.py``, ``compute_metrics`` returns
+    ``mse_first - mse_end`` per sample (``model_first`` = ``checkpoint-0.pth``, the end of epoch 0;
+    ``model_end`` = the last checkpoint), where "mse" is whichever ``--similarity_type`` score the
+    model returns (``ldm/util.py``: MSE = sum of squared errors, MFsim = minus the mean per-layer
+    cosine; both "higher = more OOD"), and ``evaluate_ood_detection`` feeds it to
+    ``roc_auc_score`` with OOD = 1, i.e. higher = more OOD. The same sign for every score.
+    (papers.md's "S_end - S_first" is the opposite orientation; its AUROC is exactly
+    1 - the AUROC of this one, ties counting 1/2.)
+
+    Why it can come out inverted (AUROC < 0.5): ``S_early - S_final`` is large where training
+    *improved* the reconstruction most. A score for which training helps ID more than OOD (the
+    usual case for MSE, whose early value is dominated by the untrained model's wrong scale for
+    every input) ranks ID above OOD under this sign; a scale-free score such as MFsim can improve
+    more on OOD inputs (an early model that pulls every input toward the ID mean direction
+    aligns badly with far-OOD features). The DLSR MNIST demo shows both: see its results table.
+    We keep the authors' sign rather than picking a sign per score from OOD test labels.
+    """
+    return {f"lr_{k}": early[k] - final[k] for k in final}

@@ -1,14 +1,15 @@
 """Timestep x noise-seed sweeps of DLSR scores as ONE vmapped, jitted call (design.md convention 3).
 
 ``make_sweep_fn`` builds ``sweep(params, z0 [N, D], ts [n_t] int32, seed_keys [n_s], ids [N])``
--> ``{score_name: [n_t, n_s, N]}``: ``jax.vmap`` over t of ``jax.vmap`` over seeds of the batched
-reconstruction score (``diffjax.ood.scores``). Params are an argument (not closed over), so the
+-> ``{score_name: [n_t, n_s, N]}``: the batched reconstruction score (``diffjax.ood.scores``) over
+the whole (t, seed, example) grid as one flat batch of rows (the vectorised form of a vmap over t
+and seeds; a grid row's score equals the single-t call's bit for bit, see ``make_sweep_fn``). Params are an argument (not closed over), so the
 final and the early (LR) params share one compilation; all shapes are static, so a whole grid
 compiles once. Example i under seed s always gets the noise of ``fold_in(seed_key_s, ids[i])``:
 the result does not depend on chunking (``sweep_chunked``) or on the order of the grid.
 
 ``sweep_auroc`` turns ID and OOD sweeps into AUROC per t (scores averaged over seeds first, as
-papers.md "average over K noise draws"); ``plot_sweep`` writes ``sweep.png``.
+papers.md "average over K noise draws"; the same AUROC function as the evaluation table); ``plot_sweep`` writes ``sweep.png``.
 """
 
 from __future__ import annotations
@@ -27,28 +28,56 @@ def make_sweep_fn(apply_fn: Callable, schedule, dims: Sequence[int], *, ddim_ste
                   t_batch_size: int | None = None) -> Callable:
     """Returns the jitted sweep (see module docstring).
 
+    The (t, seed, example) grid is laid out as one flat batch of ``n_t * n_s * N`` rows (row
+    ``(t, s, i)`` = example i noised to t with the key ``fold_in(seed_key_s, ids[i])``), and the
+    per-row reconstruction (``scores.reconstruction_scores`` with a per-row t) runs once over it:
+    the denoiser sees plain ``[rows, D]`` matmuls. This is the vectorised (vmap-equivalent) form of
+    design.md convention 3, and it makes a row's score independent of the rest of the grid: the
+    sweep at t equals, bit for bit on XLA:CPU, a call with ``ts = [t]`` (what ``evaluate`` runs). A
+    ``jax.vmap`` over t instead batches the dots along extra axes, which XLA rounds differently
+    (~1e-7 relative), enough to move an AUROC in its 6th digit.
+
     Args:
       apply_fn: ``(params, z_t [B, D], t [B] int32) -> z0_hat [B, D]``.
       schedule: a ``GaussianSchedule``; dims: per-layer channel counts (sum = D).
       per_layer: also return "mse_layers" / "mfsim_layers" as [n_t, n_s, L, N].
-      t_batch_size: None = vmap over all timesteps at once; k = ``jax.lax.map(..., batch_size=k)``
-        over t (vmap over k timesteps at a time, still one jitted call): bounds the working set,
-        which is faster on CPU caches and needed for big grids on accelerators.
+      t_batch_size: None = all timesteps in one flat batch; k = ``jax.lax.map`` over groups of k
+        timesteps (one flat batch of ``k * n_s * N`` rows each, still one jitted call; the last
+        group is padded with its last t): bounds the working set, which is faster on CPU caches
+        and needed for big grids on accelerators.
+    Returns: ``sweep(params, z0 [N, D], ts [n_t] int32, seed_keys [n_s], ids [N] int32)``
+      -> ``{name: [n_t, n_s, N]}`` (+ ``[n_t, n_s, L, N]`` per-layer entries).
     """
     dims = tuple(int(d) for d in dims)
 
-    def one(params, z0, t, seed_key, ids):
-        denoise = lambda x, tt: apply_fn(params, x, tt)
-        out = scores.reconstruction_scores(denoise, schedule, z0, t, scores.example_keys(seed_key, ids), dims,
+    def grid(params, z0, ts, keys, ids):  # ts [k] -> {name: [k, n_s, (L,) N]}
+        n_t, n_s, n = ts.shape[0], keys.shape[0], z0.shape[0]
+        ex_keys = jax.vmap(lambda k: scores.example_keys(k, ids))(keys)  # [n_s, N] keys
+        rows = n_t * n_s * n
+        z = jnp.broadcast_to(z0, (n_t, n_s) + z0.shape).reshape(rows, z0.shape[-1])
+        t = jnp.broadcast_to(ts[:, None, None], (n_t, n_s, n)).reshape(rows)
+        k = jnp.broadcast_to(ex_keys[None], (n_t,) + ex_keys.shape).reshape((rows,) + ex_keys.shape[2:])
+        out = scores.reconstruction_scores(lambda x, tt: apply_fn(params, x, tt), schedule, z, t, k, dims,
                                            ddim_steps=ddim_steps, eta=eta, mfsim_skip_first=mfsim_skip_first)
-        return out if per_layer else {k: v for k, v in out.items() if not k.endswith("_layers")}
+        res = {}
+        for name, v in out.items():
+            if name.endswith("_layers"):
+                if per_layer:  # [L, rows] -> [n_t, n_s, L, N]
+                    res[name] = jnp.moveaxis(v.reshape(v.shape[0], n_t, n_s, n), 0, 2)
+            else:
+                res[name] = v.reshape(n_t, n_s, n)
+        return res
 
-    over_seeds = jax.vmap(one, in_axes=(None, None, None, 0, None))
     if not t_batch_size:
-        return jax.jit(jax.vmap(over_seeds, in_axes=(None, None, 0, None, None)))
+        return jax.jit(grid)
+    k = int(t_batch_size)
 
     def over_t(params, z0, ts, keys, ids):
-        return jax.lax.map(lambda t: over_seeds(params, z0, t, keys, ids), ts, batch_size=int(t_batch_size))
+        n_t = ts.shape[0]
+        n_g = -(-n_t // k)
+        ts_p = jnp.concatenate([ts, jnp.broadcast_to(ts[-1:], (n_g * k - n_t,))]).reshape(n_g, k)
+        out = jax.lax.map(lambda g: grid(params, z0, g, keys, ids), ts_p)  # {name: [n_g, k, ...]}
+        return {name: v.reshape((n_g * k,) + v.shape[2:])[:n_t] for name, v in out.items()}
 
     return jax.jit(over_t)
 
@@ -82,15 +111,24 @@ def sweep_chunked(sweep_fn: Callable, params, z0: np.ndarray, ts: Sequence[int],
     return {k: np.concatenate(v, axis=-1) for k, v in parts.items()}
 
 
-@jax.jit
-def _auroc_per_t(id_scores, ood_scores):
-    return jax.vmap(metrics.auroc)(id_scores, ood_scores)
+def seed_mean(scores_grid: np.ndarray) -> np.ndarray:
+    """Average over the seed axis: [n_t, n_s, ...] -> [n_t, ...] (float32, summed in seed order,
+    so ``evaluate`` and the sweep average identically)."""
+    x = np.asarray(scores_grid, np.float32)
+    acc = x[:, 0].copy()
+    for s in range(1, x.shape[1]):
+        acc += x[:, s]
+    return acc / np.float32(x.shape[1])
 
 
 def sweep_auroc(id_scores: np.ndarray, ood_scores: np.ndarray) -> np.ndarray:
-    """[n_t, n_s, N_id], [n_t, n_s, N_ood] -> AUROC per t [n_t] of the seed-averaged scores."""
-    return np.asarray(_auroc_per_t(jnp.asarray(np.mean(id_scores, axis=1)),
-                                   jnp.asarray(np.mean(ood_scores, axis=1))))
+    """[n_t, n_s, N_id], [n_t, n_s, N_ood] -> AUROC per t [n_t] of the seed-averaged scores.
+
+    Each t goes through ``metrics.ood_metrics``, the function the evaluation table uses (a vmapped
+    AUROC reduces its float32 mean in another order: 1e-7 apart), so equal scores give equal AUROCs.
+    """
+    id_m, ood_m = seed_mean(id_scores), seed_mean(ood_scores)
+    return np.array([metrics.ood_metrics(a, b)["auroc"] for a, b in zip(id_m, ood_m)], np.float64)
 
 
 def plot_sweep(ts: Sequence[int], curves: dict, path: str, title: str = "") -> None:

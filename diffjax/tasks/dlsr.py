@@ -7,11 +7,14 @@ with the x0 loss ``E_{t,eps} ||z_0 - f(z_t, t)||^2`` (``diffusion.gaussian.x0_lo
 schedule, T = 100). The trainer's EMA params score; a trainer snapshot at ``lr_snapshot_step``
 gives the early params of the LR score.
 
-``evaluate``: scores MSE, MFsim (fused and per layer) and LR (S_final - S_early) at
+``evaluate``: scores MSE, MFsim (fused and per layer) and LR (S_early - S_final, the sign of the
+authors' ``test_LR.py``; see ``diffjax.ood.scores.likelihood_ratio``) at
 ``score_t`` for ID test and every OOD set, plus Mahalanobis / kNN baselines on the same z_0 ->
 printed table (AUROC, FPR95 with the ID-95% convention, AUPR) + ``roc.png``; returns the dict the
-trainer writes to ``results.json``. ``sweep``: AUROC per t over ``sweep_ts`` (one vmapped jitted
-call per example chunk) -> ``sweep.png`` + ``sweep.json``.
+trainer writes to ``results.json``. ``sweep``: AUROC per t over ``sweep_ts`` (one jitted grid
+call per example chunk) -> ``sweep.png`` + ``sweep.json``; it scores the same examples with the same
+seeds and params as ``evaluate`` (``DLSRTask.scoring_setup``), so its value at ``score_t`` is the
+table's (``sweep.json["at_score_t"]``).
 
 Config (``config.task``; see configs/dlsr_mnist_demo.py for every field with comments).
 """
@@ -32,7 +35,7 @@ from diffjax.data.images import ImageSet
 from diffjax.diffusion import gaussian
 from diffjax.diffusion.schedules import gaussian_schedule
 from diffjax.models.lfdn import LFDN
-from diffjax.ood import baselines, features as feat, metrics, sweep as sweep_lib
+from diffjax.ood import baselines, features as feat, metrics, scores as scores_lib, sweep as sweep_lib
 from diffjax.tasks.base import Task, register_task
 
 
@@ -81,7 +84,7 @@ def build_encoder(enc):
         cfg = en.efficientnet_config(name)
         model = en.EfficientNet(cfg, include_head=False, dtype=dtype)
         size = enc.image_size or cfg.resolution
-        variables = jax.jit(model.init)(jax.random.PRNGKey(enc.random_seed), jnp.zeros((1, size, size, 3)))
+        variables = _random_variables(model, size, int(enc.random_seed))
     else:
         from diffjax.checkpoints.efficientnet import load_efficientnet
 
@@ -95,6 +98,25 @@ def build_encoder(enc):
         return model.apply(variables, x.astype(dtype))["features"]
 
     return encode_stages, tuple(int(d) for d in dims), cfg.mean, cfg.std, int(enc.image_size or cfg.resolution)
+
+
+def _random_variables(model, size: int, seed: int) -> dict:
+    """Random-weight variables without compiling ``model.init`` (that compile cost ~6 s on CPU).
+
+    Shapes from ``jax.eval_shape(model.init)``; every >=2-d kernel ~ N(0, 1/fan_in) with fan_in =
+    prod(shape[:-1]) (He-like, also right for depthwise ``[k, k, 1, C]``), 1-d ``scale`` / ``var``
+    = 1, other 1-d leaves (bias, BN mean) = 0: BN at its init statistics, as ``model.init``.
+    """
+    shapes = jax.eval_shape(model.init, jax.random.PRNGKey(0), jax.ShapeDtypeStruct((1, size, size, 3), jnp.float32))
+    rng = np.random.default_rng(seed)
+
+    def leaf(path, x):
+        name = str(getattr(path[-1], "key", path[-1]))
+        if len(x.shape) >= 2:
+            return (rng.standard_normal(x.shape) / np.sqrt(np.prod(x.shape[:-1]))).astype(x.dtype)
+        return np.full(x.shape, 1.0 if name in ("scale", "var") else 0.0, x.dtype)
+
+    return jax.tree_util.tree_map_with_path(leaf, shapes)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -170,7 +192,9 @@ class DLSRTask(Task):
         return feat.normalize_features(raw, self.dims, self.c.normalize, stats=stats, ddof=int(self.c.zscore_ddof))
 
     def z0(self, key: str, params) -> np.ndarray:
-        return np.asarray(jax.jit(self.normalize)(jnp.asarray(self.raw_features(key)), params))
+        if "_normalize_jit" not in self.__dict__:  # one jitted function: compiles once per shape
+            self._normalize_jit = jax.jit(self.normalize)
+        return np.asarray(self._normalize_jit(jnp.asarray(self.raw_features(key)), params))
 
     # -- training ---------------------------------------------------------------------------
     def init_params(self, rng):
@@ -236,8 +260,23 @@ class DLSRTask(Task):
         out = sweep_lib.sweep_chunked(fn, params, z0, ts, keys, chunk=chunk)
         if early is not None:
             e = sweep_lib.sweep_chunked(fn, early, z0, ts, keys, chunk=chunk)
-            out.update({f"lr_{k}": out[k] - e[k] for k in e})
+            out.update(scores_lib.likelihood_ratio(out, e))
         return out
+
+    def scoring_setup(self) -> dict:
+        """What ``evaluate`` and ``sweep`` share, so the sweep at ``score_t`` reproduces the table.
+
+        Both score every example of each set (``sweep_max_examples`` 0) with the same fixed noise
+        seeds (``num_seeds`` of ``score_seed``; ``sweep_num_seeds`` 0 = the same), the same chunk
+        (``sweep_chunk`` 0 = ``score_chunk``) and the same jitted grid function, with the params
+        the trainer passes (EMA when ``ema_decay`` > 0). With ``sweep_t_batch`` = 1 each t is its
+        own flat batch of the single-t call's shape, so the sweep's value at ``score_t`` equals the
+        table's bit for bit (tests/test_dlsr_task.py asserts it); other settings agree to float32
+        rounding of the scores.
+        """
+        c = self.c
+        return {"num_seeds": int(c.sweep_num_seeds) or int(c.num_seeds), "score_seed": int(c.score_seed),
+                "chunk": int(c.sweep_chunk) or int(c.score_chunk), "max_examples": int(c.sweep_max_examples) or None}
 
     def _early(self, snapshots):
         if not snapshots:
@@ -257,7 +296,7 @@ class DLSRTask(Task):
             if k == "train":
                 continue
             s = self._scores(params, z[k], ts, c.num_seeds, True, early, chunk=int(c.score_chunk))
-            score[k] = {name: v[0].mean(axis=0) for name, v in s.items()}  # seed-averaged [N] / [L, N]
+            score[k] = {name: sweep_lib.seed_mean(v)[0] for name, v in s.items()}  # seed-averaged [N] / [L, N]
         # baselines on the same z_0
         base = {}
         if "mahalanobis" in c.baselines:
@@ -271,7 +310,9 @@ class DLSRTask(Task):
 
         fused = [n for n in score["test"] if not n.endswith("_layers")]
         results = {"fpr95_convention": metrics.FPR95_CONVENTION, "score_t": int(c.score_t),
-                   "ddim_steps": int(c.ddim_steps), "num_seeds": int(c.num_seeds), "metrics": {}, "per_layer": {}}
+                   "ddim_steps": int(c.ddim_steps), "num_seeds": int(c.num_seeds), "score_seed": int(c.score_seed),
+                   "lr_snapshot_step": int(c.lr_snapshot_step) if early is not None else None,
+                   "metrics": {}, "per_layer": {}}
         for ood in self.ood_names:
             kk = f"ood/{ood}"
             results["metrics"][ood] = {n: metrics.ood_metrics(score["test"][n], score[kk][n]) for n in fused}
@@ -297,16 +338,18 @@ class DLSRTask(Task):
         c = self.c
         early = self._early(snapshots)
         ts = [int(t) for t in c.sweep_ts]
-        n_max = int(c.sweep_max_examples) or None
+        setup = self.scoring_setup()
+        n_max = setup["max_examples"]
         out = {}
         for k in self.sets():
             if k == "train":
                 continue
             z = self.z0(k, params)[:n_max]
-            s = self._scores(params, z, ts, c.sweep_num_seeds, True, early, chunk=int(c.sweep_chunk))
+            s = self._scores(params, z, ts, setup["num_seeds"], True, early, chunk=setup["chunk"])
             out[k] = {n: v for n, v in s.items() if not n.endswith("_layers")}
         names = list(out["test"])
-        curves, res = {}, {"ts": ts, "auroc": {}, "best_t": {}}
+        curves, res = {}, {"ts": ts, "auroc": {}, "best_t": {}, "num_seeds": setup["num_seeds"],
+                           "score_seed": setup["score_seed"], "ddim_steps": int(c.ddim_steps)}
         for ood in self.ood_names:
             res["auroc"][ood] = {}
             for n in names:
@@ -316,10 +359,17 @@ class DLSRTask(Task):
                 curves.setdefault(f"ID test vs {ood}", {})[n] = a
         res["sweep_seconds"] = time.time() - t0
         res["num_examples_per_set"] = {k: int(v["mse"].shape[-1]) for k, v in out.items()}
+        if int(c.score_t) in ts:  # the table's operating point; equal to results.json when setups match
+            i = ts.index(int(c.score_t))
+            res["at_score_t"] = {"t": int(c.score_t), "auroc": {o: {n: v[i] for n, v in d.items()}
+                                                               for o, d in res["auroc"].items()},
+                                 "same_examples_and_seeds_as_evaluate": setup["max_examples"] is None
+                                 and setup["num_seeds"] == int(c.num_seeds)}
         if jax.process_index() == 0:
             os.makedirs(workdir, exist_ok=True)
             sweep_lib.plot_sweep(ts, curves, os.path.join(workdir, "sweep.png"),
-                                 title=f"DLSR AUROC vs t ({c.ddim_steps} DDIM steps, eta={c.ddim_eta})")
+                                 title=f"DLSR AUROC vs t ({c.ddim_steps} DDIM steps, eta={c.ddim_eta}, "
+                                       f"mean of {setup['num_seeds']} noise seed(s))")
             print("sweep: best t per OOD set and score: " + "; ".join(
                 f"{o}/{n}: t={v['t']} AUROC={v['auroc']:.4f}" for o, d in res["best_t"].items() for n, v in d.items()),
                 flush=True)
@@ -328,8 +378,13 @@ class DLSRTask(Task):
 
 def format_table(results: dict, ood_names, fused, dims) -> str:
     """The printed evaluation table: one row per (OOD set, score), then the averages."""
-    lines = [f"DLSR OOD detection at t={results['score_t']} ({results['ddim_steps']} DDIM steps, "
-             f"{results['num_seeds']} noise seed(s)); OOD = positive, higher score = more OOD.",
+    n = results.get("num_examples", {})
+    lr = (f"; lr_* = S(step {results['lr_snapshot_step']} snapshot) - S(final) (authors' test_LR.py sign)"
+          if results.get("lr_snapshot_step") is not None else "")
+    lines = [f"DLSR OOD detection at t={results['score_t']} ({results['ddim_steps']} DDIM steps; scores averaged "
+             f"over {results['num_seeds']} fixed noise seed(s) of score_seed={results.get('score_seed', 0)}; "
+             f"{n.get('test', '?')} ID test examples; trainer's eval params, EMA when ema_decay > 0{lr}).",
+             "OOD = positive, higher score = more OOD.",
              metrics.FPR95_CONVENTION + ".",
              f"{'OOD set':<18} {'score':<24} {'AUROC':>7} {'FPR95':>7} {'AUPR-In':>8} {'AUPR-Out':>9}"]
     rows = [(o, results["metrics"][o]) for o in ood_names] + [("average", results["average"])]

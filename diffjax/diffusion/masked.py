@@ -183,6 +183,25 @@ def sample_times(rng: jax.Array, batch_size: int, *, t_min: float = 1e-4, antith
     return t_min + (1.0 - t_min) * t
 
 
+def _masked_nll_loss(logits_fn, x0, x_t, t, masked, weight, n, *, mask_id: int, normalize: str):
+    """Shared tail of the absorbing losses: ``S_b = weight_b * sum_n 1[masked_bn] (-log p(x0_bn | x_t, t))``.
+
+    x0, x_t: [B, L] int; t: [B] float (what ``logits_fn`` gets); masked: [B, L] bool; weight: [B];
+    n: [B] corruptible-token counts. Returns ``(normalize_loss(S, n, normalize), aux)`` with aux
+    "loss_per_token" (sum_b S_b / sum_b n_b), "mask_rate" (masked / corruptible), "mean_t".
+    """
+    logits = exclude_token_logit(logits_fn(x_t, t), mask_id)
+    nll = -token_log_probs(logits, x0)  # [B, L]
+    per_example = weight * jnp.sum(jnp.where(masked, nll, 0.0), axis=-1)  # [B]
+    loss = normalize_loss(per_example, n, normalize)
+    aux = {
+        "loss_per_token": jnp.sum(per_example) / jnp.maximum(jnp.sum(n), 1),
+        "mask_rate": jnp.sum(masked) / jnp.maximum(jnp.sum(n), 1),
+        "mean_t": jnp.mean(t),
+    }
+    return loss, aux
+
+
 def masked_diffusion_elbo(
     logits_fn: LogitsFn,
     x0: jax.Array,
@@ -240,18 +259,8 @@ def masked_diffusion_elbo(
 
     can = combine_masks(corruptible, valid, x0.shape)
     x_t, masked = absorbing_corrupt(x0, 1.0 - alpha, rng_mask, mask_id=mask_id, corruptible=can)
-    logits = exclude_token_logit(logits_fn(x_t, t), mask_id)
-    nll = -token_log_probs(logits, x0)  # [B, L]
-    masked_nll = jnp.sum(jnp.where(masked, nll, 0.0), axis=-1)  # [B]
-    per_example = weight * masked_nll
-    n = jnp.sum(can, axis=-1)
-    loss = normalize_loss(per_example, n, normalize)
-    aux = {
-        "loss_per_token": jnp.sum(per_example) / jnp.maximum(jnp.sum(n), 1),
-        "mask_rate": jnp.sum(masked) / jnp.maximum(jnp.sum(n), 1),
-        "mean_t": jnp.mean(t),
-    }
-    return loss, aux
+    return _masked_nll_loss(logits_fn, x0, x_t, t, masked, weight, jnp.sum(can, axis=-1),
+                            mask_id=mask_id, normalize=normalize)
 
 
 # ----------------------------------------------------------------------------- RDM (paper 002)
@@ -353,13 +362,4 @@ def rdm_loss(
         count = jnp.ceil(level * n.astype(jnp.float32)).astype(jnp.int32)
         x_t, masked = absorbing_corrupt_count(x0, count, rng_mask, mask_id=mask_id, corruptible=can)
 
-    logits = exclude_token_logit(logits_fn(x_t, level), mask_id)
-    nll = -token_log_probs(logits, x0)
-    per_example = weight * jnp.sum(jnp.where(masked, nll, 0.0), axis=-1)
-    loss = normalize_loss(per_example, n, normalize)
-    aux = {
-        "loss_per_token": jnp.sum(per_example) / jnp.maximum(jnp.sum(n), 1),
-        "mask_rate": jnp.sum(masked) / jnp.maximum(jnp.sum(n), 1),
-        "mean_t": jnp.mean(level),
-    }
-    return loss, aux
+    return _masked_nll_loss(logits_fn, x0, x_t, level, masked, weight, n, mask_id=mask_id, normalize=normalize)

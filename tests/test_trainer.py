@@ -136,6 +136,45 @@ def test_ema_follows_recurrence():
     assert not np.allclose(leaves(state.ema_params)[0], p2[0])
 
 
+def test_ema_warmup_follows_litema_recurrence(tmp_path):
+    """ema_warmup: decay min(d, (1+n)/(10+n)) at update n = 1, 2, ... (latent-diffusion LitEma),
+    against a numpy loop over the raw params; d = 0.5 caps the decay from update n = 8 on."""
+    d, n_steps = 0.5, 9
+    config = toy_config(**{"ema_decay": d, "ema_warmup": True})
+    setup = trainer.build(config)
+    state = setup.init_state()
+    ema = [x.astype(np.float64) for x in leaves(state.params)]
+    batches = setup.task.train_batches(0, global_batch_size=16)
+    step, decays = None, []
+    for n in range(1, n_steps + 1):
+        local = next(batches)
+        step = step or trainer.jit_train_step(setup, local)
+        state, _ = step(state, sh.global_batch(local, setup.batch_shardings, 16))
+        decays.append(min(d, (1 + n) / (10 + n)))
+        ema = [decays[-1] * e + (1 - decays[-1]) * p for e, p in zip(ema, leaves(state.params))]
+    assert decays[0] == pytest.approx(2 / 11) and decays[6] < d and decays[7] == d  # both regimes hit
+    for e, ref in zip(leaves(state.ema_params), ema):
+        np.testing.assert_allclose(e, ref, rtol=1e-5, atol=1e-6)
+    # Differs from the EMA without warm-up (decay d throughout) on the same params.
+    plain = toy_config(**{"ema_decay": d})
+    setup_p = trainer.build(plain)
+    state_p = setup_p.init_state()
+    step_p = trainer.jit_train_step(setup_p, next(setup_p.task.train_batches(0, global_batch_size=16)))
+    for local in setup_p.task.train_batches(0, global_batch_size=16):
+        state_p, _ = step_p(state_p, sh.global_batch(local, setup_p.batch_shardings, 16))
+        if int(state_p.step) == n_steps:
+            break
+    for a, b in zip(leaves(state_p.params), leaves(state.params)):
+        np.testing.assert_array_equal(a, b)
+    assert not np.allclose(leaves(state_p.ema_params)[0], leaves(state.ema_params)[0], rtol=1e-3)
+    # Resumable: the update count is the state's step, so 3 + 3 steps == 6 straight, bit for bit.
+    straight = trainer.train(toy_config(**{"ema_decay": 0.9, "ema_warmup": True}), str(tmp_path / "a"))
+    trainer.train(toy_config(**{"ema_decay": 0.9, "ema_warmup": True, "train.num_steps": 3}), str(tmp_path / "b"))
+    resumed = trainer.train(toy_config(**{"ema_decay": 0.9, "ema_warmup": True}), str(tmp_path / "b"))
+    for a, b in zip(leaves(straight.ema_params), leaves(resumed.ema_params)):
+        np.testing.assert_array_equal(a, b)
+
+
 def test_schedules():
     opt = ml_collections.ConfigDict(dict(learning_rate=1.0, warmup_steps=10, schedule="cosine", end_lr_factor=0.1))
     f = learning_rate_schedule(opt, 110)

@@ -21,6 +21,8 @@ def base_config() -> ml_collections.ConfigDict:
     c.mesh_shape = (-1, 1)
     c.sharding_rules = ()
     c.ema_decay = 0.0
+    # EMA warm-up (latent-diffusion LitEma): decay min(ema_decay, (1 + n) / (10 + n)) at update n.
+    c.ema_warmup = False
     c.overwrite = False
     c.distributed = ml_collections.ConfigDict(dict(
         initialize=False,

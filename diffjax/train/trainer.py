@@ -33,7 +33,7 @@ from diffjax.train import metrics as metrics_lib
 from diffjax.train import sharding as sh
 from diffjax.train.config import RESUMABLE_CHANGES
 from diffjax.train.optim import make_optimizer
-from diffjax.train.state import TrainState
+from diffjax.train.state import TrainState, ema_decay_at, ema_update
 
 PyTree = Any
 
@@ -158,8 +158,13 @@ def build(config, *, task: Task | None = None) -> Setup:
                  abstract_state=abstract_state, state_shardings=state_shardings, init_state=init_state)
 
 
-def make_train_step_fn(task: Task, optimizer, schedule, *, ema_decay: float = 0.0, accumulate_steps: int = 1):
+def make_train_step_fn(task: Task, optimizer, schedule, *, ema_decay: float = 0.0, ema_warmup: bool = False,
+                       accumulate_steps: int = 1):
     """The pure train step ``(state, batch) -> (new_state, metrics)``.
+
+    EMA (when ``state.ema_params`` is not None): ``ema <- d * ema + (1 - d) * params`` after the
+    optimizer update, with ``d = ema_decay`` or, with ``ema_warmup``,
+    ``min(ema_decay, (1 + n) / (10 + n))`` at update n = ``state.step + 1`` (``ema_decay_at``).
 
     Loss and grads of ``task.loss_fn`` at ``rng = fold_in(state.rng, state.step)``; with
     ``accumulate_steps = k > 1`` the global batch ``[B, ...]`` is split into k micro-batches
@@ -206,8 +211,8 @@ def make_train_step_fn(task: Task, optimizer, schedule, *, ema_decay: float = 0.
         updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
         ema = state.ema_params
-        if ema is not None:
-            ema = jax.tree_util.tree_map(lambda e, p: ema_decay * e + (1.0 - ema_decay) * p, ema, params)
+        if ema is not None:  # update number n = state.step + 1 (LitEma counts before use)
+            ema = ema_update(ema, params, ema_decay_at(state.step + 1, ema_decay, ema_warmup))
         new = state.replace(step=state.step + 1, params=params, opt_state=opt_state, ema_params=ema)
         new = jax.tree_util.tree_map(lambda a, b: jnp.where(finite, a, b), new, state)
         out = {**{k_: jnp.asarray(v, jnp.float32) for k_, v in metrics.items()},
@@ -224,6 +229,7 @@ def jit_train_step(setup: Setup, batch_example) -> Callable:
         batch_example, setup.mesh, setup.task.batch_spec() if hasattr(setup.task, "batch_spec") else None)
     fn = make_train_step_fn(setup.task, setup.optimizer, setup.schedule,
                             ema_decay=float(cfg.get("ema_decay", 0.0) or 0.0),
+                            ema_warmup=bool(cfg.get("ema_warmup", False)),
                             accumulate_steps=int(cfg.train.get("accumulate_steps", 1) or 1))
     setup.train_step = jax.jit(fn, in_shardings=(setup.state_shardings, setup.batch_shardings),
                                out_shardings=(setup.state_shardings, sh.replicated(setup.mesh)),

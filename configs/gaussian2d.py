@@ -47,6 +47,8 @@ Top-level fields (read by the trainer, ``diffjax/train/``):
                   "model") or None. A model module exports its default table as ``SHARDING_RULES``.
   ema_decay       exponential moving average of params (0 = off). When on, ``evaluate`` /
                   ``sweep`` / ``generate`` and snapshots get the EMA params.
+  ema_warmup      True: latent-diffusion's LitEma warm-up, decay min(ema_decay, (1+n)/(10+n)) at
+                  update n (an early snapshot is then a trained model, not the init). Default False.
   overwrite       False: refuse a workdir whose config.json differs (except in train.num_steps,
                   train.log_every, train.eval_every, overwrite, distributed). True: rewrite
                   config.json and resume anyway (shape mismatches still fail, naming tree paths).

@@ -146,7 +146,22 @@ def main(argv: list[str] | None = None) -> int:
     except NotImplementedError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    except _user_errors() as e:  # the message says what to do; DIFFJAX_TRACEBACK=1 shows the trace
+        if os.environ.get("DIFFJAX_TRACEBACK"):
+            raise
+        print(f"error: {type(e).__name__}: {e}", file=sys.stderr)
+        return 1
     return 0
+
+
+def _user_errors() -> tuple[type[BaseException], ...]:
+    """Errors whose message is the whole story (missing files, config/checkpoint mismatches, NaN)."""
+    from diffjax.checkpoints import orbax as ckpt_lib
+    from diffjax.checkpoints.hf import CheckpointMismatchError as HFCheckpointMismatchError
+    from diffjax.train import trainer
+
+    return (FileNotFoundError, trainer.WorkdirConfigMismatch, trainer.NonFiniteError,
+            ckpt_lib.CheckpointMismatchError, ckpt_lib.CheckpointCorruptError, HFCheckpointMismatchError)
 
 
 def _run(command: str, config, workdir: str) -> None:

@@ -79,3 +79,14 @@ def test_train_eval_generate_end_to_end(tmp_path):
     assert cli.main(["diffjax", "generate", *base]) == 0
     assert json.load(open(tmp_path / "generate.json"))["num_samples"] == 128
     assert cli.main(["diffjax", "sweep", *base]) == 2  # gaussian2d has no sweep: a clean error
+
+
+def test_user_errors_are_one_line_messages(tmp_path, capsys):
+    base = [f"--config={CONFIG}:small", f"--workdir={tmp_path}", "--config.train.num_steps=2"]
+    assert cli.main(["diffjax", "train", *base]) == 0
+    capsys.readouterr()
+    # The same workdir with a different config: refused with the differing field, no traceback.
+    assert cli.main(["diffjax", "train", *base, "--config.optimizer.learning_rate=0.5"]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("error: WorkdirConfigMismatch:") and "optimizer.learning_rate" in err
+    assert "Traceback" not in err

@@ -64,8 +64,8 @@ def bench(mesh_shape, hidden, depth, batch):
     state = setup.init_state()
     batches = setup.task.train_batches(0, global_batch_size=batch)
     local = next(batches)
-    step = trainer.jit_train_step(setup, local)
-    g = sh.global_batch(local, setup.batch_shardings, batch)
+    step = setup.train_step
+    g = setup.context.global_batch(local, batch)
     holder = {"state": state}
 
     def run_step(n):
@@ -78,7 +78,7 @@ def bench(mesh_shape, hidden, depth, batch):
     def run_loop(n):
         s, pending = holder["state"], None
         for _ in range(n):
-            gb = sh.global_batch(next(batches), setup.batch_shardings, batch)
+            gb = setup.context.global_batch(next(batches), batch)
             s, m = step(s, gb)
             if pending is not None:
                 bool(pending["finite"])

@@ -52,6 +52,12 @@ Top-level fields (read by the trainer, ``diffjax/train/``):
   overwrite       False: refuse a workdir whose config.json differs (except in train.num_steps,
                   train.log_every, train.eval_every, overwrite, distributed). True: rewrite
                   config.json and resume anyway (shape mismatches still fail, naming tree paths).
+  init_from       "" (fresh init) or where the params start from: another run's WORKDIR (latest
+                  checkpoint), WORKDIR:STEP (that checkpoint or snapshot), a local Hugging Face model
+                  dir or a .gguf file (diffjax/train/init_from.py). Strict: shape mismatches fail
+                  naming the path and both shapes; params new to this run and source params left
+                  unused are listed in the log and WORKDIR/init_from.json. Applied only when the run
+                  starts; a rerun resumes from the run's own checkpoints.
   distributed     ConfigDict: ``initialize`` (bool) calls ``jax.distributed.initialize`` before
                   anything else; ``coordinator_address`` ("host:port"), ``num_processes``,
                   ``process_id`` (None = let JAX auto-detect, e.g. on TPU pods / SLURM).
@@ -75,7 +81,8 @@ def get_config(arg=None):
         # Denoiser (diffjax.models.mlp.MLPDenoiser).
         model=ml_collections.ConfigDict(dict(hidden=128, depth=3, time_embed_dim=32)),
         # Evaluation: DDIM samples vs data (mean, covariance, MMD), samples.png.
-        eval_num_samples=2000, ddim_steps=50, ddim_eta=0.0, clip_x0=4.0,  # clip x0_hat to [-c, c] (0 = off)
+        eval_num_samples=2000, sample_batch_size=1024,  # DDIM samples drawn per global batch (mesh-sharded)
+        ddim_steps=50, ddim_eta=0.0, clip_x0=4.0,  # clip x0_hat to [-c, c] (0 = off)
     ))
     c.optimizer.learning_rate = 2e-3
     c.optimizer.warmup_steps = 100

@@ -157,11 +157,11 @@ def main(argv: list[str] | None = None) -> int:
 def _user_errors() -> tuple[type[BaseException], ...]:
     """Errors whose message is the whole story (missing files, config/checkpoint mismatches, NaN)."""
     from diffjax.checkpoints import orbax as ckpt_lib
-    from diffjax.checkpoints.hf import CheckpointMismatchError as HFCheckpointMismatchError
-    from diffjax.train import trainer
+    from diffjax.checkpoints.errors import CheckpointMismatchError  # orbax and hf raise this one class
+    from diffjax.train import trainer, workdir
 
-    return (FileNotFoundError, trainer.WorkdirConfigMismatch, trainer.NonFiniteError,
-            ckpt_lib.CheckpointMismatchError, ckpt_lib.CheckpointCorruptError, HFCheckpointMismatchError)
+    return (FileNotFoundError, workdir.WorkdirConfigMismatch, trainer.NonFiniteError,
+            CheckpointMismatchError, ckpt_lib.CheckpointCorruptError)
 
 
 def _run(command: str, config, workdir: str) -> None:
@@ -169,7 +169,7 @@ def _run(command: str, config, workdir: str) -> None:
     from diffjax.train import trainer
     from diffjax.train.sharding import maybe_initialize_distributed
 
-    maybe_initialize_distributed(config.get("distributed"))  # before anything touches a JAX backend
+    maybe_initialize_distributed(config.distributed)  # before anything touches a JAX backend
     if command == "train":
         trainer.train(config, workdir)
     elif command == "eval":
@@ -181,7 +181,7 @@ def _run(command: str, config, workdir: str) -> None:
 
         task = build_task(config.task)
         trainer.train(config, workdir, task=task)
-        if not config.train.get("eval_at_end", False):
+        if not config.train.eval_at_end:
             trainer.run_task_method(config, workdir, "evaluate", task=task)
         if type(task).sweep is not Task.sweep:
             trainer.run_task_method(config, workdir, "sweep", task=task)

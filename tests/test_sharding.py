@@ -85,8 +85,8 @@ def _one_step(mesh_shape):
     state = setup.init_state()
     p0 = jax.device_get(state.params)  # host copy: the step donates `state`
     local = next(setup.task.train_batches(0, global_batch_size=16))
-    step = trainer.jit_train_step(setup, local)
-    batch = sh.global_batch(local, setup.batch_shardings, 16)
+    step = setup.train_step
+    batch = setup.context.global_batch(local, 16)
     new, metrics = step(state, batch)
     return new, jax.device_get(metrics), p0
 

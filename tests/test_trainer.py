@@ -109,8 +109,8 @@ def test_gradient_accumulation_matches_full_batch():
         setup = trainer.build(config)
         state = setup.init_state()
         local = next(setup.task.train_batches(0, global_batch_size=16))
-        step = trainer.jit_train_step(setup, local)
-        new, metrics = step(state, sh.global_batch(local, setup.batch_shardings, 16))
+        step = setup.train_step
+        new, metrics = step(state, setup.context.global_batch(local, 16))
         out.append((leaves(new.params), float(metrics["loss"]), float(metrics["abs_err"])))
     for a, b in zip(out[0][0], out[1][0]):
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
@@ -127,8 +127,8 @@ def test_ema_follows_recurrence():
     step = None
     for _ in range(2):
         local = next(batches)
-        step = step or trainer.jit_train_step(setup, local)
-        state, _ = step(state, sh.global_batch(local, setup.batch_shardings, 16))
+        step = setup.train_step
+        state, _ = step(state, setup.context.global_batch(local, 16))
         history.append(leaves(state.params))
     p0, p1, p2 = history
     for i, e in enumerate(leaves(state.ema_params)):
@@ -148,8 +148,8 @@ def test_ema_warmup_follows_litema_recurrence(tmp_path):
     step, decays = None, []
     for n in range(1, n_steps + 1):
         local = next(batches)
-        step = step or trainer.jit_train_step(setup, local)
-        state, _ = step(state, sh.global_batch(local, setup.batch_shardings, 16))
+        step = setup.train_step
+        state, _ = step(state, setup.context.global_batch(local, 16))
         decays.append(min(d, (1 + n) / (10 + n)))
         ema = [decays[-1] * e + (1 - decays[-1]) * p for e, p in zip(ema, leaves(state.params))]
     assert decays[0] == pytest.approx(2 / 11) and decays[6] < d and decays[7] == d  # both regimes hit
@@ -159,9 +159,9 @@ def test_ema_warmup_follows_litema_recurrence(tmp_path):
     plain = toy_config(**{"ema_decay": d})
     setup_p = trainer.build(plain)
     state_p = setup_p.init_state()
-    step_p = trainer.jit_train_step(setup_p, next(setup_p.task.train_batches(0, global_batch_size=16)))
+    step_p = setup_p.train_step
     for local in setup_p.task.train_batches(0, global_batch_size=16):
-        state_p, _ = step_p(state_p, sh.global_batch(local, setup_p.batch_shardings, 16))
+        state_p, _ = step_p(state_p, setup_p.context.global_batch(local, 16))
         if int(state_p.step) == n_steps:
             break
     for a, b in zip(leaves(state_p.params), leaves(state.params)):

@@ -16,10 +16,16 @@ Contract (all four methods of papers.md fit it):
   this process's *local* slice of each global batch (dict of numpy arrays, leading axis
   ``global_batch_size // process_count``), deterministic in (task seed, step) so that a run
   resumed at ``start_step`` sees exactly the batches an uninterrupted run would.
-* ``evaluate(params, rng, workdir) -> dict``: host-level evaluation (may jit internally, write
-  plots into ``workdir``); returns JSON-serialisable results (the trainer writes ``results.json``).
-* Optional: ``sweep(params, rng, workdir)`` and ``generate(params, rng, workdir)`` for the
-  ``sweep`` / ``generate`` CLI commands; ``batch_spec()`` naming each batch field's partition.
+* ``evaluate(params, rng, workdir, *, context) -> dict``: evaluation on the mesh; returns
+  JSON-serialisable results (the trainer writes ``results.json``) and may write plots into
+  ``workdir`` (on ``context.is_main``). ``context`` is a ``diffjax.runtime.RuntimeContext``: the
+  mesh, process index/count, ``context.map_batches`` to run a jitted function over a whole host
+  evaluation set in global sharded batches, ``context.global_batch`` and ``context.to_host``.
+  Results must not depend on the mesh: draw per-example randomness with ``fold_in(rng, index)``
+  using the global example index ``map_batches`` provides.
+* Optional: ``sweep`` and ``generate`` (same arguments) for the ``sweep`` / ``generate`` CLI
+  commands; ``batch_spec()`` naming each batch field's partition; ``pretrained_params(path)`` for
+  ``config.init_from`` pointing at an HF dir or a GGUF file (see ``diffjax/train/init_from.py``).
 
 Trainer hooks (``diffjax/train/trainer.py``):
 
@@ -42,6 +48,8 @@ import abc
 from typing import Any, Callable, Iterator, Mapping
 
 import jax
+
+from diffjax.runtime import RuntimeContext
 
 PyTree = Any
 Batch = Mapping[str, Any]
@@ -69,16 +77,28 @@ class Task(abc.ABC):
     ) -> Iterator[dict]:
         """Yields this process's local slice of global batch ``start_step``, ``start_step + 1``, ..."""
 
-    def evaluate(self, params: PyTree, rng: jax.Array, workdir: str, **kwargs) -> dict:
-        """Host-level evaluation; default: no evaluation. ``kwargs``: ``snapshots`` (see above)."""
-        del params, rng, workdir, kwargs
+    def evaluate(self, params: PyTree, rng: jax.Array, workdir: str, *, context: RuntimeContext, **kwargs) -> dict:
+        """Evaluation on ``context``'s mesh; default: none. ``kwargs``: ``snapshots`` (see above)."""
+        del params, rng, workdir, context, kwargs
         return {}
 
-    def sweep(self, params: PyTree, rng: jax.Array, workdir: str, **kwargs) -> dict:
+    def sweep(self, params: PyTree, rng: jax.Array, workdir: str, *, context: RuntimeContext, **kwargs) -> dict:
         raise NotImplementedError(f"task {self.name!r} has no sweep")
 
-    def generate(self, params: PyTree, rng: jax.Array, workdir: str, **kwargs) -> dict:
+    def generate(self, params: PyTree, rng: jax.Array, workdir: str, *, context: RuntimeContext, **kwargs) -> dict:
         raise NotImplementedError(f"task {self.name!r} has no generate")
+
+    def pretrained_params(self, path: str) -> PyTree:
+        """The params of a pretrained model (local HF dir or ``.gguf`` file) placed in this task's
+        params tree, for ``config.init_from``; a partial tree is fine (missing paths keep their fresh
+        init and are listed). Default: the model's own params tree, as loaded."""
+        if path.endswith(".gguf"):
+            from diffjax.checkpoints.gguf import load_gguf_checkpoint
+
+            return load_gguf_checkpoint(path)[1]
+        from diffjax.checkpoints.hf import load_hf_checkpoint
+
+        return load_hf_checkpoint(path)[1]
 
     def batch_spec(self) -> Mapping[str, Any] | None:
         """Per-field batch partition specs; None = every field sharded over "data" on axis 0."""
@@ -101,15 +121,20 @@ def register_task(name: str):
 
 
 def build_task(task_config) -> Task:
-    """Builds the task named ``task_config.name`` (importing ``diffjax.tasks.<name>`` on demand)."""
+    """Builds the task named ``task_config.name``, importing ``diffjax.tasks.<name>`` on demand.
+
+    A dotted name (``"my_package.my_task"``) names a task module outside diffjax: that module is
+    imported and must register the same name with ``@register_task("my_package.my_task")``.
+    """
     import importlib
 
     name = task_config.name
+    module = name if "." in name else f"diffjax.tasks.{name}"
     if name not in _REGISTRY:
         try:
-            importlib.import_module(f"diffjax.tasks.{name}")
+            importlib.import_module(module)
         except ModuleNotFoundError as e:
-            if e.name != f"diffjax.tasks.{name}":
+            if e.name != module:
                 raise
     if name not in _REGISTRY:
         known = ", ".join(sorted(_REGISTRY)) or "(none imported)"

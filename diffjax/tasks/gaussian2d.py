@@ -20,6 +20,7 @@ from diffjax.diffusion import gaussian
 from diffjax.diffusion.gaussian_sampling import ddim_sample
 from diffjax.diffusion.schedules import gaussian_schedule
 from diffjax.models.mlp import MLPDenoiser
+from diffjax.runtime import RuntimeContext
 from diffjax.tasks.base import Task, register_task
 
 
@@ -63,7 +64,6 @@ class Gaussian2DTask(Task):
         self.model = MLPDenoiser(features=2, hidden=int(m.hidden), depth=int(m.depth),
                                  time_embed_dim=int(m.time_embed_dim),
                                  time_scale=1000.0 / int(cfg.num_diffusion_steps))
-        self._sample_fns = {}
 
     # -- Task interface ------------------------------------------------------------------------
     def init_params(self, rng):
@@ -93,17 +93,26 @@ class Gaussian2DTask(Task):
             yield {"x": x[process_index * per:(process_index + 1) * per]}
             step += 1
 
-    def sample(self, params, rng, n: int) -> jax.Array:
-        """``[n, 2]`` DDIM samples (jitted end to end)."""
-        if n not in self._sample_fns:  # one compile per sample count
-            self._sample_fns[n] = jax.jit(lambda p, r: ddim_sample(
-                self.denoise_fn(p), self.schedule, (n, 2), r, num_steps=int(self.cfg.ddim_steps),
-                eta=float(self.cfg.ddim_eta), prediction=self.prediction, clip_x0=float(self.cfg.clip_x0) or None))
-        return self._sample_fns[n](params, rng)
+    def _sample_batch(self, params, rng, index):
+        """``[Bg, 2]`` DDIM samples; sample ``i`` uses ``fold_in(rng, index[i])`` for all its noise,
+        so it does not depend on the batch it is drawn in (or on the mesh)."""
 
-    def evaluate(self, params, rng, workdir: str, **unused) -> dict:
+        def one(i):
+            return ddim_sample(self.denoise_fn(params), self.schedule, (1, 2), jax.random.fold_in(rng, i),
+                               num_steps=int(self.cfg.ddim_steps), eta=float(self.cfg.ddim_eta),
+                               prediction=self.prediction, clip_x0=float(self.cfg.clip_x0) or None)[0]
+
+        return jax.vmap(one)(index)
+
+    def sample(self, params, rng, n: int, *, context: RuntimeContext) -> np.ndarray:
+        """``[n, 2]`` DDIM samples, generated in global batches on ``context``'s mesh."""
+        step = jax.jit(self._sample_batch)
+        return context.map_batches(lambda _, index: step(params, rng, index), np.zeros((n, 0), np.float32),
+                                   batch_size=int(self.cfg.sample_batch_size))
+
+    def evaluate(self, params, rng, workdir: str, *, context: RuntimeContext, **unused) -> dict:
         n = int(self.cfg.eval_num_samples)
-        samples = np.asarray(jax.device_get(self.sample(params, rng, n)), np.float64)
+        samples = np.asarray(self.sample(params, rng, n, context=context), np.float64)
         data_rng = np.random.default_rng([self.data_seed, 2**31 - 1])
         data = sample_mixture(data_rng, n, self.means, self.std).astype(np.float64)
         data2 = sample_mixture(data_rng, n, self.means, self.std).astype(np.float64)
@@ -122,13 +131,13 @@ class Gaussian2DTask(Task):
             "frac_near_mode": float(near.mean()), "modes_hit": modes_hit,
             "num_modes": len(self.means), "num_samples": n,
         }
-        if jax.process_index() == 0:
+        if context.is_main:
             self._plot(samples, data, os.path.join(workdir, "samples.png"))
         return results
 
-    def generate(self, params, rng, workdir: str, **unused) -> dict:
-        samples = np.asarray(jax.device_get(self.sample(params, rng, int(self.cfg.eval_num_samples))))
-        if jax.process_index() == 0:
+    def generate(self, params, rng, workdir: str, *, context: RuntimeContext, **unused) -> dict:
+        samples = self.sample(params, rng, int(self.cfg.eval_num_samples), context=context)
+        if context.is_main:
             np.save(os.path.join(workdir, "samples.npy"), samples)
         return {"num_samples": int(samples.shape[0]), "path": os.path.join(workdir, "samples.npy")}
 

@@ -24,6 +24,8 @@ def base_config() -> ml_collections.ConfigDict:
     # EMA warm-up (latent-diffusion LitEma): decay min(ema_decay, (1 + n) / (10 + n)) at update n.
     c.ema_warmup = False
     c.overwrite = False
+    # Staged initialisation (diffjax/train/init_from.py): "" = fresh; WORKDIR[:STEP], an HF dir or a .gguf.
+    c.init_from = ""
     c.distributed = ml_collections.ConfigDict(dict(
         initialize=False,
         coordinator_address=config_dict.placeholder(str),

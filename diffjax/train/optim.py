@@ -13,7 +13,7 @@ def learning_rate_schedule(opt_config, num_steps: int) -> optax.Schedule:
     lr = float(opt_config.learning_rate)
     warmup = int(opt_config.warmup_steps)
     kind = opt_config.schedule
-    end = lr * float(opt_config.get("end_lr_factor", 0.0))
+    end = lr * float(opt_config.end_lr_factor)
     decay_steps = max(int(num_steps) - warmup, 1)
     if kind == "constant":
         after = optax.constant_schedule(lr)
@@ -44,9 +44,9 @@ def make_optimizer(opt_config, num_steps: int) -> tuple[optax.GradientTransforma
     elif name == "adam":
         core = optax.adam(schedule, b1=opt_config.b1, b2=opt_config.b2, eps=opt_config.eps)
     elif name == "sgd":
-        core = optax.sgd(schedule, momentum=opt_config.get("momentum") or None)
+        core = optax.sgd(schedule, momentum=opt_config.momentum or None)
     else:
         raise ValueError(f"optimizer.name={name!r}; expected 'adamw', 'adam' or 'sgd'.")
-    clip = float(opt_config.get("grad_clip_norm", 0.0) or 0.0)
+    clip = float(opt_config.grad_clip_norm)
     chain = [optax.clip_by_global_norm(clip)] if clip > 0 else []
     return optax.chain(*chain, core), schedule

@@ -13,11 +13,14 @@ from __future__ import annotations
 
 import math
 import re
-from typing import Any, Mapping, Sequence
+from typing import Any, Sequence
 
 import jax
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+
+# Batch helpers live in diffjax.runtime (tasks use them without importing the trainer).
+from diffjax.runtime import batch_shardings, global_batch, path_str, replicated  # noqa: F401
 
 MESH_AXES = ("data", "model")
 PyTree = Any
@@ -67,11 +70,6 @@ def make_mesh(mesh_shape: Sequence[int], devices: Sequence[jax.Device] | None = 
         raise ValueError(f"multi-process runs must use every device: mesh_shape {shape} covers {n} "
                          f"of {len(devices)}.")
     return Mesh(np.asarray(devices[:n], dtype=object).reshape(shape), MESH_AXES)
-
-
-def path_str(path) -> str:
-    """'/'-joined pytree key path: ``(DictKey('mlp'), DictKey('kernel'))`` -> ``"mlp/kernel"``."""
-    return jax.tree_util.keystr(path, simple=True, separator="/")
 
 
 def _normalise_rules(rules) -> list[tuple[re.Pattern, tuple]]:
@@ -145,36 +143,6 @@ def mirror_shardings(tree: PyTree, params: PyTree, p_shardings: PyTree, mesh: Me
         return replicated
 
     return jax.tree_util.tree_map_with_path(one, tree)
-
-
-def replicated(mesh: Mesh) -> NamedSharding:
-    return NamedSharding(mesh, P())
-
-
-def batch_shardings(batch_example: Mapping[str, Any], mesh: Mesh, batch_spec: Mapping[str, Any] | None = None):
-    """Per-field ``NamedSharding``: leading axis over "data" unless ``batch_spec`` names another spec."""
-    batch_spec = dict(batch_spec or {})
-
-    def one(path, x):
-        key = path_str(path)
-        spec = batch_spec.get(key)
-        if spec is None:
-            spec = ("data",) if np.ndim(x) >= 1 else ()
-        return NamedSharding(mesh, P(*spec))
-
-    return jax.tree_util.tree_map_with_path(one, dict(batch_example))
-
-
-def global_batch(local_batch: Mapping[str, Any], shardings, global_batch_size: int) -> dict:
-    """This process's slice ``[B / process_count, ...]`` of each field -> global ``jax.Array``s ``[B, ...]``."""
-
-    def one(x, s):
-        x = np.asarray(x)
-        if x.ndim == 0:
-            return jax.make_array_from_process_local_data(s, x, ())
-        return jax.make_array_from_process_local_data(s, x, (global_batch_size,) + x.shape[1:])
-
-    return jax.tree_util.tree_map(one, dict(local_batch), shardings)
 
 
 def check_batch_divisibility(global_batch_size: int, mesh: Mesh, accumulate_steps: int = 1) -> None:

@@ -6,8 +6,10 @@ one ``jax.jit`` train step with explicit in/out shardings (no pmap) on global ba
 ``workdir/config.json``, ``metrics.jsonl``, TensorBoard events, orbax checkpoints (every
 ``train.checkpoint_every`` steps and at the end) and, with ``train.eval_at_end``, ``results.json``.
 Rerunning the same command resumes from the latest checkpoint bit-identically (rng and data
-position are functions of the step). ``evaluate_workdir`` / ``run_task_method`` serve the ``eval``,
-``sweep`` and ``generate`` commands.
+position are functions of the step). A new run starts from ``config.init_from`` when it is set
+(another workdir, an HF dir, a GGUF file; ``diffjax/train/init_from.py``). ``run_task_method``
+serves the ``eval``, ``sweep`` and ``generate`` commands; the task gets the run's
+``RuntimeContext`` (mesh, host->global batches) so evaluation and generation run sharded too.
 
 Randomness: init uses ``fold_in(PRNGKey(seed), 0)``; train step ``s`` uses
 ``fold_in(fold_in(PRNGKey(seed), 1), s)`` (micro-batch ``i`` of an accumulated step folds in ``i``
@@ -28,12 +30,14 @@ import numpy as np
 import optax
 
 from diffjax.checkpoints import orbax as ckpt_lib
+from diffjax.runtime import RuntimeContext
 from diffjax.tasks.base import Task, build_task
+from diffjax.train import init_from as init_from_lib
 from diffjax.train import metrics as metrics_lib
 from diffjax.train import sharding as sh
-from diffjax.train.config import RESUMABLE_CHANGES
 from diffjax.train.optim import make_optimizer
 from diffjax.train.state import TrainState, ema_decay_at, ema_update
+from diffjax.train.workdir import WorkdirConfigMismatch, prepare_workdir  # noqa: F401 (WorkdirConfigMismatch: API)
 
 PyTree = Any
 
@@ -42,89 +46,40 @@ class NonFiniteError(FloatingPointError):
     """Raised when a train step produced a non-finite loss or gradient norm."""
 
 
-class WorkdirConfigMismatch(ValueError):
-    """The workdir holds a run with a different config.json."""
-
-
 # --------------------------------------------------------------------------------------------
-# config.json handling
+# Set-up: task, mesh, runtime context, optimizer, shardings, the jitted train step
 # --------------------------------------------------------------------------------------------
 
-def config_to_dict(config) -> dict:
-    """ConfigDict -> plain JSON-able dict (tuples become lists)."""
-    return json.loads(config.to_json_best_effort(sort_keys=True))
-
-
-def _flatten(d: dict, prefix: str = "") -> dict:
-    out = {}
-    for k, v in d.items():
-        key = f"{prefix}{k}"
-        if isinstance(v, dict):
-            out.update(_flatten(v, key + "."))
-        else:
-            out[key] = v
-    return out
-
-
-def config_differences(old: dict, new: dict) -> list[str]:
-    """Dotted fields that differ between two config dicts, ignoring ``RESUMABLE_CHANGES``."""
-    a, b = _flatten(old), _flatten(new)
-    diffs = []
-    for k in sorted(set(a) | set(b)):
-        if any(k == r or k.startswith(r + ".") for r in RESUMABLE_CHANGES):
-            continue
-        if a.get(k, "<absent>") != b.get(k, "<absent>"):
-            diffs.append(f"{k}: workdir has {a.get(k, '<absent>')!r}, command line has {b.get(k, '<absent>')!r}")
-    return diffs
-
-
-def prepare_workdir(config, workdir: str) -> None:
-    """Creates ``workdir`` and writes ``config.json``; refuses a workdir written with a different
-    config unless ``config.overwrite`` (then rewrites it). Only process 0 writes."""
-    path = os.path.join(workdir, "config.json")
-    new = config_to_dict(config)
-    if os.path.exists(path):
-        with open(path) as f:
-            old = json.load(f)
-        diffs = config_differences(old, new)
-        if diffs and not config.get("overwrite", False):
-            raise WorkdirConfigMismatch(
-                f"{path} was written by a run with a different config:\n  " + "\n  ".join(diffs) +
-                "\nUse a fresh --workdir, the original config, or pass --config.overwrite=True to rewrite "
-                "config.json and resume from the existing checkpoints anyway.")
-    if jax.process_index() == 0:
-        os.makedirs(workdir, exist_ok=True)
-        tmp = path + ".tmp"
-        with open(tmp, "w") as f:
-            json.dump(new, f, indent=2, sort_keys=True)
-        os.replace(tmp, path)
-
-
-# --------------------------------------------------------------------------------------------
-# Set-up: task, mesh, optimizer, shardings, jitted functions
-# --------------------------------------------------------------------------------------------
-
-@dataclasses.dataclass
+@dataclasses.dataclass(frozen=True)
 class Setup:
+    """Everything a run needs, built once by ``build`` (no arrays allocated).
+
+    ``train_step``: the jitted ``(state, global batch) -> (state, metrics)`` (state donated);
+    ``context``: the ``RuntimeContext`` handed to the task's evaluate / sweep / generate and used
+    to turn host batches into global ones; ``init_state(workdir=None)``: a fresh state, with
+    ``config.init_from`` applied (its report written into ``workdir`` when given).
+    """
+
     config: Any
     task: Task
     mesh: jax.sharding.Mesh
+    context: RuntimeContext
     optimizer: optax.GradientTransformation
     schedule: optax.Schedule
     abstract_state: TrainState
     state_shardings: TrainState
-    init_state: Callable[[], TrainState]
-    train_step: Callable | None = None
-    batch_shardings: Any = None
+    train_step: Callable[[TrainState, Any], tuple[TrainState, dict]]
+    init_state: Callable[..., TrainState]
 
 
 def build(config, *, task: Task | None = None) -> Setup:
-    """Task, mesh, optimizer and the sharded state layout for ``config`` (no arrays allocated)."""
+    """Task, mesh, optimizer, the sharded state layout and the jitted train step for ``config``."""
     task = task if task is not None else build_task(config.task)
     mesh = sh.make_mesh(config.mesh_shape)
-    num_steps = int(config.train.num_steps)
-    optimizer, schedule = make_optimizer(config.optimizer, num_steps)
-    ema_decay = float(config.get("ema_decay", 0.0) or 0.0)
+    context = RuntimeContext(mesh, process_index=jax.process_index(), process_count=jax.process_count(),
+                             batch_spec=task.batch_spec())
+    optimizer, schedule = make_optimizer(config.optimizer, int(config.train.num_steps))
+    ema_decay = float(config.ema_decay)
     base = jax.random.PRNGKey(int(config.seed))
     init_rng, train_rng = jax.random.fold_in(base, 0), jax.random.fold_in(base, 1)
 
@@ -147,15 +102,29 @@ def build(config, *, task: Task | None = None) -> Setup:
     abstract_state = jax.tree_util.tree_map(
         lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract_state, state_shardings)
 
-    def init_state() -> TrainState:
-        if getattr(task, "jit_init", True):
+    def init_state(workdir: str | None = None) -> TrainState:
+        if task.jit_init:
             params = jax.jit(init_params, out_shardings=p_shardings)()
         else:  # e.g. pretrained weights read from disk: keep them out of the compiled program
             params = jax.device_put(init_params(), p_shardings)
+        source = init_from_lib.source_params(config.init_from, task)
+        if source is not None:
+            tree, name = source
+            params, report = init_from_lib.merge_params(params, tree, source_name=name)
+            params = jax.device_put(params, p_shardings)
+            if workdir is not None:
+                init_from_lib.write_report(workdir, report)
         return jax.jit(make_state, in_shardings=(p_shardings,), out_shardings=state_shardings)(params)
 
-    return Setup(config=config, task=task, mesh=mesh, optimizer=optimizer, schedule=schedule,
-                 abstract_state=abstract_state, state_shardings=state_shardings, init_state=init_state)
+    step_fn = make_train_step_fn(task, optimizer, schedule, ema_decay=ema_decay, ema_warmup=bool(config.ema_warmup),
+                                 accumulate_steps=int(config.train.accumulate_steps))
+    # Batches arrive as global arrays already sharded by ``context.global_batch`` (batch_spec), so
+    # their in_shardings are taken from the arguments (None).
+    train_step = jax.jit(step_fn, in_shardings=(state_shardings, None), out_shardings=(state_shardings, rep),
+                         donate_argnums=(0,))
+    return Setup(config=config, task=task, mesh=mesh, context=context, optimizer=optimizer, schedule=schedule,
+                 abstract_state=abstract_state, state_shardings=state_shardings, train_step=train_step,
+                 init_state=init_state)
 
 
 def make_train_step_fn(task: Task, optimizer, schedule, *, ema_decay: float = 0.0, ema_warmup: bool = False,
@@ -222,27 +191,12 @@ def make_train_step_fn(task: Task, optimizer, schedule, *, ema_decay: float = 0.
     return step_fn
 
 
-def jit_train_step(setup: Setup, batch_example) -> Callable:
-    """``jax.jit`` of the train step with in/out shardings; state buffers are donated."""
-    cfg = setup.config
-    setup.batch_shardings = sh.batch_shardings(
-        batch_example, setup.mesh, setup.task.batch_spec() if hasattr(setup.task, "batch_spec") else None)
-    fn = make_train_step_fn(setup.task, setup.optimizer, setup.schedule,
-                            ema_decay=float(cfg.get("ema_decay", 0.0) or 0.0),
-                            ema_warmup=bool(cfg.get("ema_warmup", False)),
-                            accumulate_steps=int(cfg.train.get("accumulate_steps", 1) or 1))
-    setup.train_step = jax.jit(fn, in_shardings=(setup.state_shardings, setup.batch_shardings),
-                               out_shardings=(setup.state_shardings, sh.replicated(setup.mesh)),
-                               donate_argnums=(0,))
-    return setup.train_step
-
-
 # --------------------------------------------------------------------------------------------
 # Training loop
 # --------------------------------------------------------------------------------------------
 
 def _snapshot_steps(task: Task) -> tuple[int, ...]:
-    return tuple(sorted(int(s) for s in (getattr(task, "snapshot_steps", ()) or ())))
+    return tuple(sorted(int(s) for s in task.snapshot_steps))
 
 
 def _check_finite(step: int, metrics: dict, checkpointer, ckpt_dir: str) -> None:
@@ -261,13 +215,13 @@ def _check_finite(step: int, metrics: dict, checkpointer, ckpt_dir: str) -> None
 
 def train(config, workdir: str, *, task: Task | None = None) -> TrainState:
     """Trains (or resumes) the run in ``workdir`` up to ``config.train.num_steps``; returns the state."""
-    sh.maybe_initialize_distributed(config.get("distributed"))
+    sh.maybe_initialize_distributed(config.distributed)
     workdir = os.path.abspath(workdir)
     prepare_workdir(config, workdir)
     setup = build(config, task=task)
     task, tc = setup.task, config.train
     num_steps, gbs = int(tc.num_steps), int(tc.global_batch_size)
-    sh.check_batch_divisibility(gbs, setup.mesh, int(tc.get("accumulate_steps", 1) or 1))
+    sh.check_batch_divisibility(gbs, setup.mesh, int(tc.accumulate_steps))
     ckpt_dir = os.path.join(workdir, "checkpoints")
     checkpointer = ckpt_lib.Checkpointer(ckpt_dir, keep=int(tc.keep))
     is_main = jax.process_index() == 0
@@ -277,14 +231,15 @@ def train(config, workdir: str, *, task: Task | None = None) -> TrainState:
         if latest is not None:
             state = checkpointer.restore(latest, setup.abstract_state)
             if is_main:
-                print(f"resumed from checkpoint step {latest} in {ckpt_dir}", flush=True)
+                print(f"resumed from checkpoint step {latest} in {ckpt_dir}"
+                      + (" (init_from is applied only when a run starts)" if config.init_from else ""), flush=True)
         else:
-            state = setup.init_state()
+            state = setup.init_state(workdir)
         start = int(jax.device_get(state.step))
         writer.drop_after(start)
         snapshots = _snapshot_steps(task)
         ckpt_every, log_every = int(tc.checkpoint_every), max(int(tc.log_every), 1)
-        eval_every = int(tc.get("eval_every", 0) or 0)
+        eval_every = int(tc.eval_every)
         progress = metrics_lib.Progress(start, num_steps, active=is_main)
         batches = task.train_batches(start, global_batch_size=gbs, process_index=jax.process_index(),
                                      process_count=jax.process_count())
@@ -292,10 +247,7 @@ def train(config, workdir: str, *, task: Task | None = None) -> TrainState:
             ckpt_lib.save_snapshot(workdir, 0, state.eval_params())
         pending = None  # (step, metrics) of the previous step, checked one step late to keep dispatch async
         for step in range(start, num_steps):
-            local = next(batches)
-            if setup.train_step is None:
-                jit_train_step(setup, local)
-            batch = sh.global_batch(local, setup.batch_shardings, gbs)
+            batch = setup.context.global_batch(next(batches), gbs)
             state, metrics = setup.train_step(state, batch)
             if pending is not None:
                 _check_finite(*pending, checkpointer, ckpt_dir)
@@ -325,7 +277,7 @@ def train(config, workdir: str, *, task: Task | None = None) -> TrainState:
         if int(jax.device_get(state.step)) == num_steps and num_steps not in checkpointer.all_steps():
             checkpointer.save(num_steps, state)
         checkpointer.wait()
-        if tc.get("eval_at_end", False):
+        if tc.eval_at_end:
             res = run_evaluate(setup, state, workdir)
             write_results(workdir, res, "results.json")
             writer.write(num_steps, _scalars_only(res), prefix="eval/")
@@ -372,9 +324,9 @@ def _load_snapshots(setup: Setup, workdir: str) -> dict:
 
 def _call(setup: Setup, method: str, state: TrainState, workdir: str) -> dict:
     rng = jax.random.fold_in(jax.random.PRNGKey(int(setup.config.seed)), 2)
-    fn = getattr(setup.task, method)
+    fn = {"evaluate": setup.task.evaluate, "sweep": setup.task.sweep, "generate": setup.task.generate}[method]
     kwargs = {"snapshots": _load_snapshots(setup, workdir)} if _snapshot_steps(setup.task) else {}
-    return fn(state.eval_params(), rng, workdir, **kwargs) or {}
+    return fn(state.eval_params(), rng, workdir, context=setup.context, **kwargs) or {}
 
 
 def run_evaluate(setup: Setup, state: TrainState, workdir: str) -> dict:
@@ -383,7 +335,7 @@ def run_evaluate(setup: Setup, state: TrainState, workdir: str) -> dict:
 
 def restore_latest(config, workdir: str, *, task: Task | None = None) -> tuple[Setup, TrainState]:
     """The setup and latest checkpointed state of a trained ``workdir`` (error if there is none)."""
-    sh.maybe_initialize_distributed(config.get("distributed"))
+    sh.maybe_initialize_distributed(config.distributed)
     setup = build(config, task=task)
     ckpt_dir = os.path.join(os.path.abspath(workdir), "checkpoints")
     checkpointer = ckpt_lib.Checkpointer(ckpt_dir, keep=int(config.train.keep))

@@ -1,0 +1,192 @@
+"""Staged initialisation: start a run's params from another run or a pretrained model (``config.init_from``).
+
+``config.init_from`` is one string:
+
+* ``""`` — fresh init (the default);
+* ``WORKDIR`` — the latest checkpoint of another diffjax run (its raw ``params``);
+* ``WORKDIR:STEP`` — that run's checkpoint ``STEP``, or else its snapshot ``STEP``
+  (``WORKDIR/snapshots/STEP``, e.g. DLSR's step-0 snapshot);
+* a local Hugging Face model directory (``config.json`` + weights), or a ``.gguf`` file — read by
+  the task's ``Task.pretrained_params(path)``, which places the model's params in the task's tree.
+
+Strict: the run's params are first initialised fresh (``task.init_params``); every path of that
+tree found in the source is replaced by the source's array, and a shape mismatch at any path is an
+error naming the path and both shapes (all of them, in one ``CheckpointMismatchError``). Paths the
+source lacks (new heads) keep their fresh init and paths of the source the run does not use are
+left out; both lists are printed and written to ``WORKDIR/init_from.json``, so nothing is
+re-initialised or dropped silently. ``init_from`` applies only when the run starts: a run that has
+checkpoints of its own resumes from them.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from typing import Any
+
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
+
+from diffjax.checkpoints import orbax as ckpt_lib
+from diffjax.runtime import path_str
+
+PyTree = Any
+REPORT_FILE = "init_from.json"
+_HF_WEIGHTS = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin",
+               "pytorch_model.bin.index.json", "flax_model.msgpack")
+
+
+@dataclasses.dataclass(frozen=True)
+class InitSource:
+    """A parsed ``init_from``: ``kind`` in {"workdir", "hf", "gguf"}; ``step`` only for workdirs."""
+
+    kind: str
+    path: str
+    step: int | None = None
+
+
+def parse_init_from(spec: str) -> InitSource | None:
+    """``config.init_from`` -> ``InitSource`` (None for ""); a path that is none of the accepted
+    kinds raises ``FileNotFoundError`` saying what was expected."""
+    spec = (spec or "").strip()
+    if not spec:
+        return None
+    path, step = spec, None
+    head, sep, tail = spec.rpartition(":")
+    if sep and tail.isdigit() and not os.path.exists(spec):
+        path, step = head, int(tail)
+    path = os.path.abspath(os.path.expanduser(path))
+    if path.endswith(".gguf") and step is None:
+        if not os.path.isfile(path):
+            raise FileNotFoundError(f"init_from={spec!r}: GGUF file {path} not found.")
+        return InitSource("gguf", path)
+    if os.path.isdir(os.path.join(path, "checkpoints")) or os.path.isdir(os.path.join(path, "snapshots")):
+        return InitSource("workdir", path, step)
+    if os.path.isfile(os.path.join(path, "config.json")) and step is None and any(
+            os.path.exists(os.path.join(path, w)) for w in _HF_WEIGHTS):
+        return InitSource("hf", path)
+    raise FileNotFoundError(
+        f"init_from={spec!r}: {path} is not a diffjax workdir (no checkpoints/ or snapshots/), a Hugging "
+        f"Face model dir (config.json + {' or '.join(_HF_WEIGHTS[::2])}) or a .gguf file. Expected "
+        f"WORKDIR, WORKDIR:STEP, an HF dir or a .gguf file.")
+
+
+def _restore_numpy(path: str, select) -> PyTree:
+    """Restores the orbax item at ``path`` onto this host's first device and returns ``select(tree)``."""
+    device = jax.local_devices()[0]
+    sharding = jax.sharding.SingleDeviceSharding(device)
+    with ocp.Checkpointer(ocp.StandardCheckpointHandler()) as ckptr:
+        try:
+            meta = ckpt_lib.metadata_tree(ckptr.metadata(path))
+        except Exception as e:  # noqa: BLE001 - any read failure means an unusable source
+            raise ckpt_lib.CheckpointCorruptError(f"init_from: cannot read {path}: {type(e).__name__}: {e}") from e
+        target = jax.tree_util.tree_map(lambda m: jax.ShapeDtypeStruct(tuple(m.shape), m.dtype, sharding=sharding),
+                                        meta)
+        tree = ckptr.restore(path, args=ocp.args.StandardRestore(target))
+    return jax.tree_util.tree_map(np.asarray, select(tree))
+
+
+def workdir_params(source: InitSource) -> tuple[PyTree, str]:
+    """The raw params of a diffjax workdir's checkpoint (latest or ``source.step``) or snapshot.
+
+    Returns ``(params as numpy, description of what was read)``."""
+    ckpt_dir = os.path.join(source.path, "checkpoints")
+    steps = []
+    if os.path.isdir(ckpt_dir):
+        steps = sorted(int(n) for n in os.listdir(ckpt_dir) if n.isdigit())
+    if source.step is None:
+        if not steps:
+            raise FileNotFoundError(f"init_from={source.path}: no checkpoint in {ckpt_dir}; train that run first "
+                                    f"or name a snapshot as WORKDIR:STEP.")
+        step = steps[-1]
+    else:
+        step = source.step
+    if step in steps:
+        where = os.path.join(ckpt_dir, str(step))
+        return _restore_numpy(where, lambda t: t["params"]), f"checkpoint {where}"
+    snap = os.path.join(source.path, "snapshots", str(step))
+    if os.path.isdir(snap):
+        return _restore_numpy(snap, lambda t: t), f"snapshot {snap}"
+    snaps = ckpt_lib.snapshot_steps_on_disk(source.path)
+    raise FileNotFoundError(f"init_from={source.path}:{step}: no checkpoint or snapshot {step} "
+                            f"(checkpoints: {steps or 'none'}; snapshots: {snaps or 'none'}).")
+
+
+def _flat_shapes(tree) -> dict[str, Any]:
+    return {path_str(p): x for p, x in jax.tree_util.tree_leaves_with_path(tree)}
+
+
+@dataclasses.dataclass(frozen=True)
+class InitReport:
+    """What ``merge_params`` did: ``loaded`` / ``fresh`` (in the run, not in the source) /
+    ``unused`` (in the source, not in the run) param paths."""
+
+    source: str
+    loaded: list[str]
+    fresh: list[str]
+    unused: list[str]
+
+    def lines(self) -> list[str]:
+        out = [f"init_from: {len(self.loaded)} params from {self.source}"]
+        out += [f"  initialised fresh (not in the source): {p}" for p in self.fresh]
+        out += [f"  unused (in the source, not in this run): {p}" for p in self.unused]
+        return out
+
+
+def merge_params(fresh: PyTree, source: PyTree, *, source_name: str) -> tuple[PyTree, InitReport]:
+    """Overlays ``source`` on ``fresh`` path by path (see the module docstring).
+
+    Args:
+      fresh: the run's freshly initialised params (arrays, possibly sharded; their dtype is kept; a
+        leaf that is not replaced is returned as it is, so nothing is gathered to the host).
+      source: a (possibly partial, possibly larger) params tree from the source.
+      source_name: names the source in the report and errors.
+
+    Raises ``CheckpointMismatchError`` listing every path whose shapes differ (source vs run).
+    """
+    src = _flat_shapes(source)
+    dst = _flat_shapes(fresh)
+    bad = [(p, tuple(np.shape(src[p])), tuple(np.shape(x))) for p, x in dst.items()
+           if p in src and tuple(np.shape(src[p])) != tuple(np.shape(x))]
+    if bad:
+        raise ckpt_lib.CheckpointMismatchError(
+            f"init_from {source_name}: shapes differ from the params this config builds:\n" +
+            "\n".join(f"  {p}: source {s}, this run {d}" for p, s, d in bad) +
+            "\nMake the model config match the source (sizes, vocabulary), or start fresh (init_from='').")
+
+    def take(path, x):
+        p = path_str(path)
+        return np.asarray(src[p]).astype(x.dtype) if p in src else x
+
+    merged = jax.tree_util.tree_map_with_path(take, fresh)
+    report = InitReport(source=source_name, loaded=sorted(p for p in dst if p in src),
+                        fresh=sorted(p for p in dst if p not in src), unused=sorted(p for p in src if p not in dst))
+    if not report.loaded:
+        raise ckpt_lib.CheckpointMismatchError(
+            f"init_from {source_name}: no parameter path of the source matches this run's params "
+            f"(source has e.g. {sorted(src)[:3]}, this run e.g. {sorted(dst)[:3]}).")
+    return merged, report
+
+
+def write_report(workdir: str, report: InitReport) -> None:
+    """Prints the report and writes ``workdir/init_from.json`` (process 0 only)."""
+    if jax.process_index() != 0:
+        return
+    for line in report.lines():
+        print(line, flush=True)
+    path = os.path.join(workdir, REPORT_FILE)
+    with open(path + ".tmp", "w") as f:
+        json.dump(dataclasses.asdict(report), f, indent=2)
+    os.replace(path + ".tmp", path)
+
+
+def source_params(spec: str, task) -> tuple[PyTree, str] | None:
+    """``(params tree, description)`` of ``init_from`` for ``task`` (None when ``spec`` is empty)."""
+    source = parse_init_from(spec)
+    if source is None:
+        return None
+    if source.kind == "workdir":
+        return workdir_params(source)
+    return task.pretrained_params(source.path), f"{source.kind} {source.path}"

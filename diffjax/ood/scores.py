@@ -23,7 +23,7 @@ from typing import Callable, Sequence
 import jax
 import jax.numpy as jnp
 
-from diffjax.diffusion import gaussian
+from diffjax.diffusion import reconstruction
 from diffjax.ood.features import split_layers
 
 SCORE_NAMES = ("mse", "mfsim")
@@ -47,7 +47,7 @@ def reconstruct(denoise_fn: Callable, schedule, z0: jax.Array, t, keys: jax.Arra
     t = jnp.broadcast_to(jnp.asarray(t, jnp.int32), z0.shape[:1])
 
     def one(z, key, tt):
-        return gaussian.reconstruct(denoise_fn, z[None], tt, key, schedule=schedule, prediction="x0",
+        return reconstruction.reconstruct(denoise_fn, z[None], tt, key, schedule=schedule, prediction="x0",
                                     ddim_steps=ddim_steps, eta=eta)[0]
 
     return jax.vmap(one)(z0, keys, t)
@@ -85,6 +85,23 @@ def reconstruction_scores(denoise_fn: Callable, schedule, z0: jax.Array, t, keys
     """``reconstruct`` then ``scores_from_reconstruction``: z0 [N, D] -> dict of [N] / [L, N] scores."""
     z0_hat = reconstruct(denoise_fn, schedule, z0, t, keys, ddim_steps=ddim_steps, eta=eta)
     return scores_from_reconstruction(z0, z0_hat, dims, mfsim_skip_first=mfsim_skip_first)
+
+
+def make_reconstruction_score_fn(apply_fn: Callable, schedule, dims: Sequence[int], *, ddim_steps: int = 3,
+                                 eta: float = 1.0, mfsim_skip_first: bool = False) -> Callable:
+    """The DLSR scores as a sweep score function (``diffjax.ood.sweep.make_score_sweep``).
+
+    ``apply_fn(params, z_t [B, D], t [B] int32) -> z0_hat [B, D]``. Returns
+    ``score_fn(params, z0 [B, D], t [B] int32, keys [B]) -> {"mse": [B], "mse_layers": [L, B],
+    "mfsim": [B], "mfsim_layers": [L, B]}`` (``reconstruction_scores`` with per-row t and keys).
+    """
+    dims = tuple(int(d) for d in dims)
+
+    def score_fn(params, z0, t, keys):
+        return reconstruction_scores(lambda x, tt: apply_fn(params, x, tt), schedule, z0, t, keys, dims,
+                                     ddim_steps=ddim_steps, eta=eta, mfsim_skip_first=mfsim_skip_first)
+
+    return score_fn
 
 
 def likelihood_ratio(final: dict[str, jax.Array], early: dict[str, jax.Array]) -> dict[str, jax.Array]:

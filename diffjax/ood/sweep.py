@@ -1,15 +1,25 @@
-"""Timestep x noise-seed sweeps of DLSR scores as ONE vmapped, jitted call (design.md convention 3).
+"""Timestep x noise-seed sweeps of any reconstruction-style OOD score as ONE jitted call
+(design.md convention 3), shared by the image (paper 003, DLSR) and text (paper 000) OOD tasks.
 
-``make_sweep_fn`` builds ``sweep(params, z0 [N, D], ts [n_t] int32, seed_keys [n_s], ids [N])``
--> ``{score_name: [n_t, n_s, N]}``: the batched reconstruction score (``diffjax.ood.scores``) over
-the whole (t, seed, example) grid as one flat batch of rows (the vectorised form of a vmap over t
-and seeds; a grid row's score equals the single-t call's bit for bit, see ``make_sweep_fn``). Params are an argument (not closed over), so the
-final and the early (LR) params share one compilation; all shapes are static, so a whole grid
-compiles once. Example i under seed s always gets the noise of ``fold_in(seed_key_s, ids[i])``:
-the result does not depend on chunking (``sweep_chunked``) or on the order of the grid.
+A **score function** ``score_fn(params, inputs, t, keys) -> {name: [..., B]}`` scores B rows:
+``inputs`` is any pytree of arrays with a leading row axis B (``[B, 720]`` feature vectors, or
+``{"embeddings": [B, L, D], "mask": [B, L]}`` token embeddings with a padding mask), ``t: [B]
+int32`` the row's timestep and ``keys: [B]`` the row's PRNG key (all of its noise comes from it).
+Each output has the row axis *last* (``[B]``, or e.g. ``[L_layers, B]``). Row b's scores must
+depend only on (params, inputs[b], t[b], keys[b]) -- e.g. noise drawn as
+``jax.vmap(lambda k: jax.random.normal(k, x.shape[1:]))(keys)``, and, for padded text, nothing of
+the positions outside the mask.
 
-``sweep_auroc`` turns ID and OOD sweeps into AUROC per t (scores averaged over seeds first, as
-papers.md "average over K noise draws"; the same AUROC function as the evaluation table); ``plot_sweep`` writes ``sweep.png``.
+``make_score_sweep(score_fn)`` builds ``sweep(params, inputs [N, ...], ts [n_t], seed_keys [n_s],
+ids [N]) -> {name: [n_t, n_s, ..., N]}``: the (t, seed, example) grid laid out as one flat batch of
+``n_t * n_s * N`` rows (the vectorised form of a vmap over t and seeds; ``t_batch_size`` = a
+``jax.lax.map`` over groups of t). Example i under seed s always gets the key
+``fold_in(seed_key_s, ids[i])``, so a score depends neither on chunking (``sweep_chunked``) nor on
+the other examples of its chunk nor on the order of the grid. Params are an argument (not closed
+over): two sets of params (e.g. DLSR's final and early LR params) share one compilation.
+
+``make_sweep_fn`` is the DLSR binding (``scores.make_reconstruction_score_fn``). AUROC per t,
+tables and plots: ``diffjax.ood.report``.
 """
 
 from __future__ import annotations
@@ -20,66 +30,87 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from diffjax.ood import metrics, scores
+from diffjax.ood import report, scores
+
+# kept here for existing callers; defined once, in report
+seed_mean = report.seed_mean
+sweep_auroc = report.sweep_auroc
+plot_sweep = report.plot_sweep
+
+
+def make_score_sweep(score_fn: Callable, *, t_batch_size: int | None = None,
+                     keep: Callable[[str], bool] | None = None) -> Callable:
+    """Returns the jitted sweep of ``score_fn`` (see module docstring).
+
+    Row ``(t, s, i)`` of the flat batch is example i at timestep t with key
+    ``fold_in(seed_key_s, ids[i])``; ``score_fn`` runs once over all rows, so the denoiser sees
+    plain ``[rows, ...]`` inputs. A row's score is then independent of the rest of the grid: with
+    ``t_batch_size=1`` each t is a flat batch of the single-t call's shape, and for the DLSR scores
+    the sweep at t equals, bit for bit on XLA:CPU, a call with ``ts = [t]`` (asserted by the tests;
+    a score with a log_softmax, as paper 000's L_c, was seen 1 ulp apart: XLA removes the loop of a
+    1-t call and fuses it differently). A ``jax.vmap`` over t instead batches the dots along extra
+    axes, which XLA rounds differently, ~1e-7 relative, enough to move an AUROC in its 6th digit.
+
+    Args:
+      score_fn: ``(params, inputs [B, ...] pytree, t [B] int32, keys [B]) -> {name: [..., B]}``.
+      t_batch_size: None = all timesteps in one flat batch; k = ``jax.lax.map`` over groups of k
+        timesteps (one flat batch of ``k * n_s * N`` rows each, still one jitted call; the last
+        group is padded with its last t): bounds the working set (faster on CPU caches, needed for
+        big grids on accelerators).
+      keep: optional ``name -> bool``: outputs to return (others are dropped inside the jit).
+    Returns: ``sweep(params, inputs [N, ...], ts [n_t] int32, seed_keys [n_s], ids [N] int32)``
+      -> ``{name: [n_t, n_s, ..., N]}``.
+    """
+
+    def grid(params, inputs, ts, keys, ids):  # ts [k] -> {name: [k, n_s, ..., N]}
+        n_t, n_s, n = ts.shape[0], keys.shape[0], ids.shape[0]
+        ex_keys = jax.vmap(lambda k: scores.example_keys(k, ids))(keys)  # [n_s, N] keys
+        rows = n_t * n_s * n
+        x = jax.tree_util.tree_map(
+            lambda a: jnp.broadcast_to(a, (n_t, n_s) + a.shape).reshape((rows,) + a.shape[1:]), inputs)
+        t = jnp.broadcast_to(ts[:, None, None], (n_t, n_s, n)).reshape(rows)
+        k = jnp.broadcast_to(ex_keys[None], (n_t,) + ex_keys.shape).reshape((rows,) + ex_keys.shape[2:])
+        out = score_fn(params, x, t, k)
+        res = {}
+        for name, v in out.items():
+            if keep is not None and not keep(name):
+                continue
+            lead = v.shape[:-1]  # [..., rows] -> [n_t, n_s, ..., N]
+            v = v.reshape(lead + (n_t, n_s, n))
+            res[name] = jnp.moveaxis(v, (len(lead), len(lead) + 1), (0, 1)) if lead else v
+        return res
+
+    if not t_batch_size:
+        return jax.jit(grid)
+    kb = int(t_batch_size)
+
+    def over_t(params, inputs, ts, keys, ids):
+        n_t = ts.shape[0]
+        n_g = -(-n_t // kb)
+        ts_p = jnp.concatenate([ts, jnp.broadcast_to(ts[-1:], (n_g * kb - n_t,))]).reshape(n_g, kb)
+        out = jax.lax.map(lambda g: grid(params, inputs, g, keys, ids), ts_p)  # {name: [n_g, kb, ...]}
+        return {name: v.reshape((n_g * kb,) + v.shape[2:])[:n_t] for name, v in out.items()}
+
+    return jax.jit(over_t)
 
 
 def make_sweep_fn(apply_fn: Callable, schedule, dims: Sequence[int], *, ddim_steps: int = 3,
                   eta: float = 1.0, mfsim_skip_first: bool = False, per_layer: bool = False,
                   t_batch_size: int | None = None) -> Callable:
-    """Returns the jitted sweep (see module docstring).
-
-    The (t, seed, example) grid is laid out as one flat batch of ``n_t * n_s * N`` rows (row
-    ``(t, s, i)`` = example i noised to t with the key ``fold_in(seed_key_s, ids[i])``), and the
-    per-row reconstruction (``scores.reconstruction_scores`` with a per-row t) runs once over it:
-    the denoiser sees plain ``[rows, D]`` matmuls. This is the vectorised (vmap-equivalent) form of
-    design.md convention 3, and it makes a row's score independent of the rest of the grid: the
-    sweep at t equals, bit for bit on XLA:CPU, a call with ``ts = [t]`` (what ``evaluate`` runs). A
-    ``jax.vmap`` over t instead batches the dots along extra axes, which XLA rounds differently
-    (~1e-7 relative), enough to move an AUROC in its 6th digit.
+    """The DLSR sweep: ``make_score_sweep`` of ``scores.make_reconstruction_score_fn``.
 
     Args:
       apply_fn: ``(params, z_t [B, D], t [B] int32) -> z0_hat [B, D]``.
       schedule: a ``GaussianSchedule``; dims: per-layer channel counts (sum = D).
       per_layer: also return "mse_layers" / "mfsim_layers" as [n_t, n_s, L, N].
-      t_batch_size: None = all timesteps in one flat batch; k = ``jax.lax.map`` over groups of k
-        timesteps (one flat batch of ``k * n_s * N`` rows each, still one jitted call; the last
-        group is padded with its last t): bounds the working set, which is faster on CPU caches
-        and needed for big grids on accelerators.
+      t_batch_size: as ``make_score_sweep``.
     Returns: ``sweep(params, z0 [N, D], ts [n_t] int32, seed_keys [n_s], ids [N] int32)``
       -> ``{name: [n_t, n_s, N]}`` (+ ``[n_t, n_s, L, N]`` per-layer entries).
     """
-    dims = tuple(int(d) for d in dims)
-
-    def grid(params, z0, ts, keys, ids):  # ts [k] -> {name: [k, n_s, (L,) N]}
-        n_t, n_s, n = ts.shape[0], keys.shape[0], z0.shape[0]
-        ex_keys = jax.vmap(lambda k: scores.example_keys(k, ids))(keys)  # [n_s, N] keys
-        rows = n_t * n_s * n
-        z = jnp.broadcast_to(z0, (n_t, n_s) + z0.shape).reshape(rows, z0.shape[-1])
-        t = jnp.broadcast_to(ts[:, None, None], (n_t, n_s, n)).reshape(rows)
-        k = jnp.broadcast_to(ex_keys[None], (n_t,) + ex_keys.shape).reshape((rows,) + ex_keys.shape[2:])
-        out = scores.reconstruction_scores(lambda x, tt: apply_fn(params, x, tt), schedule, z, t, k, dims,
-                                           ddim_steps=ddim_steps, eta=eta, mfsim_skip_first=mfsim_skip_first)
-        res = {}
-        for name, v in out.items():
-            if name.endswith("_layers"):
-                if per_layer:  # [L, rows] -> [n_t, n_s, L, N]
-                    res[name] = jnp.moveaxis(v.reshape(v.shape[0], n_t, n_s, n), 0, 2)
-            else:
-                res[name] = v.reshape(n_t, n_s, n)
-        return res
-
-    if not t_batch_size:
-        return jax.jit(grid)
-    k = int(t_batch_size)
-
-    def over_t(params, z0, ts, keys, ids):
-        n_t = ts.shape[0]
-        n_g = -(-n_t // k)
-        ts_p = jnp.concatenate([ts, jnp.broadcast_to(ts[-1:], (n_g * k - n_t,))]).reshape(n_g, k)
-        out = jax.lax.map(lambda g: grid(params, z0, g, keys, ids), ts_p)  # {name: [n_g, k, ...]}
-        return {name: v.reshape((n_g * k,) + v.shape[2:])[:n_t] for name, v in out.items()}
-
-    return jax.jit(over_t)
+    score_fn = scores.make_reconstruction_score_fn(apply_fn, schedule, dims, ddim_steps=ddim_steps, eta=eta,
+                                                   mfsim_skip_first=mfsim_skip_first)
+    return make_score_sweep(score_fn, t_batch_size=t_batch_size,
+                            keep=None if per_layer else (lambda name: not name.endswith("_layers")))
 
 
 def seed_keys(seed: int, num_seeds: int) -> jax.Array:
@@ -88,14 +119,26 @@ def seed_keys(seed: int, num_seeds: int) -> jax.Array:
     return jax.vmap(lambda s: jax.random.fold_in(base, s))(jnp.arange(num_seeds))
 
 
-def sweep_chunked(sweep_fn: Callable, params, z0: np.ndarray, ts: Sequence[int], keys: jax.Array, *,
+def num_examples(inputs) -> int:
+    """The leading (example) axis size shared by every leaf of ``inputs``."""
+    sizes = {int(np.shape(a)[0]) for a in jax.tree_util.tree_leaves(inputs)}
+    if len(sizes) != 1:
+        raise ValueError(f"sweep inputs: every array needs the same leading example axis; got sizes {sorted(sizes)}")
+    return sizes.pop()
+
+
+def sweep_chunked(sweep_fn: Callable, params, inputs, ts: Sequence[int], keys: jax.Array, *,
                   chunk: int | None = None) -> dict[str, np.ndarray]:
     """Runs ``sweep_fn`` over examples in chunks (padded to one static size) -> {name: [n_t, n_s, ..., N]}.
 
-    Identical to one call on all examples (noise depends on example ids, not on chunk position).
+    ``inputs``: a pytree of arrays with a leading example axis N (``[N, D]``, or
+    ``{"embeddings": [N, L, D], "mask": [N, L]}``). Example i keeps id i whatever its chunk, and the
+    last chunk is padded by repeating its last example (results dropped), so the result equals one
+    call on all examples. Float64 leaves are scored as float32.
     """
-    z0 = np.asarray(z0, np.float32)
-    n = z0.shape[0]
+    inputs = jax.tree_util.tree_map(
+        lambda a: np.asarray(a, np.float32) if np.asarray(a).dtype == np.float64 else np.asarray(a), inputs)
+    n = num_examples(inputs)
     chunk = n if not chunk or chunk >= n else chunk
     ts = jnp.asarray(ts, jnp.int32)
     parts: dict[str, list] = {}
@@ -103,53 +146,9 @@ def sweep_chunked(sweep_fn: Callable, params, z0: np.ndarray, ts: Sequence[int],
         ids = np.arange(start, min(start + chunk, n))
         m = len(ids)
         pad = chunk - m
-        z = np.concatenate([z0[ids], np.repeat(z0[ids[-1:]], pad, 0)]) if pad else z0[ids]
-        ids_p = np.concatenate([ids, np.repeat(ids[-1:], pad)]) if pad else ids
-        out = sweep_fn(params, jnp.asarray(z), ts, keys, jnp.asarray(ids_p, jnp.int32))
+        take = np.concatenate([ids, np.repeat(ids[-1:], pad)]) if pad else ids
+        x = jax.tree_util.tree_map(lambda a: jnp.asarray(a[take]), inputs)
+        out = sweep_fn(params, x, ts, keys, jnp.asarray(take, jnp.int32))
         for k, v in out.items():
             parts.setdefault(k, []).append(np.asarray(v)[..., :m])
     return {k: np.concatenate(v, axis=-1) for k, v in parts.items()}
-
-
-def seed_mean(scores_grid: np.ndarray) -> np.ndarray:
-    """Average over the seed axis: [n_t, n_s, ...] -> [n_t, ...] (float32, summed in seed order,
-    so ``evaluate`` and the sweep average identically)."""
-    x = np.asarray(scores_grid, np.float32)
-    acc = x[:, 0].copy()
-    for s in range(1, x.shape[1]):
-        acc += x[:, s]
-    return acc / np.float32(x.shape[1])
-
-
-def sweep_auroc(id_scores: np.ndarray, ood_scores: np.ndarray) -> np.ndarray:
-    """[n_t, n_s, N_id], [n_t, n_s, N_ood] -> AUROC per t [n_t] of the seed-averaged scores.
-
-    Each t goes through ``metrics.ood_metrics``, the function the evaluation table uses (a vmapped
-    AUROC reduces its float32 mean in another order: 1e-7 apart), so equal scores give equal AUROCs.
-    """
-    id_m, ood_m = seed_mean(id_scores), seed_mean(ood_scores)
-    return np.array([metrics.ood_metrics(a, b)["auroc"] for a, b in zip(id_m, ood_m)], np.float64)
-
-
-def plot_sweep(ts: Sequence[int], curves: dict, path: str, title: str = "") -> None:
-    """AUROC vs t -> PNG at ``path``. ``curves``: {label: [n_t]} (one panel) or
-    {panel: {label: [n_t]}} (one panel each, e.g. one per OOD set)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    panels = curves if all(isinstance(v, dict) for v in curves.values()) else {"": curves}
-    fig, axes = plt.subplots(1, len(panels), figsize=(4.6 * len(panels) + 0.6, 4.2), squeeze=False)
-    for ax, (name, panel) in zip(axes[0], panels.items()):
-        for label, y in panel.items():
-            ax.plot(list(ts), np.asarray(y), marker="o", ms=2.5, lw=1.2, label=label)
-        ax.set_xlabel("timestep t")
-        ax.set_ylabel("AUROC (OOD positive)")
-        ax.set_title(name, fontsize=9)
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=7)
-    fig.suptitle(title or "DLSR score AUROC vs noise timestep", fontsize=10)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)

@@ -12,9 +12,11 @@ authors' ``test_LR.py``; see ``diffjax.ood.scores.likelihood_ratio``) at
 ``score_t`` for ID test and every OOD set, plus Mahalanobis / kNN baselines on the same z_0 ->
 printed table (AUROC, FPR95 with the ID-95% convention, AUPR) + ``roc.png``; returns the dict the
 trainer writes to ``results.json``. ``sweep``: AUROC per t over ``sweep_ts`` (one jitted grid
-call per example chunk) -> ``sweep.png`` + ``sweep.json``; it scores the same examples with the same
-seeds and params as ``evaluate`` (``DLSRTask.scoring_setup``), so its value at ``score_t`` is the
-table's (``sweep.json["at_score_t"]``).
+call per example chunk) -> ``sweep.png`` + ``sweep.json``. Table, plots and the sweep are the
+shared OOD pieces (``diffjax.ood.report``, ``diffjax.ood.sweep``; paper 000's text task uses them
+too); this module binds them to the features, the LFDN and the DLSR scores. The sweep scores the
+same examples with the same seeds and params as ``evaluate`` (``DLSRTask.scoring_setup``), so its
+value at ``score_t`` is the table's (``sweep.json["at_score_t"]``).
 
 Config (``config.task``; see configs/dlsr_mnist_demo.py for every field with comments).
 """
@@ -35,7 +37,7 @@ from diffjax.data.images import ImageSet
 from diffjax.diffusion import gaussian
 from diffjax.diffusion.schedules import gaussian_schedule
 from diffjax.models.lfdn import LFDN
-from diffjax.ood import baselines, features as feat, metrics, scores as scores_lib, sweep as sweep_lib
+from diffjax.ood import baselines, features as feat, metrics, report, scores as scores_lib, sweep as sweep_lib
 from diffjax.tasks.base import Task, register_task
 
 
@@ -284,52 +286,52 @@ class DLSRTask(Task):
         step = int(self.c.lr_snapshot_step)
         return snapshots.get(step)
 
+    def _set_scores(self, params, ts, setup, early, z_of):
+        """{set key: {score: [n_t, n_s, (L,) N]}} for ID test and every OOD set (not train)."""
+        return {k: self._scores(params, z_of(k), ts, setup["num_seeds"], True, early, chunk=setup["chunk"])
+                for k in self.sets() if k != "train"}
+
     def evaluate(self, params, rng, workdir, snapshots=None, **kwargs):
         del rng, kwargs
         t0 = time.time()
         c = self.c
         early = self._early(snapshots)
-        ts = [int(c.score_t)]
         z = {k: self.z0(k, params) for k in self.sets()}
-        score = {}
-        for k in self.sets():
-            if k == "train":
-                continue
-            s = self._scores(params, z[k], ts, c.num_seeds, True, early, chunk=int(c.score_chunk))
-            score[k] = {name: sweep_lib.seed_mean(v)[0] for name, v in s.items()}  # seed-averaged [N] / [L, N]
+        setup = {"num_seeds": int(c.num_seeds), "chunk": int(c.score_chunk)}
+        grids = self._set_scores(params, [int(c.score_t)], setup, early, z.__getitem__)
+        score = {k: {n: report.seed_mean(v)[0] for n, v in s.items()} for k, s in grids.items()}  # [N] / [L, N]
         # baselines on the same z_0
-        base = {}
         if "mahalanobis" in c.baselines:
             fit = baselines.fit_mahalanobis(z["train"])
-            base["mahalanobis"] = {k: np.asarray(baselines.mahalanobis_score(fit, jnp.asarray(z[k]))) for k in score}
-        if "knn" in c.baselines:
-            base["knn"] = {k: baselines.knn_score(z["train"], z[k], k=int(c.knn_k)) for k in score}
-        for b, per in base.items():
             for k in score:
-                score[k][b] = per[k]
+                score[k]["mahalanobis"] = np.asarray(baselines.mahalanobis_score(fit, jnp.asarray(z[k])))
+        if "knn" in c.baselines:
+            for k in score:
+                score[k]["knn"] = baselines.knn_score(z["train"], z[k], k=int(c.knn_k))
 
-        fused = [n for n in score["test"] if not n.endswith("_layers")]
+        fused = lambda s: {n: v for n, v in s.items() if not n.endswith("_layers")}  # noqa: E731
+        layers = lambda s: {n: v for n, v in s.items() if n.endswith("_layers")}  # noqa: E731
+        id_s, ood_s = score["test"], {o: score[f"ood/{o}"] for o in self.ood_names}
+        table = report.results_table(fused(id_s), {o: fused(s) for o, s in ood_s.items()})
         results = {"fpr95_convention": metrics.FPR95_CONVENTION, "score_t": int(c.score_t),
                    "ddim_steps": int(c.ddim_steps), "num_seeds": int(c.num_seeds), "score_seed": int(c.score_seed),
                    "lr_snapshot_step": int(c.lr_snapshot_step) if early is not None else None,
-                   "metrics": {}, "per_layer": {}}
-        for ood in self.ood_names:
-            kk = f"ood/{ood}"
-            results["metrics"][ood] = {n: metrics.ood_metrics(score["test"][n], score[kk][n]) for n in fused}
-            results["per_layer"][ood] = {
-                n: [metrics.ood_metrics(score["test"][n][l], score[kk][n][l])["auroc"] for l in range(len(self.dims))]
-                for n in score["test"] if n.endswith("_layers")}
-        results["average"] = {n: {m: float(np.mean([results["metrics"][o][n][m] for o in self.ood_names]))
-                                  for m in ("auroc", "fpr95", "aupr_in", "aupr_out")} for n in fused}
-        results["num_examples"] = {k: int(len(v)) for k, v in self.sets().items()}
+                   "metrics": table["metrics"],
+                   "per_layer": report.per_layer_auroc(layers(id_s), {o: layers(s) for o, s in ood_s.items()}),
+                   "average": table["average"],
+                   "num_examples": {k: int(len(v)) for k, v in self.sets().items()}}
         results["eval_seconds"] = time.time() - t0
-        table = format_table(results, self.ood_names, fused, self.dims)
+        text = report.format_table(results, _table_header(results), baselines=BASELINES,
+                                   per_layer=results["per_layer"],
+                                   per_layer_title=f"per-layer AUROC (layers of {len(self.dims)} stages, "
+                                                   f"channels {tuple(self.dims)}):")
         if jax.process_index() == 0:
-            print(table, flush=True)
+            print(text, flush=True)
             os.makedirs(workdir, exist_ok=True)
             with open(os.path.join(workdir, "results_table.txt"), "w") as f:
-                f.write(table + "\n")
-            plot_rocs(score, self.ood_names, fused, os.path.join(workdir, "roc.png"))
+                f.write(text + "\n")
+            report.plot_rocs(fused(id_s), {o: fused(s) for o, s in ood_s.items()}, os.path.join(workdir, "roc.png"),
+                             baselines=BASELINES)
         return results
 
     def sweep(self, params, rng, workdir, snapshots=None, **kwargs):
@@ -339,92 +341,37 @@ class DLSRTask(Task):
         early = self._early(snapshots)
         ts = [int(t) for t in c.sweep_ts]
         setup = self.scoring_setup()
-        n_max = setup["max_examples"]
-        out = {}
-        for k in self.sets():
-            if k == "train":
-                continue
-            z = self.z0(k, params)[:n_max]
-            s = self._scores(params, z, ts, setup["num_seeds"], True, early, chunk=setup["chunk"])
-            out[k] = {n: v for n, v in s.items() if not n.endswith("_layers")}
-        names = list(out["test"])
-        curves, res = {}, {"ts": ts, "auroc": {}, "best_t": {}, "num_seeds": setup["num_seeds"],
-                           "score_seed": setup["score_seed"], "ddim_steps": int(c.ddim_steps)}
-        for ood in self.ood_names:
-            res["auroc"][ood] = {}
-            for n in names:
-                a = sweep_lib.sweep_auroc(out["test"][n], out[f"ood/{ood}"][n])
-                res["auroc"][ood][n] = [float(x) for x in a]
-                res["best_t"].setdefault(ood, {})[n] = {"t": ts[int(np.argmax(a))], "auroc": float(np.max(a))}
-                curves.setdefault(f"ID test vs {ood}", {})[n] = a
-        res["sweep_seconds"] = time.time() - t0
-        res["num_examples_per_set"] = {k: int(v["mse"].shape[-1]) for k, v in out.items()}
-        if int(c.score_t) in ts:  # the table's operating point; equal to results.json when setups match
-            i = ts.index(int(c.score_t))
-            res["at_score_t"] = {"t": int(c.score_t), "auroc": {o: {n: v[i] for n, v in d.items()}
-                                                               for o, d in res["auroc"].items()},
-                                 "same_examples_and_seeds_as_evaluate": setup["max_examples"] is None
-                                 and setup["num_seeds"] == int(c.num_seeds)}
+        grids = self._set_scores(params, ts, setup, early, lambda k: self.z0(k, params)[:setup["max_examples"]])
+        out = {k: {n: v for n, v in s.items() if not n.endswith("_layers")} for k, s in grids.items()}
+        res = report.sweep_results(ts, out["test"], {o: out[f"ood/{o}"] for o in self.ood_names})
+        res.update({"num_seeds": setup["num_seeds"], "score_seed": setup["score_seed"], "ddim_steps": int(c.ddim_steps),
+                    "sweep_seconds": time.time() - t0,
+                    "num_examples_per_set": {k: int(v["mse"].shape[-1]) for k, v in out.items()}})
+        at = report.at_t(res, int(c.score_t))
+        if at is not None:  # the table's operating point; equal to results.json when setups match
+            at["same_examples_and_seeds_as_evaluate"] = (setup["max_examples"] is None
+                                                         and setup["num_seeds"] == int(c.num_seeds))
+            res["at_score_t"] = at
         if jax.process_index() == 0:
             os.makedirs(workdir, exist_ok=True)
-            sweep_lib.plot_sweep(ts, curves, os.path.join(workdir, "sweep.png"),
-                                 title=f"DLSR AUROC vs t ({c.ddim_steps} DDIM steps, eta={c.ddim_eta}, "
-                                       f"mean of {setup['num_seeds']} noise seed(s))")
-            print("sweep: best t per OOD set and score: " + "; ".join(
-                f"{o}/{n}: t={v['t']} AUROC={v['auroc']:.4f}" for o, d in res["best_t"].items() for n, v in d.items()),
-                flush=True)
+            report.plot_sweep(ts, report.sweep_curves(res), os.path.join(workdir, "sweep.png"),
+                              title=f"DLSR AUROC vs t ({c.ddim_steps} DDIM steps, eta={c.ddim_eta}, "
+                                    f"mean of {setup['num_seeds']} noise seed(s))")
+            print(report.format_best_t(res), flush=True)
         return res
 
 
-def format_table(results: dict, ood_names, fused, dims) -> str:
-    """The printed evaluation table: one row per (OOD set, score), then the averages."""
+BASELINES = ("mahalanobis", "knn")
+
+
+def _table_header(results: dict) -> str:
+    """The DLSR table's first line: operating point, seeds, params, LR definition."""
     n = results.get("num_examples", {})
     lr = (f"; lr_* = S(step {results['lr_snapshot_step']} snapshot) - S(final) (authors' test_LR.py sign)"
           if results.get("lr_snapshot_step") is not None else "")
-    lines = [f"DLSR OOD detection at t={results['score_t']} ({results['ddim_steps']} DDIM steps; scores averaged "
-             f"over {results['num_seeds']} fixed noise seed(s) of score_seed={results.get('score_seed', 0)}; "
-             f"{n.get('test', '?')} ID test examples; trainer's eval params, EMA when ema_decay > 0{lr}).",
-             "OOD = positive, higher score = more OOD.",
-             metrics.FPR95_CONVENTION + ".",
-             f"{'OOD set':<18} {'score':<24} {'AUROC':>7} {'FPR95':>7} {'AUPR-In':>8} {'AUPR-Out':>9}"]
-    rows = [(o, results["metrics"][o]) for o in ood_names] + [("average", results["average"])]
-    for o, per in rows:
-        lines.append("-" * 77)
-        for n in fused:
-            m = per[n]
-            tag = " (baseline)" if n in ("mahalanobis", "knn") else ""
-            lines.append(f"{o:<18} {n + tag:<24} {m['auroc']:7.4f} {m['fpr95']:7.4f} {m['aupr_in']:8.4f} "
-                         f"{m['aupr_out']:9.4f}")
-    if results.get("per_layer"):
-        lines.append("-" * 77)
-        lines.append(f"per-layer AUROC (layers of {len(dims)} stages, channels {tuple(dims)}):")
-        for o in ood_names:
-            for n, vals in results["per_layer"][o].items():
-                lines.append(f"  {o:<16} {n:<24} " + " ".join(f"{v:.3f}" for v in vals))
-    return "\n".join(lines)
-
-
-def plot_rocs(score: dict, ood_names, fused, path: str) -> None:
-    """ROC curves (fraction of ID flagged vs fraction of OOD flagged), one panel per OOD set."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, axes = plt.subplots(1, len(ood_names), figsize=(4.2 * len(ood_names), 4), squeeze=False)
-    for ax, o in zip(axes[0], ood_names):
-        for n in fused:
-            fpr, tpr = metrics.roc_curve(score["test"][n], score[f"ood/{o}"][n])
-            auc = metrics.ood_metrics(score["test"][n], score[f"ood/{o}"][n])["auroc"]
-            ax.plot(fpr, tpr, lw=1.2, ls="--" if n in ("mahalanobis", "knn") else "-", label=f"{n} ({auc:.3f})")
-        ax.plot([0, 1], [0, 1], color="grey", lw=0.6)
-        ax.set_title(f"ID test vs {o}", fontsize=9)
-        ax.set_xlabel("ID flagged (FPR)")
-        ax.set_ylabel("OOD flagged (TPR)")
-        ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    return (f"DLSR OOD detection at t={results['score_t']} ({results['ddim_steps']} DDIM steps; scores averaged "
+            f"over {results['num_seeds']} fixed noise seed(s) of score_seed={results.get('score_seed', 0)}; "
+            f"{n.get('test', '?')} ID test examples; trainer's eval params, EMA when ema_decay > 0{lr}).")
 
 
 @register_task("dlsr")

@@ -161,3 +161,20 @@ def test_sigkill_then_rerun_is_bit_identical(tmp_path):
         assert len(a) == len(b)
         for x, y in zip(a, b):
             np.testing.assert_array_equal(np.asarray(x), np.asarray(y), err_msg=name)
+
+
+def test_one_mismatch_error_class_and_one_flattener():
+    from diffjax.checkpoints import errors, hf
+    from diffjax.checkpoints.trees import flatten_tree
+
+    assert ck.CheckpointMismatchError is errors.CheckpointMismatchError is hf.CheckpointMismatchError
+    assert issubclass(errors.CheckpointMismatchError, ValueError)
+    tree = {"params": {"dense": {"kernel": np.zeros((2, 3)), "bias": np.zeros(3)}, "layers": [np.ones(1), None]},
+            "step": 7}
+    flat = flatten_tree(tree)
+    assert set(flat) == {"params/dense/kernel", "params/dense/bias", "params/layers/0", "step"}
+    assert flat["step"] == 7 and flat["params/dense/kernel"].shape == (2, 3)
+    assert set(flatten_tree(tree, separator=None)) == {("params", "dense", "kernel"), ("params", "dense", "bias"),
+                                                       ("params", "layers", "0"), ("step",)}
+    assert set(flatten_tree(tree, separator=".")) == {"params.dense.kernel", "params.dense.bias", "params.layers.0",
+                                                      "step"}

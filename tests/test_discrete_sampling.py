@@ -224,3 +224,88 @@ def test_vmap_over_rng_and_errors():
         ds.topk_unmask_sample(random_fn, x0, rngs[0], mask_id=MASK, num_steps=0)
     with pytest.raises(ValueError, match="score"):
         ds.iterative_refinement_sample(random_fn, x0, rngs[0], vocab_size=V, score="best")
+
+
+# ----------------------------------------------------------------------------- decoded tokens are never rewritten
+
+W_SHIFT = jax.random.normal(jax.random.PRNGKey(20), (V, V))
+
+
+def shifting_fn(x, t):
+    """Input-dependent logits whose argmax at a decoded position is NOT the token there: position j with token
+    v strongly predicts (v + 1 + j) % MASK, plus neighbour-dependent noise. Rewriting a decoded token shows."""
+    v = jnp.arange(V)
+    target = (x[..., None] + 1 + jnp.arange(L)[None, :, None]) % MASK  # [B, L, 1]
+    logits = 3.0 * (v == target) + W_SHIFT[jnp.roll(x, 1, axis=1)] + POS[None] + 0.1 * t[:, None, None]
+    return logits.at[..., MASK].set(20.0)  # [MASK] must be excluded
+
+
+def _topk_reference(fn, x_init, gen, N, remask):
+    """The authors' reparameterised decoding (greedy, linear schedule) as a numpy loop: the top-k_i positions
+    by the current prediction's log-prob stay / become unmasked; a kept decoded token is never rewritten."""
+    x = np.where(gen, MASK, np.asarray(x_init)).astype(np.int32)
+    n_gen = gen.sum(1)
+    hist = []
+    for i in range(1, N + 1):
+        t = np.full(x.shape[0], 1.0 - (i - 1) / N, np.float32)
+        logits = np.asarray(fn(jnp.asarray(x), jnp.asarray(t)), np.float64)
+        logits[..., MASK] = -np.inf
+        logp = logits - logits.max(-1, keepdims=True)
+        logp -= np.log(np.exp(logp).sum(-1, keepdims=True))
+        tok = logits.argmax(-1)
+        score = np.take_along_axis(logp, tok[..., None], -1)[..., 0]
+        k = (n_gen * i) // N
+        new = x.copy()
+        for b in range(x.shape[0]):
+            decoded = gen[b] & (x[b] != MASK)
+            cand = np.where(gen[b] if remask else gen[b] & ~decoded)[0]
+            need = k[b] if remask else k[b] - decoded.sum()
+            chosen = cand[np.argsort(-score[b, cand], kind="stable")[:need]]
+            if remask:
+                new[b, gen[b]] = MASK
+                new[b, chosen] = np.where(decoded[chosen], x[b, chosen], tok[b, chosen])
+            else:
+                new[b, chosen] = tok[b, chosen]
+        x = new
+        hist.append(x.copy())
+    return np.stack(hist)
+
+
+@pytest.mark.parametrize("remask", [True, False])
+def test_topk_matches_reference_and_never_rewrites_decoded_tokens(remask):
+    x0, corr, valid, gen = setup()
+    N = 6
+    _, hist = jax.jit(lambda rng: ds.topk_unmask_sample(shifting_fn, x0, rng, mask_id=MASK, num_steps=N,
+                                                        corruptible=corr, valid=valid, remask=remask,
+                                                        return_history=True))(jax.random.PRNGKey(21))
+    hist = np.asarray(hist)
+    want = _topk_reference(shifting_fn, x0, gen, N, remask)
+    np.testing.assert_array_equal(hist, want)
+    rewritten_by_old_rule = False
+    for i in range(1, N):
+        prev, h = hist[i - 1], hist[i]
+        kept = gen & (prev != MASK) & (h != MASK)
+        np.testing.assert_array_equal(h[kept], prev[kept])  # a decoded token stays or is re-masked, never rewritten
+        pred = np.asarray(jnp.argmax(shifting_fn(jnp.asarray(prev), jnp.zeros(len(prev))).at[..., MASK].set(-1e9), -1))
+        rewritten_by_old_rule |= bool((pred[kept] != prev[kept]).any())
+    assert rewritten_by_old_rule  # the denoiser would have rewritten kept tokens: the test has teeth
+    if remask:
+        remasked = gen[None] & (hist[:-1] != MASK) & (hist[1:] == MASK)
+        assert remasked.any()  # RDM re-masking happens with this denoiser
+
+
+def test_topk_sampled_never_rewrites_decoded_tokens():
+    x0, corr, valid, gen = setup(reps=4)
+    N = 5
+    _, hist = jax.jit(lambda rng: ds.topk_unmask_sample(shifting_fn, x0, rng, mask_id=MASK, num_steps=N,
+                                                        corruptible=corr, valid=valid, greedy=False, temperature=1.5,
+                                                        return_history=True))(jax.random.PRNGKey(22))
+    hist = np.asarray(hist)
+    n_kept = 0
+    for i in range(1, N):
+        prev, h = hist[i - 1], hist[i]
+        kept = gen & (prev != MASK) & (h != MASK)
+        n_kept += kept.sum()
+        np.testing.assert_array_equal(h[kept], prev[kept])
+    assert n_kept > 0
+    assert not (hist[-1][gen] == MASK).any()

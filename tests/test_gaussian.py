@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from diffjax.diffusion import gaussian as G
+from diffjax.diffusion import reconstruction as R
 from diffjax.diffusion.schedules import gaussian_schedule
 
 SCHED = gaussian_schedule("linear", 100)
@@ -156,6 +157,38 @@ def test_loss_mask_and_reduction():
         G.x0_loss(f, x0, k[1], schedule=SCHED, mask=mask[:, :3])
 
 
+def test_sum_last_mean_tokens_is_paper000_L_d():
+    """L_d = mean over (non-padding) tokens of ||x0_hat_l - x0_l||^2, the norm summed over the embedding dim."""
+    err = np.zeros((2, 3, 4), np.float32)
+    err[0] = [[1, 2, 3, 4], [0, 0, 0, 1], [9, 9, 9, 9]]  # token sums 10, 1, 36
+    err[1] = [[1, 1, 1, 1], [2, 2, 2, 2], [0, 0, 0, 0]]  # token sums 4, 8, 0
+    mask = np.array([[1, 1, 0], [1, 1, 1]], bool)
+    got = G.per_example_error(jnp.asarray(err), jnp.asarray(mask), "sum_last_mean_tokens")
+    np.testing.assert_allclose(got, [(10 + 1) / 2, (4 + 8 + 0) / 3], rtol=1e-6)
+    np.testing.assert_allclose(G.per_example_error(jnp.asarray(err), None, "sum_last_mean_tokens"),
+                               [47 / 3, 12 / 3], rtol=1e-6)
+    # D times "mean" (the old, 1/D-scaled value), and "sum" for [B, D] features
+    np.testing.assert_allclose(got, 4 * G.per_example_error(jnp.asarray(err), jnp.asarray(mask), "mean"), rtol=1e-6)
+    np.testing.assert_allclose(G.per_example_error(jnp.asarray(err[:, 0]), None, "sum_last_mean_tokens"), [10, 4])
+    np.testing.assert_allclose(G.per_example_error(jnp.zeros((2, 3, 4)), jnp.zeros((2, 3), bool),
+                                                   "sum_last_mean_tokens"), [0, 0])
+    with pytest.raises(ValueError, match="last, summed axis"):
+        G.per_example_error(jnp.asarray(err), jnp.ones((2, 3, 4), bool), "sum_last_mean_tokens")
+    with pytest.raises(ValueError, match="reduction"):
+        G.per_example_error(jnp.asarray(err), None, "token_mean")
+    # through the loss and the reconstruction score
+    k = jax.random.split(jax.random.PRNGKey(30), 2)
+    x0 = jax.random.normal(k[0], (2, 3, 4))
+    f = lambda x, t: 0.5 * x + 0.1  # noqa: E731
+    _, aux = G.x0_loss(f, x0, k[1], schedule=SCHED, mask=jnp.asarray(mask), reduction="sum_last_mean_tokens")
+    e = np.square(np.asarray(aux["x0_hat"], np.float64) - np.asarray(x0, np.float64)).sum(-1)
+    np.testing.assert_allclose(aux["per_example"], (e * mask).sum(1) / mask.sum(1), rtol=1e-5)
+    rec = R.reconstruct(f, x0, 20, k[1], schedule=SCHED)
+    e = np.square(np.asarray(rec, np.float64) - np.asarray(x0, np.float64)).sum(-1)
+    got = R.reconstruction_error(f, x0, 20, k[1], schedule=SCHED, mask=jnp.asarray(mask), reduction="sum_last_mean_tokens")
+    np.testing.assert_allclose(got, (e * mask).sum(1) / mask.sum(1), rtol=1e-5)
+
+
 # ---------------------------------------------------------------------------------------------
 # Reconstruction error.
 
@@ -172,7 +205,7 @@ def test_reconstruction_vmapped_sweep_equals_python_loop(ddim_steps, prediction)
     rng = jax.random.PRNGKey(12)
     ts = jnp.array([1, 2, 5, 10, 50, 90])
     kw = dict(schedule=SCHED, ddim_steps=ddim_steps, prediction=prediction, eta=1.0)
-    score = lambda t: G.reconstruction_error(_toy_denoiser, x0, t, rng, **kw)  # noqa: E731
+    score = lambda t: R.reconstruction_error(_toy_denoiser, x0, t, rng, **kw)  # noqa: E731
     swept = jax.jit(jax.vmap(score))(ts)
     score_j = jax.jit(score)  # one compile for the loop; t is a traced scalar, called per t
     loop = np.stack([np.asarray(score_j(jnp.int32(t))) for t in ts])
@@ -190,7 +223,7 @@ def test_reconstruction_one_step_matches_hand_computation_and_sum_reduction():
     t = 20
     xt = np.sqrt(SCHED.alpha_bars[t]) * x0 + np.sqrt(1 - SCHED.alpha_bars[t]) * eps
     want = np.sum((_np(x0) - _np(_toy_denoiser(xt, jnp.full((4,), t)))) ** 2, axis=1)
-    got = G.reconstruction_error(_toy_denoiser, x0, t, rng, schedule=SCHED, reduction="sum")
+    got = R.reconstruction_error(_toy_denoiser, x0, t, rng, schedule=SCHED, reduction="sum")
     np.testing.assert_allclose(got, want, rtol=1e-5)
 
 
@@ -205,9 +238,9 @@ def test_oracle_denoiser_reconstructs_exactly(prediction, ddim_steps, eta):
         return {"x0": x0, "eps": eps, "v": G.v_from_x0_eps(SCHED, x0, t, eps)}[prediction]
 
     err = jax.jit(
-        lambda t, r: G.reconstruction_error(oracle, x0, t, r, schedule=SCHED, prediction=prediction, ddim_steps=ddim_steps, eta=eta)
+        lambda t, r: R.reconstruction_error(oracle, x0, t, r, schedule=SCHED, prediction=prediction, ddim_steps=ddim_steps, eta=eta)
     )(jnp.array([1, 5, 10, 60, 100]), jax.random.PRNGKey(16))
     np.testing.assert_allclose(err, 0.0, atol=1e-8)
     # ... while a wrong denoiser does not.
-    bad = G.reconstruction_error(lambda x, t: 0.5 * x, x0, 10, jax.random.PRNGKey(16), schedule=SCHED, ddim_steps=ddim_steps)
+    bad = R.reconstruction_error(lambda x, t: 0.5 * x, x0, 10, jax.random.PRNGKey(16), schedule=SCHED, ddim_steps=ddim_steps)
     assert np.all(np.asarray(bad) > 1e-3)

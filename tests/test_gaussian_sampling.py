@@ -5,7 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from diffjax.diffusion import gaussian as G
+from diffjax.diffusion import reconstruction as R
 from diffjax.diffusion import gaussian_sampling as GS  # noqa: N812
 from diffjax.diffusion.schedules import gaussian_schedule
 
@@ -67,6 +67,45 @@ def test_ddim_same_result_for_every_parameterisation(prediction):
     x_T = jax.random.normal(jax.random.PRNGKey(3), (256, 2))
     run = lambda p: GS.ddim_sample(exact_denoiser(SCHED, p), SCHED, (256, 2), jax.random.PRNGKey(4), num_steps=25, eta=0.5, prediction=p, x_T=x_T)  # noqa: E731
     np.testing.assert_allclose(jax.jit(lambda: run(prediction))(), jax.jit(lambda: run("x0"))(), rtol=1e-3, atol=1e-3)
+
+
+def _ddim_numpy(ab, x, t, tp, eps_hat, eta, z):
+    """Song et al. 2021 eq. 12 with eq. 16's sigma, float64, for an eps prediction at step t -> tp."""
+    x0_hat = (x - np.sqrt(1 - ab[t]) * eps_hat) / np.sqrt(ab[t])
+    sigma = eta * np.sqrt((1 - ab[tp]) / (1 - ab[t])) * np.sqrt(1 - ab[t] / ab[tp])
+    return np.sqrt(ab[tp]) * x0_hat + np.sqrt(1 - ab[tp] - sigma**2) * eps_hat + sigma * z
+
+
+def _eps_fn(x, t):
+    """Input- and time-dependent eps prediction (no closed form to hide behind)."""
+    return jnp.tanh(x) * (t[:, None] / T) + 0.1 * x
+
+
+def _eps_np(x, t):
+    return np.tanh(x) * (t / T) + 0.1 * x
+
+
+@pytest.mark.parametrize("eta", [0.3, 0.7])
+def test_ddim_step_and_chain_with_0_lt_eta_lt_1_match_numpy(eta):
+    ab = _abar64(SCHED)
+    x = jax.random.normal(jax.random.PRNGKey(40), (5, 2))
+    rng = jax.random.PRNGKey(41)
+    t, tp = 120, 70
+    got = GS.ddim_step(_eps_fn, SCHED, x, jnp.full((5,), t, jnp.int32), jnp.full((5,), tp, jnp.int32), rng,
+                       eta=eta, prediction="eps")
+    z = np.asarray(jax.random.normal(rng, x.shape), np.float64)  # the step's fixed noise draw
+    x64 = np.asarray(x, np.float64)
+    want = _ddim_numpy(ab, x64, t, tp, _eps_np(x64, t), eta, z)
+    np.testing.assert_allclose(np.asarray(got, np.float64), want, rtol=2e-5, atol=2e-5)
+    sigma = eta * np.sqrt((1 - ab[tp]) / (1 - ab[t])) * np.sqrt(1 - ab[t] / ab[tp])
+    assert 0.05 < sigma < np.sqrt(1 - ab[tp])  # the noise term really matters, and eta < 1 keeps it partial
+    # two steps 120 -> 70 -> 20: one key per step, split from rng
+    chain = GS.ddim_denoise_along(_eps_fn, SCHED, x, jnp.array([t, tp, 20]), rng, eta=eta, prediction="eps")
+    keys = jax.random.split(rng, 2)
+    y = x64
+    for (a, b), key in zip([(t, tp), (tp, 20)], keys):
+        y = _ddim_numpy(ab, y, a, b, _eps_np(y, a), eta, np.asarray(jax.random.normal(key, x.shape), np.float64))
+    np.testing.assert_allclose(np.asarray(chain, np.float64), y, rtol=5e-5, atol=5e-5)
 
 
 def test_ddpm_exact_denoiser_matches_linear_gaussian_recursion_and_data():
@@ -188,7 +227,7 @@ def test_reconstruction_gradients_are_finite_including_t0():
 
     def total(w):
         f = lambda x, t: jnp.tanh(w * x)  # noqa: E731
-        errs = jax.vmap(lambda t: G.reconstruction_error(f, x0, t, jax.random.PRNGKey(17), schedule=sch, ddim_steps=3))(
+        errs = jax.vmap(lambda t: R.reconstruction_error(f, x0, t, jax.random.PRNGKey(17), schedule=sch, ddim_steps=3))(
             jnp.array([0, 1, 3, 10])
         )
         return errs.sum(), errs
@@ -206,7 +245,7 @@ def test_reconstruction_under_sharded_jit_equals_unsharded():
         pytest.skip("needs the 4 fake CPU devices of conftest.py")
     mesh = Mesh(devices, ("data",))
     x0 = jax.random.normal(jax.random.PRNGKey(18), (8, 6))
-    fn = lambda x: G.reconstruction_error(_toy, x, 7, jax.random.PRNGKey(19), schedule=SCHED, ddim_steps=3)  # noqa: E731
+    fn = lambda x: R.reconstruction_error(_toy, x, 7, jax.random.PRNGKey(19), schedule=SCHED, ddim_steps=3)  # noqa: E731
     xs = jax.device_put(x0, NamedSharding(mesh, P("data")))
     out = jax.jit(fn, out_shardings=NamedSharding(mesh, P("data")))(xs)
     assert len(out.sharding.device_set) == 4

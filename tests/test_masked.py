@@ -251,3 +251,70 @@ def test_errors_are_actionable():
                         weighting="linear")
     with pytest.raises(ValueError, match=r"\[B, L\]"):
         masked.absorbing_corrupt(x0[0], 0.5, jax.random.PRNGKey(0), mask_id=MASK)
+
+
+# ----------------------------------------------------------------------------- what the denoiser receives
+
+W_REC = jax.random.normal(jax.random.PRNGKey(60), (V, V))
+POS_REC = jax.random.normal(jax.random.PRNGKey(61), (L, V))
+
+
+def _recording_logits_fn(calls):
+    """Logits that depend on the input tokens and position; records (x, t) of every call."""
+    def fn(x, t):
+        calls.append((np.asarray(x), np.asarray(t)))
+        return W_REC[x] + POS_REC[None] + t[:, None, None]
+
+    return fn
+
+
+def _check_received_x_t(x_in, x0, corr, valid=None):
+    """x_in is the corrupted x_t: each position is x0 or [MASK], [MASK] only where corruptible & valid."""
+    x0 = np.asarray(x0)
+    can = np.asarray(corr) if valid is None else np.asarray(corr) & np.asarray(valid)
+    is_mask = x_in == MASK
+    np.testing.assert_array_equal(x_in[~is_mask], x0[~is_mask])
+    assert not is_mask[~can].any()  # prompt / padding untouched
+    np.testing.assert_array_equal(x_in[~can], x0[~can])
+    assert is_mask.any() and (~is_mask & can).any()  # really corrupted, not x0 and not all-[MASK]
+    return is_mask
+
+
+def _nll_sum(x_in, t, x0, sel):
+    logits = np.asarray(W_REC)[x_in] + np.asarray(POS_REC)[None] + t[:, None, None]
+    logits[..., MASK] = -np.inf
+    logp = logits - np.log(np.exp(logits - logits.max(-1, keepdims=True)).sum(-1, keepdims=True)) - logits.max(-1, keepdims=True)
+    nll = -np.take_along_axis(logp, np.asarray(x0)[..., None], -1)[..., 0]
+    return np.where(sel, nll, 0.0).sum(-1)
+
+
+def test_elbo_and_rdm_hand_the_denoiser_x_t_not_x0():
+    B = 16
+    x0 = sample_x0(jax.random.PRNGKey(62), B)
+    x0 = jnp.where(x0 == MASK, 1, x0)
+    corr = prompt_corruptible(B)
+    valid = jnp.arange(L)[None, :] < jnp.tile(jnp.array([8, 7]), B // 2)[:, None]
+    # continuous-time ELBO at t = 0.5 (linear: w = 1/t = 2)
+    calls = []
+    loss, _ = masked.masked_diffusion_elbo(_recording_logits_fn(calls), x0, jax.random.PRNGKey(63), mask_id=MASK,
+                                           corruptible=corr, valid=valid, t=jnp.full((B,), 0.5))
+    (x_in, t_in), = calls
+    is_mask = _check_received_x_t(x_in, x0, corr, valid)
+    np.testing.assert_allclose(t_in, 0.5)
+    np.testing.assert_allclose(float(loss), (2.0 * _nll_sum(x_in, t_in, x0, is_mask)).mean(), rtol=1e-5)
+    # RDM, discrete t = 25 of T = 50 (level 0.5, reciprocal weight 1/25)
+    calls = []
+    loss, _ = masked.rdm_loss(_recording_logits_fn(calls), x0, jax.random.PRNGKey(64), mask_id=MASK, num_timesteps=50,
+                              corruptible=corr, valid=valid, t=jnp.full((B,), 25))
+    (x_in, t_in), = calls
+    is_mask = _check_received_x_t(x_in, x0, corr, valid)
+    np.testing.assert_allclose(t_in, 0.5)
+    np.testing.assert_allclose(float(loss), (_nll_sum(x_in, t_in, x0, is_mask) / 25).mean(), rtol=1e-5)
+    # RDM ratio variant: exactly ceil(r n_b) masked positions
+    calls = []
+    masked.rdm_loss(_recording_logits_fn(calls), x0, jax.random.PRNGKey(65), mask_id=MASK, time_sampling="ratio",
+                    corruptible=corr, valid=valid, t=jnp.full((B,), 0.4))
+    (x_in, _), = calls
+    is_mask = _check_received_x_t(x_in, x0, corr, valid)
+    n = np.asarray(corr & valid).sum(1)
+    np.testing.assert_array_equal(is_mask.sum(1), np.ceil(0.4 * n).astype(int))

@@ -162,3 +162,26 @@ def test_jit_vmap_and_rate_distribution():
     # r ~ U(0, 1) per example -> E[replaced fraction] = 1/2
     assert abs(rates.mean() - 0.5) < 4 * rates.std(ddof=1) / math.sqrt(len(rates))
     assert len(np.unique(np.asarray(losses))) == len(rngs)
+
+
+def test_denoiser_receives_corrupted_y_then_the_stop_gradient_sample():
+    """Call 1 gets y~ = uniform_corrupt(y, r) (not y); call 2 gets a draw from softmax(l^(1)) at target positions.
+
+    The rng layout is the documented one: split(rng, 1 + K) -> rate, corruption, one key per unrolled sample.
+    """
+    B = 8
+    x0, corr = make_batch(jax.random.PRNGKey(20), B)
+    theta = jax.random.normal(jax.random.PRNGKey(21), (V, V))  # f(x)_n = theta[x_n]: input-dependent, stochastic draw
+    calls = []
+    rng = jax.random.PRNGKey(22)
+    uniform.unrolled_denoising_loss(_recording_fn(theta, calls), x0, rng, vocab_size=V, corruptible=corr)
+    (x1, t1), (x2, t2) = calls
+    keys = jax.random.split(rng, 3)
+    rate = jax.random.uniform(keys[0], (B,))
+    y_tilde, replaced = uniform.uniform_corrupt(x0, rate, keys[1], vocab_size=V, corruptible=corr)
+    np.testing.assert_allclose(t1, rate)
+    np.testing.assert_array_equal(x1, y_tilde)
+    assert (x1 != np.asarray(x0)).any()  # the corrupted sequence, not the clean one
+    draw = jax.random.categorical(keys[2], theta[jnp.asarray(x1)], axis=-1)  # y' ~ softmax(l^(1))
+    np.testing.assert_array_equal(x2, np.where(np.asarray(corr), np.asarray(draw), np.asarray(x0)))
+    assert (x2 != x1)[np.asarray(corr)].any()

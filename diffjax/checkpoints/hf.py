@@ -67,6 +67,9 @@ import jax.numpy as jnp
 import ml_dtypes
 import numpy as np
 
+from diffjax.checkpoints.errors import CheckpointMismatchError  # noqa: F401  (re-exported)
+from diffjax.checkpoints.trees import flatten_tree
+
 log = logging.getLogger(__name__)
 
 # model_type -> family module (imported lazily).
@@ -88,10 +91,6 @@ _FAMILY_SIGNATURES = (
     ("T5/mT5", re.compile(r"(^|\.)block\.\d+\.layer\.\d+\.")),
     ("Llama/Qwen2/Mistral", re.compile(r"(^|\.)layers\.\d+\.self_attn\.q_proj\.")),
 )
-
-
-class CheckpointMismatchError(ValueError):
-    """The weights in a checkpoint do not fit the model built from its config."""
 
 
 @dataclasses.dataclass
@@ -296,14 +295,14 @@ def read_flax_msgpack(file: str) -> dict[str, np.ndarray]:
     ``a/b/kernel`` [in, out] -> ``a.b.weight`` [out, in]; ``embedding`` and LayerNorm ``scale`` ->
     ``weight``. Layer lists (``layer/0``) become ``layer.0`` as in PyTorch.
     """
-    from flax import serialization, traverse_util  # noqa: PLC0415
+    from flax import serialization  # noqa: PLC0415
 
     with open(file, "rb") as f:
         tree = serialization.msgpack_restore(f.read())
     if "params" in tree and len(tree) == 1:
         tree = tree["params"]
     out = {}
-    for path, v in traverse_util.flatten_dict(tree).items():
+    for path, v in flatten_tree(tree, separator=None).items():
         v = np.asarray(v)
         *head, last = path
         if last == "kernel":

@@ -20,6 +20,9 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
+from diffjax.checkpoints.errors import CheckpointMismatchError  # noqa: F401  (re-exported)
+from diffjax.checkpoints.trees import flatten_tree
+
 PyTree = Any
 
 
@@ -28,27 +31,22 @@ def _short(e: Exception, limit: int = 400) -> str:
     return text if len(text) <= limit else text[:limit] + " ..."
 
 
-class CheckpointMismatchError(ValueError):
-    """The checkpoint on disk does not have the tree paths / shapes the current config expects."""
-
-
 class CheckpointCorruptError(RuntimeError):
     """A checkpoint directory exists but cannot be read."""
 
 
-def _flat(tree) -> dict[str, tuple[tuple[int, ...], str]]:
+def _shapes(tree) -> dict[str, tuple[tuple[int, ...], str]]:
+    """'/'-joined path (as the sharding rules) -> (shape, dtype name or "?")."""
     out = {}
-    for p, leaf in jax.tree_util.tree_leaves_with_path(tree):
-        shape = tuple(getattr(leaf, "shape", np.shape(leaf)))
+    for key, leaf in flatten_tree(tree).items():
         dtype = getattr(leaf, "dtype", None)
-        key = jax.tree_util.keystr(p, simple=True, separator="/")  # same '/'-joined path as sharding rules
-        out[key] = (shape, str(np.dtype(dtype)) if dtype is not None else "?")
+        out[key] = (tuple(getattr(leaf, "shape", np.shape(leaf))), str(np.dtype(dtype)) if dtype is not None else "?")
     return out
 
 
 def compare_trees(stored, expected, *, what: str = "checkpoint") -> None:
     """Raises ``CheckpointMismatchError`` listing every missing / unexpected path and mismatched shape."""
-    s, e = _flat(stored), _flat(expected)
+    s, e = _shapes(stored), _shapes(expected)
     missing = sorted(set(e) - set(s))
     unexpected = sorted(set(s) - set(e))
     mismatched = [(k, s[k], e[k]) for k in sorted(set(s) & set(e))
@@ -67,7 +65,7 @@ def compare_trees(stored, expected, *, what: str = "checkpoint") -> None:
     raise CheckpointMismatchError("\n".join(lines))
 
 
-def _metadata_tree(metadata):
+def metadata_tree(metadata):
     """The tree of ArrayMetadata inside orbax's StepMetadata / TreeMetadata wrappers."""
     metadata = getattr(metadata, "item_metadata", metadata)
     return getattr(metadata, "tree", metadata)
@@ -127,7 +125,7 @@ class Checkpointer:
             raise CheckpointCorruptError(
                 f"cannot read the metadata of checkpoint {where}: {_short(e)}. Delete that "
                 f"step directory to resume from an earlier one, or use a fresh --workdir.") from e
-        stored_tree = _metadata_tree(stored)
+        stored_tree = metadata_tree(stored)
         if stored_tree is None:
             raise CheckpointCorruptError(f"checkpoint {where} has no readable metadata; delete it or use a "
                                          f"fresh --workdir.")
@@ -171,5 +169,5 @@ def load_snapshot(workdir: str, step: int, target_params: PyTree) -> PyTree:
             stored = ckptr.metadata(path)
         except Exception as e:  # noqa: BLE001
             raise CheckpointCorruptError(f"cannot read snapshot {path}: {_short(e)}") from e
-        compare_trees(_metadata_tree(stored), target_params, what=f"snapshot {path}")
+        compare_trees(metadata_tree(stored), target_params, what=f"snapshot {path}")
         return ckptr.restore(path, args=ocp.args.StandardRestore(_abstract(target_params)))

@@ -19,15 +19,14 @@ Confidence scores are always the temperature-1 log-probabilities.
 
 from __future__ import annotations
 
-from typing import Callable, Optional
+from typing import Optional
 
 import jax
 import jax.numpy as jnp
 
 from diffjax.diffusion import schedules
-from diffjax.diffusion.masked import combine_masks, exclude_token_logit
-
-LogitsFn = Callable[[jax.Array, jax.Array], jax.Array]
+from diffjax.diffusion.masked import LogitsFn, combine_masks, exclude_token_logit
+from diffjax.diffusion.tokens import choose_tokens
 
 
 def _check(x_init: jax.Array, num_steps: int) -> None:
@@ -35,17 +34,6 @@ def _check(x_init: jax.Array, num_steps: int) -> None:
         raise ValueError(f"x_init must be [B, L] int token ids; got shape {x_init.shape}, dtype {x_init.dtype}.")
     if not isinstance(num_steps, int) or num_steps < 1:
         raise ValueError(f"num_steps must be a Python int >= 1 (it fixes the scan length); got {num_steps!r}.")
-
-
-def _choose(logits: jax.Array, rng: jax.Array, temperature: float, greedy: bool) -> tuple[jax.Array, jax.Array]:
-    """Picks tokens from logits [B, L, V]; returns (tokens [B, L] int32, log p(token) [B, L] at temperature 1)."""
-    logp = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
-    if greedy:
-        tok = jnp.argmax(logp, axis=-1)
-    else:
-        tok = jax.random.categorical(rng, logp / temperature, axis=-1)
-    tok = tok.astype(jnp.int32)
-    return tok, jnp.take_along_axis(logp, tok[..., None], axis=-1)[..., 0]
 
 
 def _top_count(scores: jax.Array, candidates: jax.Array, count: jax.Array) -> jax.Array:
@@ -85,8 +73,14 @@ def topk_unmask_sample(
          k_i = L_valid - floor(L_valid * cos(pi/2 * i / N)) (``"cosine"``, the default of paper 002's
          public generator, yegcjs/DiffusionLLM):
          * ``remask=True`` (RDM, papers.md default): the top-k_i of *all* generated positions by s^n
-           are set to x^_0^n and every other one is re-masked (decoded tokens may be re-masked or
-           rewritten);
+           stay / become unmasked and every other one is (re-)masked. A chosen position that was
+           already decoded **keeps its token** (it is never rewritten: the RDM loss never trains
+           predictions at unmasked inputs); a chosen position that was [MASK] gets x^_0^n. The score
+           of an already-decoded position is s^n = log p(x^_0^n) of the model's current prediction
+           there (not of the kept token), as in the authors' ``_reparam_decoding``, "uncond" mode
+           (HKUNLP/reparam-discrete-diffusion; yegcjs/DiffusionLLM ``dd_generator.py``, papers.md 002
+           "Sampling" step 3). With greedy decoding the prediction at a decoded input usually is
+           the kept token itself;
          * ``remask=False``: decoded tokens are frozen; the top (k_i - #decoded) still-masked positions
            by s^n are set to x^_0^n.
     Exactly k_i generated positions are unmasked after step i (k_N = L_valid, so no mask remains);
@@ -123,11 +117,12 @@ def topk_unmask_sample(
         i, key = inp
         t = jnp.full((B,), 1.0 - (i - 1).astype(jnp.float32) / num_steps)
         logits = exclude_token_logit(logits_fn(x, t), mask_id)
-        tok, score = _choose(logits, key, temperature, greedy)
+        tok, score = choose_tokens(logits, key, temperature=temperature, greedy=greedy)
         k = num_unmasked(i)
         if remask:
             keep = _top_count(score, gen, k)
-            x_new = jnp.where(gen, jnp.where(keep, tok, mask_id), x)
+            decoded = x != mask_id  # at generated positions: already decoded (never rewritten)
+            x_new = jnp.where(gen, jnp.where(keep, jnp.where(decoded, x, tok), mask_id), x)
         else:
             still_masked = gen & (x == mask_id)
             n_decoded = jnp.sum(gen & ~still_masked, axis=-1)
@@ -185,7 +180,7 @@ def ancestral_unmask_sample(
         p_unmask = jnp.clip((a_s - a_t) / jnp.maximum(1.0 - a_t, 1e-12), 0.0, 1.0)
         p_unmask = jnp.where(i == num_steps, 1.0, p_unmask)
         logits = exclude_token_logit(logits_fn(x, jnp.full((B,), t)), mask_id)
-        tok, _ = _choose(logits, k_tok, temperature, greedy)
+        tok, _ = choose_tokens(logits, k_tok, temperature=temperature, greedy=greedy)
         still_masked = gen & (x == mask_id)
         unmask = still_masked & (jax.random.uniform(k_unmask, x.shape) < p_unmask)
         x_new = jnp.where(unmask, tok, x)
@@ -247,7 +242,7 @@ def iterative_refinement_sample(
         y, _ = carry
         k, key = inp
         t = jnp.full((B * N,), 1.0 - (k - 1).astype(jnp.float32) / num_steps)
-        tok, logp = _choose(logits_fn(y, t), key, temperature, greedy)
+        tok, logp = choose_tokens(logits_fn(y, t), key, temperature=temperature, greedy=greedy)
         y_new = jnp.where(gen, tok, base)
         return (y_new, jnp.sum(jnp.where(gen, logp, 0.0), axis=-1)), None
 

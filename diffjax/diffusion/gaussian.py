@@ -1,4 +1,4 @@
-"""Gaussian diffusion math: forward noising, posterior, prediction conversions, losses, reconstruction.
+"""Gaussian diffusion math: forward noising, posterior, prediction conversions, losses.
 
 Pure functions of arrays (no Flax). Notation follows DDPM (Ho et al. 2020) with the index
 convention of :mod:`diffjax.diffusion.schedules`: ``alpha_bars[0] = 1`` is clean data, steps are
@@ -11,7 +11,8 @@ prediction named by ``prediction``: ``"x0"`` (x_0-parameterisation, papers.md 00
 ``"eps"`` (DDPM noise prediction) or ``"v"`` (Salimans & Ho 2022,
 ``v = sqrt(abar) eps - sqrt(1 - abar) x0``). Model params are closed over.
 
-Randomness is explicit: functions that sample take ``rng`` and split it internally.
+Randomness is explicit: functions that sample take ``rng`` and split it internally. Reconstruction
+(noise to t and denoise back, for OOD scores) lives in :mod:`diffjax.diffusion.reconstruction`.
 """
 
 from __future__ import annotations
@@ -25,14 +26,15 @@ from diffjax.diffusion.schedules import GaussianSchedule
 
 DenoiseFn = Callable[[jax.Array, jax.Array], jax.Array]
 PREDICTIONS = ("x0", "eps", "v")
+REDUCTIONS = ("mean", "sum", "sum_last_mean_tokens")
 
 
-def _check_prediction(prediction: str) -> None:
+def check_prediction(prediction: str) -> None:
     if prediction not in PREDICTIONS:
         raise ValueError(f"prediction must be one of {PREDICTIONS} (what denoise_fn returns); got {prediction!r}")
 
 
-def _coef(values: jax.Array, t, x: jax.Array) -> jax.Array:
+def coef_at(values: jax.Array, t, x: jax.Array) -> jax.Array:
     """``values[t]`` reshaped to broadcast against ``x: [B, ...]``; ``t`` int scalar or ``[B]``."""
     t = jnp.asarray(t)
     if not jnp.issubdtype(t.dtype, jnp.integer):
@@ -59,19 +61,36 @@ def log_alpha_bars(schedule: GaussianSchedule) -> jax.Array:
     return jnp.cumsum(jnp.log1p(-schedule.betas))
 
 
-def _abar(schedule: GaussianSchedule, t, x: jax.Array):
+def abar_at(schedule: GaussianSchedule, t, x: jax.Array):
     """``(abar_t, 1 - abar_t)``, each broadcastable against ``x``."""
-    return _coef(schedule.alpha_bars, t, x), _coef(one_minus_alpha_bars(schedule), t, x)
+    return coef_at(schedule.alpha_bars, t, x), coef_at(one_minus_alpha_bars(schedule), t, x)
 
 
-def _per_example(sq: jax.Array, mask, reduction: str) -> jax.Array:
-    """Reduces ``sq: [B, ...]`` to ``[B]`` by mean or sum over non-batch dims, optionally masked.
+def per_example_error(sq: jax.Array, mask, reduction: str) -> jax.Array:
+    """Reduces a squared error ``sq: [B, ...]`` to ``[B]``, optionally masked; one of ``REDUCTIONS``.
 
-    ``mask``: ``[B, ...]`` bool/float broadcastable on the leading dims of ``sq`` (e.g. ``[B, L]`` for
-    ``[B, L, D]``): only masked-in elements count; "mean" divides by the number of masked-in elements.
+    * ``"mean"``: mean over every non-batch element (``[B, L, D]``: over L *and* D);
+    * ``"sum"``: sum over every non-batch element;
+    * ``"sum_last_mean_tokens"``: sum over the last axis (the feature / embedding dim D), then mean
+      over the remaining non-batch axes (the tokens): ``[B, L, D] -> mean_l sum_d sq[b, l, d]`` —
+      paper 000's L_d, ``||f(x_t, t) - x_0||^2`` per token averaged over tokens (papers.md 000). For
+      ``[B, D]`` it equals "sum".
+    ``mask``: ``[B, ...]`` bool/float whose shape is a leading prefix of ``sq.shape`` (e.g. ``[B, L]``
+    for ``[B, L, D]``): only masked-in elements count, and the means divide by the number of
+    masked-in elements ("mean") or masked-in tokens ("sum_last_mean_tokens"; the mask must then not
+    cover the last axis). An example with nothing masked in gives 0.
     """
-    if reduction not in ("mean", "sum"):
-        raise ValueError(f"reduction must be 'mean' or 'sum'; got {reduction!r}")
+    if reduction not in REDUCTIONS:
+        raise ValueError(f"reduction must be one of {REDUCTIONS}; got {reduction!r}")
+    if reduction == "sum_last_mean_tokens":
+        if sq.ndim < 2:
+            raise ValueError(f"reduction='sum_last_mean_tokens' needs an error of shape [B, ..., D]; got {sq.shape}")
+        if mask is not None and jnp.ndim(mask) >= sq.ndim:
+            raise ValueError(f"reduction='sum_last_mean_tokens' takes a token mask over the leading dims of "
+                             f"{sq.shape[:-1]} (not the last, summed axis); got mask shape {jnp.shape(mask)}")
+        sq, reduction = jnp.sum(sq, axis=-1), "mean"
+        if sq.ndim == 1:
+            return sq if mask is None else sq * jnp.asarray(mask, sq.dtype)
     axes = tuple(range(1, sq.ndim))
     if mask is None:
         return jnp.mean(sq, axis=axes) if reduction == "mean" else jnp.sum(sq, axis=axes)
@@ -97,7 +116,7 @@ def q_sample(schedule: GaussianSchedule, x0: jax.Array, t, noise: jax.Array) -> 
       x0: ``[B, ...]`` clean data. t: int ``[B]`` or scalar in ``0..T``. noise: ``eps``, same shape as x0.
     Returns: ``x_t: [B, ...]``.
     """
-    abar, omab = _abar(schedule, t, x0)
+    abar, omab = abar_at(schedule, t, x0)
     return jnp.sqrt(abar) * x0 + jnp.sqrt(omab) * noise
 
 
@@ -113,10 +132,10 @@ def posterior_mean_variance(schedule: GaussianSchedule, x0: jax.Array, xt: jax.A
       for scalar t), broadcastable against x.
     """
     t = jnp.asarray(t)
-    beta = _coef(schedule.betas, t, xt)
-    alpha = _coef(schedule.alphas, t, xt)
-    _, denom = _abar(schedule, t, xt)
-    abar_prev, omab_prev = _abar(schedule, t - 1, xt)
+    beta = coef_at(schedule.betas, t, xt)
+    alpha = coef_at(schedule.alphas, t, xt)
+    _, denom = abar_at(schedule, t, xt)
+    abar_prev, omab_prev = abar_at(schedule, t - 1, xt)
     c0 = beta * jnp.sqrt(abar_prev) / denom
     ct = omab_prev * jnp.sqrt(alpha) / denom
     var = beta * omab_prev / denom
@@ -129,31 +148,31 @@ def posterior_mean_variance(schedule: GaussianSchedule, x0: jax.Array, xt: jax.A
 
 def x0_from_eps(schedule: GaussianSchedule, xt: jax.Array, t, eps: jax.Array) -> jax.Array:
     """``x0 = (x_t - sqrt(1 - abar_t) eps) / sqrt(abar_t)`` (inverse of DDPM eq. 4). Shapes ``[B, ...]``."""
-    abar, omab = _abar(schedule, t, xt)
+    abar, omab = abar_at(schedule, t, xt)
     return (xt - jnp.sqrt(omab) * eps) / jnp.sqrt(abar)
 
 
 def eps_from_x0(schedule: GaussianSchedule, xt: jax.Array, t, x0: jax.Array) -> jax.Array:
     """``eps = (x_t - sqrt(abar_t) x0) / sqrt(1 - abar_t)``; needs ``t >= 1``. Shapes ``[B, ...]``."""
-    abar, omab = _abar(schedule, t, xt)
+    abar, omab = abar_at(schedule, t, xt)
     return (xt - jnp.sqrt(abar) * x0) / jnp.sqrt(omab)
 
 
 def v_from_x0_eps(schedule: GaussianSchedule, x0: jax.Array, t, eps: jax.Array) -> jax.Array:
     """``v = sqrt(abar_t) eps - sqrt(1 - abar_t) x0`` (Salimans & Ho 2022, sec. 4). Shapes ``[B, ...]``."""
-    abar, omab = _abar(schedule, t, x0)
+    abar, omab = abar_at(schedule, t, x0)
     return jnp.sqrt(abar) * eps - jnp.sqrt(omab) * x0
 
 
 def x0_from_v(schedule: GaussianSchedule, xt: jax.Array, t, v: jax.Array) -> jax.Array:
     """``x0 = sqrt(abar_t) x_t - sqrt(1 - abar_t) v`` (Salimans & Ho 2022). Shapes ``[B, ...]``."""
-    abar, omab = _abar(schedule, t, xt)
+    abar, omab = abar_at(schedule, t, xt)
     return jnp.sqrt(abar) * xt - jnp.sqrt(omab) * v
 
 
 def eps_from_v(schedule: GaussianSchedule, xt: jax.Array, t, v: jax.Array) -> jax.Array:
     """``eps = sqrt(1 - abar_t) x_t + sqrt(abar_t) v`` (Salimans & Ho 2022). Shapes ``[B, ...]``."""
-    abar, omab = _abar(schedule, t, xt)
+    abar, omab = abar_at(schedule, t, xt)
     return jnp.sqrt(omab) * xt + jnp.sqrt(abar) * v
 
 
@@ -162,7 +181,7 @@ def x0_eps_from_prediction(schedule: GaussianSchedule, xt: jax.Array, t, pred: j
 
     ``prediction`` names what ``pred`` is: ``"x0"``, ``"eps"`` or ``"v"`` (see module docstring).
     """
-    _check_prediction(prediction)
+    check_prediction(prediction)
     if prediction == "x0":
         return pred, eps_from_x0(schedule, xt, t, pred)
     if prediction == "eps":
@@ -195,7 +214,11 @@ def x0_loss(
     t=None,
     reduction: str = "mean",
 ):
-    """x_0-prediction loss ``E_{t ~ U{1..T}, eps} ||f(x_t, t) - x_0||^2`` (papers.md 000 L_d; 003 eq. L).
+    """x_0-prediction loss ``E_{t ~ U{1..T}, eps} ||f(x_t, t) - x_0||^2`` (papers.md 003 eq. L; 000 L_d).
+
+    Paper 000's L_d (a squared norm over the embedding dim D, averaged over tokens) is
+    ``reduction="sum_last_mean_tokens"`` with ``mask: [B, L]``; the default "mean" also averages over
+    D (D times smaller: 1/1024 for RoBERTa-large).
 
     Args:
       denoise_fn: ``(x_t [B, ...], t int32 [B]) -> [B, ...]`` returning ``prediction``
@@ -203,15 +226,17 @@ def x0_loss(
       x0: ``[B, ...]`` clean data. rng: key (split into t and noise keys).
       mask: optional ``[B, ...]`` leading-dims mask (e.g. ``[B, L]`` non-padding tokens).
       t: optional fixed step (int scalar or ``[B]``) instead of ``U{1..T}``.
-      reduction: per-example "mean" (default, mean over masked-in elements) or "sum".
+      reduction: per-example "mean" (default, mean over masked-in elements), "sum" or
+        "sum_last_mean_tokens" (sum over the last axis, mean over masked-in tokens), see
+        :func:`per_example_error`.
     Returns: ``(loss scalar, aux)``; ``aux = {"t": [B], "per_example": [B], "x0_hat": [B, ...],
       "x_t": [B, ...]}`` (``x0_hat`` lets a task add e.g. the rounding loss L_c of paper 000).
     """
-    _check_prediction(prediction)
+    check_prediction(prediction)
     t, noise, xt = _noised_batch(schedule, x0, rng, t)
     pred = denoise_fn(xt, t)
     x0_hat = x0_eps_from_prediction(schedule, xt, t, pred, prediction)[0] if prediction != "x0" else pred
-    per_example = _per_example(jnp.square(x0_hat - x0), mask, reduction)
+    per_example = per_example_error(jnp.square(x0_hat - x0), mask, reduction)
     return jnp.mean(per_example), {"t": t, "per_example": per_example, "x0_hat": x0_hat, "x_t": xt}
 
 
@@ -231,74 +256,9 @@ def eps_loss(
     Same arguments and aux as :func:`x0_loss` (aux has ``"eps_hat"`` instead of ``"x0_hat"``);
     ``prediction`` "x0" or "v" outputs are converted to ``eps_hat`` first (needs t >= 1).
     """
-    _check_prediction(prediction)
+    check_prediction(prediction)
     t, noise, xt = _noised_batch(schedule, x0, rng, t)
     pred = denoise_fn(xt, t)
     eps_hat = x0_eps_from_prediction(schedule, xt, t, pred, prediction)[1] if prediction != "eps" else pred
-    per_example = _per_example(jnp.square(eps_hat - noise), mask, reduction)
+    per_example = per_example_error(jnp.square(eps_hat - noise), mask, reduction)
     return jnp.mean(per_example), {"t": t, "per_example": per_example, "eps_hat": eps_hat, "x_t": xt}
-
-
-# ----------------------------------------------------------------------------------------------
-# Reconstruction error (OOD scoring, papers.md 000 and 003).
-
-
-def reconstruct(
-    denoise_fn: DenoiseFn,
-    x0: jax.Array,
-    t,
-    rng: jax.Array,
-    *,
-    schedule: GaussianSchedule,
-    prediction: str = "x0",
-    ddim_steps: int = 0,
-    eta: float = 1.0,
-) -> jax.Array:
-    """Noises ``x0`` to step ``t`` and denoises it back: returns ``x0_hat: [B, ...]``.
-
-    ``x_t = sqrt(abar_t) x0 + sqrt(1 - abar_t) eps`` (one fresh eps per example from ``rng``), then
-      * ``ddim_steps == 0``: one-step prediction ``x0_hat = f(x_t, t)`` (papers.md 000 proposal);
-      * ``ddim_steps = K > 0``: a K-step DDIM chain from t to 0 with ``eta`` (papers.md 003, step 3:
-        K about 3, eta = 1), via :func:`diffjax.diffusion.gaussian_sampling.ddim_denoise_from`.
-    ``t`` (int scalar or ``[B]``, ``1..T``) may be traced, so ``jax.vmap`` over t works.
-    """
-    _check_prediction(prediction)
-    noise_rng, chain_rng = jax.random.split(rng)
-    t = jnp.broadcast_to(jnp.asarray(t, jnp.int32), (x0.shape[0],))
-    noise = jax.random.normal(noise_rng, x0.shape, x0.dtype)
-    xt = q_sample(schedule, x0, t, noise)
-    if ddim_steps == 0:
-        pred = denoise_fn(xt, t)
-        return pred if prediction == "x0" else x0_eps_from_prediction(schedule, xt, t, pred, prediction)[0]
-    from diffjax.diffusion.gaussian_sampling import ddim_denoise_from  # lazy: sampling imports this module
-
-    return ddim_denoise_from(denoise_fn, schedule, xt, t, ddim_steps, chain_rng, eta=eta, prediction=prediction)
-
-
-def reconstruction_error(
-    denoise_fn: DenoiseFn,
-    x0: jax.Array,
-    t,
-    rng: jax.Array,
-    *,
-    schedule: GaussianSchedule,
-    prediction: str = "x0",
-    ddim_steps: int = 0,
-    eta: float = 1.0,
-    reduction: str = "mean",
-    mask=None,
-) -> jax.Array:
-    """Per-example reconstruction error ``||x0 - x0_hat||^2`` at step t -> ``[B]`` float32.
-
-    ``x0_hat`` comes from :func:`reconstruct` (noise to t, then one-step prediction or a
-    ``ddim_steps``-step DDIM chain). ``reduction="mean"`` averages over non-batch elements
-    (papers.md 000 L_d: mean over tokens, with ``mask: [B, L]`` for padding); ``"sum"`` sums them
-    (papers.md 003 MSE score ``sum_i (z_0,i - z^_0,i)^2``). Higher = worse reconstruction = more OOD.
-
-    Sweep timesteps with ``jax.vmap(lambda t: reconstruction_error(f, x0, t, rng, schedule=s))(ts)``
-    -> ``[n_t, B]`` (same noise draw for every t when ``rng`` is shared).
-    """
-    x0_hat = reconstruct(
-        denoise_fn, x0, t, rng, schedule=schedule, prediction=prediction, ddim_steps=ddim_steps, eta=eta
-    )
-    return _per_example(jnp.square(x0 - x0_hat), mask, reduction)

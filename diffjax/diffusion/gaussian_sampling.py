@@ -22,9 +22,9 @@ import numpy as np
 
 from diffjax.diffusion.gaussian import (
     DenoiseFn,
-    _abar,
-    _check_prediction,
-    _coef,
+    abar_at,
+    check_prediction,
+    coef_at,
     log_alpha_bars,
     eps_from_x0,
     posterior_mean_variance,
@@ -65,10 +65,10 @@ def ddim_step(
     t_eval = jnp.maximum(t, 1)  # the model is never asked about t = 0 (identity steps only)
     x0_hat, eps_hat = _predict(denoise_fn, schedule, x, t_eval, prediction, clip_x0)
     log_abar = log_alpha_bars(schedule)
-    _, omab = _abar(schedule, t_eval, x)
-    abar_prev, omab_prev = _abar(schedule, t_prev, x)
+    _, omab = abar_at(schedule, t_eval, x)
+    abar_prev, omab_prev = abar_at(schedule, t_prev, x)
     # 1 - abar_t / abar_{t'} without cancellation.
-    one_minus_ratio = -jnp.expm1(_coef(log_abar, t_eval, x) - _coef(log_abar, t_prev, x))
+    one_minus_ratio = -jnp.expm1(coef_at(log_abar, t_eval, x) - coef_at(log_abar, t_prev, x))
     sigma2 = jnp.clip(eta**2 * omab_prev / omab * one_minus_ratio, 0.0, None)
     z = jax.random.normal(rng, x.shape, x.dtype)
     x_prev = (
@@ -121,7 +121,7 @@ def ddim_sample(
       x_T: optional starting noise ``[B, ...]`` (default drawn from ``rng``).
     Returns: samples ``[B, ...]`` float32.
     """
-    _check_prediction(prediction)
+    check_prediction(prediction)
     taus = ddim_timesteps(schedule.num_steps, num_steps)
     init_rng, loop_rng = jax.random.split(rng)
     x = _init_noise(init_rng, shape, x_T)
@@ -155,7 +155,7 @@ def ddpm_sample(
     ``sigma_t^2 = beta~_t`` (``variance="posterior"``) or ``beta_t`` (``"beta"``), ``z = 0`` at t = 1.
     Args as :func:`ddim_sample`. Returns samples ``[B, ...]`` float32.
     """
-    _check_prediction(prediction)
+    check_prediction(prediction)
     if variance not in ("posterior", "beta"):
         raise ValueError(f"variance must be 'posterior' or 'beta'; got {variance!r}")
     T = schedule.num_steps
@@ -169,7 +169,7 @@ def ddpm_sample(
         x0_hat, _ = _predict(denoise_fn, schedule, x, tb, prediction, clip_x0)
         mean, var = posterior_mean_variance(schedule, x0_hat, x, tb)
         if variance == "beta":
-            var = _coef(schedule.betas, tb, x)
+            var = coef_at(schedule.betas, tb, x)
         var = jnp.where(t > 1, var, 0.0)
         return mean + jnp.sqrt(var) * jax.random.normal(key, x.shape, x.dtype), None
 
@@ -202,7 +202,7 @@ def ddim_denoise_from(
       num_steps: K, static Python int >= 1. rng: split into one key per step.
     Returns: ``x0_hat: [B, ...]``.
     """
-    _check_prediction(prediction)
+    check_prediction(prediction)
     if not isinstance(num_steps, (int, np.integer)) or num_steps < 1:
         raise ValueError(f"num_steps must be a static Python int >= 1; got {num_steps!r}")
     b = x_t.shape[0]
@@ -238,7 +238,7 @@ def ddim_denoise_along(
       rng: split into one key per step.
     Returns: ``x_{tau_K}: [B, ...]``.
     """
-    _check_prediction(prediction)
+    check_prediction(prediction)
     b = x_t.shape[0]
     timesteps = jnp.asarray(timesteps, jnp.int32)
     if timesteps.ndim == 1:

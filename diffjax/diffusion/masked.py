@@ -35,6 +35,8 @@ import jax.numpy as jnp
 
 from diffjax.diffusion import schedules
 
+# The one denoiser signature of discrete diffusion (losses here, ``uniform``, ``discrete_sampling``):
+# ``logits_fn(x [B, L] int32, t [B] float32) -> logits [B, L, V]``, parameters closed over.
 LogitsFn = Callable[[jax.Array, jax.Array], jax.Array]
 
 NORMALIZATIONS = ("sequence", "token", "batch_token")
@@ -78,7 +80,8 @@ def token_log_probs(logits: jax.Array, tokens: jax.Array) -> jax.Array:
     return jnp.take_along_axis(logp, tokens[..., None].astype(jnp.int32), axis=-1)[..., 0]
 
 
-def _check_normalize(normalize: str) -> None:
+def check_normalize(normalize: str) -> None:
+    """Raises ``ValueError`` unless ``normalize`` is one of ``NORMALIZATIONS``."""
     if normalize not in NORMALIZATIONS:
         raise ValueError(f"normalize={normalize!r} is not one of {NORMALIZATIONS}.")
 
@@ -246,7 +249,7 @@ def masked_diffusion_elbo(
         "mean_t".
     """
     _check_tokens(x0)
-    _check_normalize(normalize)
+    check_normalize(normalize)
     kw = dict(schedule_kwargs or {})
     B = x0.shape[0]
     rng_t, rng_mask = jax.random.split(rng)
@@ -335,7 +338,7 @@ def rdm_loss(
       loss: scalar; aux: dict of scalars "loss_per_token", "mask_rate", "mean_t" (t/T or r).
     """
     _check_tokens(x0)
-    _check_normalize(normalize)
+    check_normalize(normalize)
     if weighting not in RDM_WEIGHTINGS:
         raise ValueError(f"weighting={weighting!r} is not one of {RDM_WEIGHTINGS}.")
     if time_sampling not in ("discrete", "ratio"):

@@ -14,14 +14,13 @@ One ``rng`` in, split inside, never reused.
 
 from __future__ import annotations
 
-from typing import Any, Callable, Optional
+from typing import Any, Optional
 
 import jax
 import jax.numpy as jnp
 
-from diffjax.diffusion.masked import _check_normalize, combine_masks, normalize_loss, token_log_probs
-
-LogitsFn = Callable[[jax.Array, jax.Array], jax.Array]
+from diffjax.diffusion.masked import LogitsFn, check_normalize, combine_masks, normalize_loss, token_log_probs
+from diffjax.diffusion.tokens import choose_tokens
 
 
 def uniform_corrupt(
@@ -56,13 +55,6 @@ def uniform_corrupt(
     random_tokens = jax.random.randint(rng_tok, x0.shape, 0, vocab_size, dtype=jnp.int32)
     x_t = jnp.where(replaced, random_tokens.astype(x0.dtype), x0)
     return x_t, replaced
-
-
-def sample_tokens(logits: jax.Array, rng: jax.Array, *, temperature: float = 1.0, greedy: bool = False) -> jax.Array:
-    """y ~ Categorical(softmax(logits / temperature)) (or argmax if greedy): [B, L, V] -> [B, L] int32."""
-    if greedy:
-        return jnp.argmax(logits, axis=-1).astype(jnp.int32)
-    return jax.random.categorical(rng, logits.astype(jnp.float32) / temperature, axis=-1).astype(jnp.int32)
 
 
 def unrolled_denoising_loss(
@@ -108,7 +100,7 @@ def unrolled_denoising_loss(
         raise ValueError(f"num_unroll_steps must be >= 1; got {num_unroll_steps}.")
     if x0.ndim != 2:
         raise ValueError(f"x0 must be [B, L] int token ids; got shape {x0.shape}.")
-    _check_normalize(normalize)
+    check_normalize(normalize)
     B = x0.shape[0]
     can = combine_masks(corruptible, valid, x0.shape)
     n = jnp.sum(can, axis=-1)
@@ -122,7 +114,7 @@ def unrolled_denoising_loss(
     losses = []
     for k in range(num_unroll_steps):
         if k > 0:
-            y_prev = jax.lax.stop_gradient(sample_tokens(jax.lax.stop_gradient(logits), rngs[1 + k]))
+            y_prev = jax.lax.stop_gradient(choose_tokens(jax.lax.stop_gradient(logits), rngs[1 + k])[0])
             x_in = jnp.where(can, y_prev.astype(x0.dtype), x0)
         logits = logits_fn(x_in, rate)
         nll = -token_log_probs(logits, x0)

@@ -34,6 +34,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from diffjax.models.layers import ACTIVATIONS
+
 Dtype = Any
 
 # Megatron-style tensor parallelism on the "model" mesh axis: q/k/v and intermediate kernels are
@@ -91,18 +93,9 @@ class BertConfig:
 
 
 def _activation(name: str):
-    acts = {
-        "gelu": lambda x: nn.gelu(x, approximate=False),
-        "gelu_new": lambda x: nn.gelu(x, approximate=True),
-        "gelu_pytorch_tanh": lambda x: nn.gelu(x, approximate=True),
-        "relu": nn.relu,
-        "silu": nn.silu,
-        "swish": nn.silu,
-        "tanh": jnp.tanh,
-    }
-    if name not in acts:
-        raise ValueError(f"hidden_act {name!r} not supported; use one of {sorted(acts)}")
-    return acts[name]
+    if name not in ACTIVATIONS:
+        raise ValueError(f"hidden_act {name!r} not supported; use one of {sorted(ACTIVATIONS)}")
+    return ACTIVATIONS[name]
 
 
 def _dense(features, cfg, dtype, param_dtype, name):

@@ -45,6 +45,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from diffjax.models.layers import activation
+
 # Every parameter replicated: EfficientNet is small (<70M params) and used frozen for features.
 # (regex, spec) pairs as the trainer expects; empty = default (replicated) for all paths.
 SHARDING_RULES: tuple = ()
@@ -209,9 +211,7 @@ def feature_channels(cfg: EfficientNetConfig) -> tuple[int, ...]:
 
 
 def _act(name: str, x: jax.Array) -> jax.Array:
-    if name == "relu6":
-        return jnp.clip(x, 0, 6)
-    return nn.swish(x)
+    return activation(name)(x)  # "relu6" (Lite) or "swish", from the shared table
 
 
 def _pads(cfg: EfficientNetConfig, k: int):

@@ -1,4 +1,4 @@
-"""Small layers shared by several model families."""
+"""Small layers shared by several model families: the activation table, RMSNorm."""
 
 from __future__ import annotations
 
@@ -9,6 +9,27 @@ import jax
 import jax.numpy as jnp
 
 Dtype = Any
+
+# The one activation table of diffjax/models: HF config names (``hidden_act``, T5's
+# ``feed_forward_proj`` suffix, EfficientNet's activation) -> functions. gelu is exact (erf);
+# gelu_new / gelu_pytorch_tanh the tanh approximation; swish == silu; relu6 = min(max(x, 0), 6).
+ACTIVATIONS = {
+    "relu": jax.nn.relu,
+    "relu6": lambda x: jnp.clip(x, 0, 6),
+    "gelu": lambda x: jax.nn.gelu(x, approximate=False),
+    "gelu_new": lambda x: jax.nn.gelu(x, approximate=True),
+    "gelu_pytorch_tanh": lambda x: jax.nn.gelu(x, approximate=True),
+    "silu": jax.nn.silu,
+    "swish": jax.nn.silu,
+    "tanh": jnp.tanh,
+}
+
+
+def activation(name: str):
+    """The activation function called ``name`` in ``ACTIVATIONS``; ValueError naming the supported ones."""
+    if name not in ACTIVATIONS:
+        raise ValueError(f"activation {name!r} is not supported; supported: {sorted(ACTIVATIONS)}.")
+    return ACTIVATIONS[name]
 
 
 class RMSNorm(nn.Module):

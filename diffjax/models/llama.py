@@ -44,19 +44,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from diffjax.models.layers import RMSNorm
+from diffjax.diffusion.tokens import choose_tokens
+from diffjax.models.layers import ACTIVATIONS, RMSNorm
 
 Dtype = Any
 
 ATTENTION_MODES = ("causal", "prefix", "bidirectional")
-_ACTIVATIONS = {
-    "silu": jax.nn.silu,
-    "swish": jax.nn.silu,
-    "gelu": lambda x: jax.nn.gelu(x, approximate=False),
-    "gelu_new": lambda x: jax.nn.gelu(x, approximate=True),
-    "gelu_pytorch_tanh": lambda x: jax.nn.gelu(x, approximate=True),
-    "relu": jax.nn.relu,
-}
 _ROPE_TYPES = ("default", "linear", "llama3")
 
 # Megatron-style tensor parallelism over the "model" mesh axis: column-parallel q/k/v, gate/up
@@ -131,8 +124,8 @@ class LlamaConfig:
             raise ValueError(f"RoPE needs an even head_dim, got {self.head_dim}.")
         if self.attention not in ATTENTION_MODES:
             raise ValueError(f"attention must be one of {ATTENTION_MODES}, got {self.attention!r}.")
-        if self.hidden_act not in _ACTIVATIONS:
-            raise ValueError(f"hidden_act {self.hidden_act!r} is not supported; supported: {sorted(_ACTIVATIONS)}.")
+        if self.hidden_act not in ACTIVATIONS:
+            raise ValueError(f"hidden_act {self.hidden_act!r} is not supported; supported: {sorted(ACTIVATIONS)}.")
         if isinstance(self.rope_scaling, dict):
             object.__setattr__(self, "rope_scaling", tuple(sorted(self.rope_scaling.items())))
         if self.rope_scaling is not None:
@@ -306,7 +299,7 @@ class LlamaMLP(nn.Module):
     @nn.compact
     def __call__(self, x):
         cfg = self.config
-        act = _ACTIVATIONS[cfg.hidden_act]
+        act = ACTIVATIONS[cfg.hidden_act]
         g = _dense(cfg, cfg.intermediate_size, cfg.mlp_bias, "gate_proj")(x)
         u = _dense(cfg, cfg.intermediate_size, cfg.mlp_bias, "up_proj")(x)
         return _dense(cfg, cfg.hidden_size, cfg.mlp_bias, "down_proj")(act(g) * u)
@@ -415,7 +408,8 @@ class Llama(nn.Module):
                                              "prefix_lm", "temperature"))
 def generate(model: Llama, params, input_ids: jax.Array, attention_mask: Optional[jax.Array] = None, *,
              max_new_tokens: int, eos_token_id: Optional[int] = None, pad_token_id: int = 0,
-             prefix_lm: bool = False, temperature: float = 0.0, rng: Optional[jax.Array] = None) -> jax.Array:
+             prefix_lm: bool = False, temperature: float = 0.0, rng: Optional[jax.Array] = None,
+             top_k: Optional[int] = None, top_p: Optional[float] = None) -> jax.Array:
     """Autoregressive decoding with a KV cache, as one jitted prefill + ``lax.while_loop``.
 
     Args:
@@ -425,6 +419,8 @@ def generate(model: Llama, params, input_ids: jax.Array, attention_mask: Optiona
       eos_token_id: stop an example after it emits this id (later slots get ``pad_token_id``).
       prefix_lm: prefill with the prefix-LM mask (bidirectional over the prompt), then causal.
       temperature: 0 = greedy argmax; > 0 samples softmax(logits / temperature) with ``rng``.
+      top_k, top_p: when sampling, keep only the k most likely tokens / the nucleus of mass p
+        (``diffjax.diffusion.tokens.choose_tokens``, the one token picker); None = off.
     Returns:
       [B, N] int32 new tokens (the prompt is not repeated).
     """
@@ -443,9 +439,8 @@ def generate(model: Llama, params, input_ids: jax.Array, attention_mask: Optiona
     rng = jax.random.key(0) if rng is None else rng
 
     def pick(logits, key):
-        if temperature > 0:
-            return jax.random.categorical(key, logits / temperature, axis=-1).astype(jnp.int32)
-        return jnp.argmax(logits, axis=-1).astype(jnp.int32)
+        return choose_tokens(logits, key, temperature=temperature if temperature > 0 else 1.0,
+                             greedy=not temperature > 0, top_k=top_k, top_p=top_p)[0]
 
     rng, sub = jax.random.split(rng)
     tokens = jnp.full((B, max_new_tokens), pad_token_id, jnp.int32)

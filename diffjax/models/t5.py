@@ -34,18 +34,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from diffjax.models.layers import RMSNorm
+from diffjax.models.layers import ACTIVATIONS, RMSNorm
 
 Dtype = Any
-
-_ACTIVATIONS = {
-    "relu": jax.nn.relu,
-    "gelu": lambda x: jax.nn.gelu(x, approximate=False),
-    "gelu_new": lambda x: jax.nn.gelu(x, approximate=True),
-    "gelu_pytorch_tanh": lambda x: jax.nn.gelu(x, approximate=True),
-    "silu": jax.nn.silu,
-    "swish": jax.nn.silu,
-}
 
 DECODER_ATTENTION_MODES = ("causal", "bidirectional")
 
@@ -112,8 +103,8 @@ class T5Config:
                 f"got {self.feed_forward_proj!r}."
             )
         act = "gelu_new" if self.feed_forward_proj == "gated-gelu" else parts[-1]
-        if act not in _ACTIVATIONS:
-            raise ValueError(f"Unsupported T5 activation {act!r}; supported: {sorted(_ACTIVATIONS)}.")
+        if act not in ACTIVATIONS:
+            raise ValueError(f"Unsupported T5 activation {act!r}; supported: {sorted(ACTIVATIONS)}.")
         return act
 
     @property
@@ -216,7 +207,7 @@ class T5MLP(nn.Module):
         dense = lambda n, feats, std: nn.Dense(  # noqa: E731
             feats, use_bias=False, dtype=cfg.dtype, param_dtype=cfg.param_dtype,
             kernel_init=nn.initializers.normal(f * std), name=n)
-        act = _ACTIVATIONS[cfg.activation]
+        act = ACTIVATIONS[cfg.activation]
         if cfg.is_gated:
             h = act(dense("wi_0", cfg.d_ff, cfg.d_model ** -0.5)(x)) * dense("wi_1", cfg.d_ff, cfg.d_model ** -0.5)(x)
         else:

@@ -250,7 +250,7 @@ def test_truncation_counted_with_policy(caplog):
     with caplog.at_level("WARNING"):
         p = T.Packer(tok, BERT, buckets=(4, 8))
     out = p.pack(np.arange(4), 8)
-    # both long: target keeps its first 5 // 2 = 2... no: max(5 - 6, 2) = 2 -> [11, 12]; prompt keeps last 3
+    # both long: target keeps its first max(5 - 6, 5 // 2) = 2 tokens, the prompt its last 5 - 2 = 3
     np.testing.assert_array_equal(out["tokens"][0], [101, 4, 5, 6, 102, 11, 12, 102])
     np.testing.assert_array_equal(out["tokens"][1], [101, 1, 2, 102, 11, 12, 13, 102])  # fits exactly
     np.testing.assert_array_equal(out["tokens"][2], [101, 40, 41, 42, 43, 44, 45, 102])  # 2 specials, budget 6

@@ -31,6 +31,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from diffjax.ood import report, scores
+from diffjax.runtime import RuntimeContext
 
 # kept here for existing callers; defined once, in report
 seed_mean = report.seed_mean
@@ -128,19 +129,27 @@ def num_examples(inputs) -> int:
 
 
 def sweep_chunked(sweep_fn: Callable, params, inputs, ts: Sequence[int], keys: jax.Array, *,
-                  chunk: int | None = None) -> dict[str, np.ndarray]:
+                  chunk: int | None = None, context: RuntimeContext | None = None) -> dict[str, np.ndarray]:
     """Runs ``sweep_fn`` over examples in chunks (padded to one static size) -> {name: [n_t, n_s, ..., N]}.
 
     ``inputs``: a pytree of arrays with a leading example axis N (``[N, D]``, or
     ``{"embeddings": [N, L, D], "mask": [N, L]}``). Example i keeps id i whatever its chunk, and the
     last chunk is padded by repeating its last example (results dropped), so the result equals one
-    call on all examples. Float64 leaves are scored as float32.
+    call on all examples. Float64 leaves are scored as float32. With a ``context`` the chunks are
+    global batches sharded over its mesh's "data" axis (``RuntimeContext.map_batches``; the chunk
+    is rounded up to a multiple of the data axis) and every host gets all scores.
     """
     inputs = jax.tree_util.tree_map(
         lambda a: np.asarray(a, np.float32) if np.asarray(a).dtype == np.float64 else np.asarray(a), inputs)
     n = num_examples(inputs)
     chunk = n if not chunk or chunk >= n else chunk
     ts = jnp.asarray(ts, jnp.int32)
+    if context is not None:
+        def one_batch(batch, index):  # example axis first for map_batches, last again below
+            return {k: jnp.moveaxis(v, -1, 0) for k, v in sweep_fn(params, batch, ts, keys, index).items()}
+
+        out = context.map_batches(one_batch, inputs, batch_size=chunk)
+        return {k: np.moveaxis(v, 0, -1) for k, v in out.items()}
     parts: dict[str, list] = {}
     for start in range(0, n, chunk):
         ids = np.arange(start, min(start + chunk, n))

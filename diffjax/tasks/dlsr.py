@@ -255,13 +255,14 @@ class DLSRTask(Task):
                 t_batch_size=int(self.c.sweep_t_batch) or None)
         return self.__dict__[key]
 
-    def _scores(self, params, z0, ts, num_seeds, per_layer, early=None, chunk=None):
-        """{score: [n_t, n_s, (L,) N]} for the final params, plus lr_* when early params are given."""
+    def _scores(self, params, z0, ts, num_seeds, per_layer, early=None, chunk=None, context=None):
+        """{score: [n_t, n_s, (L,) N]} for the final params, plus lr_* when early params are given;
+        examples sharded over ``context``'s mesh when one is given."""
         keys = sweep_lib.seed_keys(int(self.c.score_seed), int(num_seeds))
         fn = self._sweep_fn(per_layer)
-        out = sweep_lib.sweep_chunked(fn, params, z0, ts, keys, chunk=chunk)
+        out = sweep_lib.sweep_chunked(fn, params, z0, ts, keys, chunk=chunk, context=context)
         if early is not None:
-            e = sweep_lib.sweep_chunked(fn, early, z0, ts, keys, chunk=chunk)
+            e = sweep_lib.sweep_chunked(fn, early, z0, ts, keys, chunk=chunk, context=context)
             out.update(scores_lib.likelihood_ratio(out, e))
         return out
 
@@ -286,19 +287,20 @@ class DLSRTask(Task):
         step = int(self.c.lr_snapshot_step)
         return snapshots.get(step)
 
-    def _set_scores(self, params, ts, setup, early, z_of):
+    def _set_scores(self, params, ts, setup, early, z_of, context):
         """{set key: {score: [n_t, n_s, (L,) N]}} for ID test and every OOD set (not train)."""
-        return {k: self._scores(params, z_of(k), ts, setup["num_seeds"], True, early, chunk=setup["chunk"])
+        return {k: self._scores(params, z_of(k), ts, setup["num_seeds"], True, early, chunk=setup["chunk"],
+                                context=context)
                 for k in self.sets() if k != "train"}
 
-    def evaluate(self, params, rng, workdir, snapshots=None, **kwargs):
+    def evaluate(self, params, rng, workdir, *, context, snapshots=None, **kwargs):
         del rng, kwargs
         t0 = time.time()
         c = self.c
         early = self._early(snapshots)
         z = {k: self.z0(k, params) for k in self.sets()}
         setup = {"num_seeds": int(c.num_seeds), "chunk": int(c.score_chunk)}
-        grids = self._set_scores(params, [int(c.score_t)], setup, early, z.__getitem__)
+        grids = self._set_scores(params, [int(c.score_t)], setup, early, z.__getitem__, context)
         score = {k: {n: report.seed_mean(v)[0] for n, v in s.items()} for k, s in grids.items()}  # [N] / [L, N]
         # baselines on the same z_0
         if "mahalanobis" in c.baselines:
@@ -334,14 +336,15 @@ class DLSRTask(Task):
                              baselines=BASELINES)
         return results
 
-    def sweep(self, params, rng, workdir, snapshots=None, **kwargs):
+    def sweep(self, params, rng, workdir, *, context, snapshots=None, **kwargs):
         del rng, kwargs
         t0 = time.time()
         c = self.c
         early = self._early(snapshots)
         ts = [int(t) for t in c.sweep_ts]
         setup = self.scoring_setup()
-        grids = self._set_scores(params, ts, setup, early, lambda k: self.z0(k, params)[:setup["max_examples"]])
+        grids = self._set_scores(params, ts, setup, early, lambda k: self.z0(k, params)[:setup["max_examples"]],
+                                 context)
         out = {k: {n: v for n, v in s.items() if not n.endswith("_layers")} for k, s in grids.items()}
         res = report.sweep_results(ts, out["test"], {o: out[f"ood/{o}"] for o in self.ood_names})
         res.update({"num_seeds": setup["num_seeds"], "score_seed": setup["score_seed"], "ddim_steps": int(c.ddim_steps),

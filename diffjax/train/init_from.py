@@ -30,6 +30,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 
 from diffjax.checkpoints import orbax as ckpt_lib
+from diffjax.checkpoints.trees import flatten_tree
 from diffjax.runtime import path_str
 
 PyTree = Any
@@ -73,19 +74,37 @@ def parse_init_from(spec: str) -> InitSource | None:
         f"WORKDIR, WORKDIR:STEP, an HF dir or a .gguf file.")
 
 
-def _restore_numpy(path: str, select) -> PyTree:
-    """Restores the orbax item at ``path`` onto this host's first device and returns ``select(tree)``."""
-    device = jax.local_devices()[0]
-    sharding = jax.sharding.SingleDeviceSharding(device)
+def _host_target(meta):
+    """Abstract arrays for an orbax metadata tree, all on this host's first device."""
+    sharding = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+    return jax.tree_util.tree_map(lambda m: jax.ShapeDtypeStruct(tuple(m.shape), m.dtype, sharding=sharding),
+                                  ckpt_lib.metadata_tree(meta))
+
+
+def _restore_checkpoint_params(ckpt_dir: str, step: int) -> PyTree:
+    """The ``params`` of train-state checkpoint ``step`` in ``ckpt_dir`` (numpy)."""
+    checkpointer = ckpt_lib.Checkpointer(ckpt_dir)
+    try:
+        manager = checkpointer.manager
+        try:
+            target = _host_target(manager.item_metadata(step))
+            tree = manager.restore(step, args=ocp.args.StandardRestore(target))
+        except Exception as e:  # noqa: BLE001 - any read failure means an unusable source
+            raise ckpt_lib.CheckpointCorruptError(
+                f"init_from: cannot read checkpoint {step} in {ckpt_dir}: {type(e).__name__}: {e}") from e
+    finally:
+        checkpointer.close()
+    return jax.tree_util.tree_map(np.asarray, tree["params"])
+
+
+def _restore_snapshot(path: str) -> PyTree:
+    """The params saved by ``ckpt_lib.save_snapshot`` at ``path`` (numpy)."""
     with ocp.Checkpointer(ocp.StandardCheckpointHandler()) as ckptr:
         try:
-            meta = ckpt_lib.metadata_tree(ckptr.metadata(path))
-        except Exception as e:  # noqa: BLE001 - any read failure means an unusable source
-            raise ckpt_lib.CheckpointCorruptError(f"init_from: cannot read {path}: {type(e).__name__}: {e}") from e
-        target = jax.tree_util.tree_map(lambda m: jax.ShapeDtypeStruct(tuple(m.shape), m.dtype, sharding=sharding),
-                                        meta)
-        tree = ckptr.restore(path, args=ocp.args.StandardRestore(target))
-    return jax.tree_util.tree_map(np.asarray, select(tree))
+            tree = ckptr.restore(path, args=ocp.args.StandardRestore(_host_target(ckptr.metadata(path))))
+        except Exception as e:  # noqa: BLE001
+            raise ckpt_lib.CheckpointCorruptError(f"init_from: cannot read snapshot {path}: {type(e).__name__}: {e}") from e
+    return jax.tree_util.tree_map(np.asarray, tree)
 
 
 def workdir_params(source: InitSource) -> tuple[PyTree, str]:
@@ -104,18 +123,13 @@ def workdir_params(source: InitSource) -> tuple[PyTree, str]:
     else:
         step = source.step
     if step in steps:
-        where = os.path.join(ckpt_dir, str(step))
-        return _restore_numpy(where, lambda t: t["params"]), f"checkpoint {where}"
+        return _restore_checkpoint_params(ckpt_dir, step), f"checkpoint {os.path.join(ckpt_dir, str(step))}"
     snap = os.path.join(source.path, "snapshots", str(step))
     if os.path.isdir(snap):
-        return _restore_numpy(snap, lambda t: t), f"snapshot {snap}"
+        return _restore_snapshot(snap), f"snapshot {snap}"
     snaps = ckpt_lib.snapshot_steps_on_disk(source.path)
     raise FileNotFoundError(f"init_from={source.path}:{step}: no checkpoint or snapshot {step} "
                             f"(checkpoints: {steps or 'none'}; snapshots: {snaps or 'none'}).")
-
-
-def _flat_shapes(tree) -> dict[str, Any]:
-    return {path_str(p): x for p, x in jax.tree_util.tree_leaves_with_path(tree)}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -146,8 +160,8 @@ def merge_params(fresh: PyTree, source: PyTree, *, source_name: str) -> tuple[Py
 
     Raises ``CheckpointMismatchError`` listing every path whose shapes differ (source vs run).
     """
-    src = _flat_shapes(source)
-    dst = _flat_shapes(fresh)
+    src = flatten_tree(source)
+    dst = flatten_tree(fresh)
     bad = [(p, tuple(np.shape(src[p])), tuple(np.shape(x))) for p, x in dst.items()
            if p in src and tuple(np.shape(src[p])) != tuple(np.shape(x))]
     if bad:

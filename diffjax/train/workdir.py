@@ -12,6 +12,7 @@ import os
 
 import jax
 
+from diffjax.checkpoints.trees import flatten_tree
 from diffjax.train.config import RESUMABLE_CHANGES
 
 CONFIG_FILE = "config.json"
@@ -26,15 +27,10 @@ def config_to_dict(config) -> dict:
     return json.loads(config.to_json_best_effort(sort_keys=True))
 
 
-def _dotted(d: dict) -> dict:
-    """Nested dict -> ``{"a.b": leaf}`` (lists stay leaves)."""
-    leaves = jax.tree_util.tree_leaves_with_path(d, is_leaf=lambda x: isinstance(x, list) or x is None)
-    return {jax.tree_util.keystr(p, simple=True, separator="."): v for p, v in leaves}
-
-
 def config_differences(old: dict, new: dict) -> list[str]:
     """Dotted fields that differ between two config dicts, ignoring ``RESUMABLE_CHANGES``."""
-    a, b = _dotted(old), _dotted(new)
+    dotted = dict(separator=".", is_leaf=lambda x: isinstance(x, list) or x is None)  # lists stay leaves
+    a, b = flatten_tree(old, **dotted), flatten_tree(new, **dotted)
     diffs = []
     for k in sorted(set(a) | set(b)):
         if any(k == r or k.startswith(r + ".") for r in RESUMABLE_CHANGES):

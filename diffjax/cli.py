@@ -1,8 +1,12 @@
-"""``python -m diffjax {train,eval,sweep,generate,demo} --config=configs/NAME.py[:arg] --workdir=DIR [--config.x=y]``.
+"""``python -m diffjax {train,eval,sweep,generate,score,demo} --config=configs/NAME.py[:arg] --workdir=DIR [--config.x=y]``.
 
 * ``train``: train / resume the run in DIR (``diffjax.train.trainer.train``).
 * ``eval``: ``task.evaluate`` on DIR's latest checkpoint -> ``DIR/results.json``.
 * ``sweep`` / ``generate``: ``task.sweep`` / ``task.generate`` -> ``DIR/sweep.json`` / ``DIR/generate.json``.
+  ``generate`` takes ``--prompt="..."`` (repeatable) or ``--prompts_file=FILE`` (one prompt a line)
+  and ``--show_steps`` (print the denoising trajectory); without prompts the task uses its own.
+* ``score``: ``task.score`` on new inputs, ``--inputs=PATH`` (a file or folder), rows written to
+  ``--output=FILE`` (.csv or .jsonl; default in DIR) -> ``DIR/score.json`` (a summary).
 * ``demo``: train, eval, then sweep if the task has one; ``--config`` defaults to ``configs/demo.py``
   and ``--workdir`` to ``workdirs/demo``.
 
@@ -22,10 +26,11 @@ import sys
 from absl import flags
 from ml_collections import config_flags
 
-COMMANDS = ("train", "eval", "sweep", "generate", "demo")
+COMMANDS = ("train", "eval", "sweep", "generate", "score", "demo")
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 USAGE = ("usage: python -m diffjax {" + ",".join(COMMANDS) + "} --config=configs/NAME.py[:arg] "
-         "--workdir=DIR [--config.field=value ...]")
+         "--workdir=DIR [--config.field=value ...] [generate: --prompt=TEXT ... | --prompts_file=FILE] "
+         "[--show_steps] [score: --inputs=PATH [--output=FILE]]")
 
 
 class UsageError(Exception):
@@ -86,7 +91,28 @@ def _unknown_override_message(config_value: str, argv: list[str]) -> str | None:
 
 
 def parse_args(argv: list[str]):
-    """``argv`` (with argv[0]) -> ``(command, config, workdir)``; raises ``UsageError``."""
+    """``argv`` (with argv[0]) -> ``(command, config, workdir)``; raises ``UsageError``.
+    (``parse_command`` also returns the command's own options.)"""
+    command, config, workdir, _ = parse_command(argv)
+    return command, config, workdir
+
+
+def _prompts(fv) -> list[str] | None:
+    prompts = list(fv.prompt or [])
+    if fv.prompts_file:
+        path = fv.prompts_file
+        if not os.path.isfile(path):
+            raise UsageError(f"--prompts_file={path}: no such file")
+        with open(path, encoding="utf-8") as f:
+            prompts += [line.rstrip("\n") for line in f if line.strip()]
+        if not prompts:
+            raise UsageError(f"--prompts_file={path} holds no prompt (one prompt a line)")
+    return prompts or None
+
+
+def parse_command(argv: list[str]):
+    """``argv`` -> ``(command, config, workdir, method_kwargs)``; ``method_kwargs`` are the options
+    of ``generate`` (``prompts``, ``show_steps``) and ``score`` (``inputs``, ``output``)."""
     args = list(argv[1:])
     commands = [a for a in args if not a.startswith("-")]
     if not commands or commands[0] not in COMMANDS:
@@ -122,6 +148,11 @@ def parse_args(argv: list[str]):
     config_flags.DEFINE_config_file("config", None, "ml_collections config file[:arg]", flag_values=fv,
                                     lock_config=True, sys_argv=full)
     flags.DEFINE_string("workdir", None, "run directory", flag_values=fv)
+    flags.DEFINE_multi_string("prompt", None, "generate: a prompt (repeatable)", flag_values=fv)
+    flags.DEFINE_string("prompts_file", None, "generate: a file with one prompt a line", flag_values=fv)
+    flags.DEFINE_boolean("show_steps", False, "generate: print the denoising trajectory", flag_values=fv)
+    flags.DEFINE_string("inputs", None, "score: a file or folder of inputs to score", flag_values=fv)
+    flags.DEFINE_string("output", None, "score: where to write the rows (.csv or .jsonl)", flag_values=fv)
     try:
         fv(full)
     except (KeyError, AttributeError) as e:
@@ -131,18 +162,37 @@ def parse_args(argv: list[str]):
         raise UsageError(msg or f"{e}\n{USAGE}") from e
     if not fv.workdir:
         raise UsageError(f"--workdir is required\n{USAGE}")
-    return command, fv.config, fv.workdir
+    method_kwargs = {}
+    generate_opts = bool(fv.prompt or fv.prompts_file or fv.show_steps)
+    score_opts = bool(fv.inputs or fv.output)
+    if generate_opts and command != "generate":
+        raise UsageError(f"--prompt / --prompts_file / --show_steps belong to 'generate', not {command!r}")
+    if score_opts and command != "score":
+        raise UsageError(f"--inputs / --output belong to 'score', not {command!r}")
+    if command == "generate":
+        prompts = _prompts(fv)
+        if prompts is not None:
+            method_kwargs["prompts"] = prompts
+        if fv.show_steps:
+            method_kwargs["show_steps"] = True
+    if command == "score":
+        if not fv.inputs:
+            raise UsageError(f"score needs --inputs=PATH (a file or folder to score)\n{USAGE}")
+        method_kwargs["inputs"] = fv.inputs
+        if fv.output:
+            method_kwargs["output"] = fv.output
+    return command, fv.config, fv.workdir, method_kwargs
 
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv if argv is None else argv)
     try:
-        command, config, workdir = parse_args(argv)
+        command, config, workdir, method_kwargs = parse_command(argv)
     except UsageError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     try:
-        _run(command, config, workdir)
+        _run(command, config, workdir, method_kwargs)
     except NotImplementedError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
@@ -164,7 +214,7 @@ def _user_errors() -> tuple[type[BaseException], ...]:
             CheckpointMismatchError, ckpt_lib.CheckpointCorruptError)
 
 
-def _run(command: str, config, workdir: str) -> None:
+def _run(command: str, config, workdir: str, method_kwargs: dict) -> None:
     from diffjax.tasks.base import Task
     from diffjax.train import trainer
     from diffjax.train.sharding import maybe_initialize_distributed
@@ -174,8 +224,8 @@ def _run(command: str, config, workdir: str) -> None:
         trainer.train(config, workdir)
     elif command == "eval":
         trainer.run_task_method(config, workdir, "evaluate")
-    elif command in ("sweep", "generate"):
-        trainer.run_task_method(config, workdir, command)
+    elif command in ("sweep", "generate", "score"):
+        trainer.run_task_method(config, workdir, command, **method_kwargs)
     else:  # demo
         from diffjax.tasks.base import build_task
 

@@ -90,3 +90,22 @@ def test_user_errors_are_one_line_messages(tmp_path, capsys):
     err = capsys.readouterr().err
     assert err.startswith("error: WorkdirConfigMismatch:") and "optimizer.learning_rate" in err
     assert "Traceback" not in err
+
+
+def test_generate_and_score_options(tmp_path):
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("first prompt\n\nsecond prompt\n")
+    base = ["diffjax", "--config=configs/gaussian2d.py:small", f"--workdir={tmp_path}"]
+    cmd, _, _, kw = cli.parse_command(base[:1] + ["generate"] + base[1:] + [
+        "--prompt=hello there", f"--prompts_file={prompts}", "--show_steps"])
+    assert cmd == "generate" and kw == {"prompts": ["hello there", "first prompt", "second prompt"], "show_steps": True}
+    cmd, _, _, kw = cli.parse_command(base[:1] + ["score"] + base[1:] + ["--inputs=some/dir", "--output=x.csv"])
+    assert cmd == "score" and kw == {"inputs": "some/dir", "output": "x.csv"}
+    with pytest.raises(cli.UsageError, match="score needs --inputs"):
+        cli.parse_command(base[:1] + ["score"] + base[1:])
+    with pytest.raises(cli.UsageError, match="belong to 'generate'"):
+        cli.parse_command(base[:1] + ["train"] + base[1:] + ["--prompt=x"])
+    with pytest.raises(cli.UsageError, match="no such file"):
+        cli.parse_command(base[:1] + ["generate"] + base[1:] + ["--prompts_file=/nonexistent/p.txt"])
+    # gaussian2d has no score: one clear line, exit 2
+    assert cli.main(base[:1] + ["score"] + base[1:] + ["--inputs=x"]) in (1, 2)

@@ -219,3 +219,13 @@ def test_the_checker_sees_violations():
     finally:
         del MODULES["diffjax.diffusion._planted"]
     assert LEAVES  # the leaf packages are documented above
+
+
+def test_runtime_context_imports_nothing_of_diffjax():
+    """diffjax/runtime.py sits below tasks and train (both use it): it imports only JAX / numpy."""
+    def pred(module, target, name):
+        if module == "diffjax.runtime" and target.split(".")[0] == "diffjax":
+            return "the runtime context is the bottom layer"
+        return None
+
+    assert _violations(pred) == []

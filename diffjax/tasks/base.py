@@ -86,7 +86,16 @@ class Task(abc.ABC):
         raise NotImplementedError(f"task {self.name!r} has no sweep")
 
     def generate(self, params: PyTree, rng: jax.Array, workdir: str, *, context: RuntimeContext, **kwargs) -> dict:
+        """Generation. Text tasks accept ``prompts`` (list of str; None = the task's own eval prompts)
+        and ``show_steps`` (bool: print the denoising trajectory) from ``python -m diffjax generate``."""
         raise NotImplementedError(f"task {self.name!r} has no generate")
+
+    def score(self, params: PyTree, rng: jax.Array, workdir: str, *, context: RuntimeContext, inputs: str,
+              output: str | None = None, **kwargs) -> dict:
+        """OOD tasks: score the inputs at ``inputs`` (a file or folder) with the trained detector and
+        write one row per input (id, score, OOD flag) to ``output`` (CSV or JSONL by extension;
+        default in ``workdir``); returns a summary (``python -m diffjax score``)."""
+        raise NotImplementedError(f"task {self.name!r} has no score")
 
     def pretrained_params(self, path: str) -> PyTree:
         """The params of a pretrained model (local HF dir or ``.gguf`` file) placed in this task's

@@ -322,11 +322,12 @@ def _load_snapshots(setup: Setup, workdir: str) -> dict:
     return {s: ckpt_lib.load_snapshot(workdir, s, target) for s in steps if s in on_disk}
 
 
-def _call(setup: Setup, method: str, state: TrainState, workdir: str) -> dict:
+def _call(setup: Setup, method: str, state: TrainState, workdir: str, **method_kwargs) -> dict:
     rng = jax.random.fold_in(jax.random.PRNGKey(int(setup.config.seed)), 2)
-    fn = {"evaluate": setup.task.evaluate, "sweep": setup.task.sweep, "generate": setup.task.generate}[method]
+    fn = {"evaluate": setup.task.evaluate, "sweep": setup.task.sweep, "generate": setup.task.generate,
+          "score": setup.task.score}[method]
     kwargs = {"snapshots": _load_snapshots(setup, workdir)} if _snapshot_steps(setup.task) else {}
-    return fn(state.eval_params(), rng, workdir, context=setup.context, **kwargs) or {}
+    return fn(state.eval_params(), rng, workdir, context=setup.context, **kwargs, **method_kwargs) or {}
 
 
 def run_evaluate(setup: Setup, state: TrainState, workdir: str) -> dict:
@@ -349,17 +350,17 @@ def restore_latest(config, workdir: str, *, task: Task | None = None) -> tuple[S
         checkpointer.close()
 
 
-_OUTPUT = {"evaluate": "results.json", "sweep": "sweep.json", "generate": "generate.json"}
+_OUTPUT = {"evaluate": "results.json", "sweep": "sweep.json", "generate": "generate.json", "score": "score.json"}
 
 
-def run_task_method(config, workdir: str, method: str, *, task: Task | None = None) -> dict:
-    """``eval`` / ``sweep`` / ``generate`` on the latest checkpoint of ``workdir``: calls the task's
-    ``evaluate`` / ``sweep`` / ``generate`` with the (EMA) params and writes results.json /
-    sweep.json / generate.json."""
+def run_task_method(config, workdir: str, method: str, *, task: Task | None = None, **method_kwargs) -> dict:
+    """``eval`` / ``sweep`` / ``generate`` / ``score`` on the latest checkpoint of ``workdir``: calls the
+    task's method with the (EMA) params, the run's context and ``method_kwargs`` (e.g. ``prompts``
+    for generate, ``inputs`` for score) and writes results.json / sweep.json / generate.json / score.json."""
     workdir = os.path.abspath(workdir)
     setup, state = restore_latest(config, workdir, task=task)
     t0 = time.perf_counter()
-    res = _call(setup, method, state, workdir)
+    res = _call(setup, method, state, workdir, **method_kwargs)
     if jax.process_index() == 0:
         print(f"{method} took {time.perf_counter() - t0:.1f} s; wrote {os.path.join(workdir, _OUTPUT[method])}",
               flush=True)

@@ -80,16 +80,21 @@ class TextTokenizer:
 
 
 def load_tokenizer(path: str) -> TextTokenizer:
-    """A local HF model dir or a ``.gguf`` file -> ``TextTokenizer`` (``FileNotFoundError`` if absent)."""
-    from transformers import AutoTokenizer
+    """A local HF model dir or a ``.gguf`` file -> ``TextTokenizer`` (``FileNotFoundError`` if absent).
 
+    The transformers tokenizer itself comes from the checkpoint readers (``checkpoints.hf.load_tokenizer``
+    / ``checkpoints.gguf.load_gguf_tokenizer``), the one place that loads tokenizers."""
     p = os.path.expanduser(path)
     if p.endswith(".gguf"):
         if not os.path.isfile(p):
             raise FileNotFoundError(f"GGUF file {path!r} does not exist")
-        tok = AutoTokenizer.from_pretrained(os.path.dirname(os.path.abspath(p)), gguf_file=os.path.basename(p))
+        from diffjax.checkpoints.gguf import load_gguf_tokenizer
+
+        tok = load_gguf_tokenizer(p)
     else:
         if not os.path.isdir(p):
             raise FileNotFoundError(f"tokenizer {path!r} is neither a model directory nor a .gguf file")
-        tok = AutoTokenizer.from_pretrained(p)
+        from diffjax.checkpoints.hf import load_tokenizer as load_hf_tokenizer
+
+        tok = load_hf_tokenizer(p)
     return TextTokenizer(tok, name=path)

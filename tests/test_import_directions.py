@@ -82,7 +82,7 @@ def _violations(pred):
 # Layers, higher may import lower, never the other way. Top-level helpers outside these packages
 # (e.g. diffjax/runtime.py) sit at the bottom with the leaf packages.
 LEAVES = {"models", "diffusion", "ood", "data", "checkpoints"}
-RANK = {"cli": 3, "__main__": 4, "train": 2, "tasks": 1}
+RANK = {"cli": 3, "inference": 3, "__main__": 4, "train": 2, "tasks": 1}  # inference: the notebook API
 
 
 def _rank(top: str) -> int:

@@ -322,7 +322,8 @@ def _load_snapshots(setup: Setup, workdir: str) -> dict:
     return {s: ckpt_lib.load_snapshot(workdir, s, target) for s in steps if s in on_disk}
 
 
-def _call(setup: Setup, method: str, state: TrainState, workdir: str, **method_kwargs) -> dict:
+def call_task_method(setup: Setup, method: str, state: TrainState, workdir: str, **method_kwargs) -> dict:
+    """``task.<method>(eval params, rng = fold_in(seed, 2), workdir, context=..., [snapshots], **method_kwargs)``."""
     rng = jax.random.fold_in(jax.random.PRNGKey(int(setup.config.seed)), 2)
     fn = {"evaluate": setup.task.evaluate, "sweep": setup.task.sweep, "generate": setup.task.generate,
           "score": setup.task.score}[method]
@@ -331,7 +332,7 @@ def _call(setup: Setup, method: str, state: TrainState, workdir: str, **method_k
 
 
 def run_evaluate(setup: Setup, state: TrainState, workdir: str) -> dict:
-    return _call(setup, "evaluate", state, workdir)
+    return call_task_method(setup, "evaluate", state, workdir)
 
 
 def restore_latest(config, workdir: str, *, task: Task | None = None) -> tuple[Setup, TrainState]:
@@ -360,7 +361,7 @@ def run_task_method(config, workdir: str, method: str, *, task: Task | None = No
     workdir = os.path.abspath(workdir)
     setup, state = restore_latest(config, workdir, task=task)
     t0 = time.perf_counter()
-    res = _call(setup, method, state, workdir, **method_kwargs)
+    res = call_task_method(setup, method, state, workdir, **method_kwargs)
     if jax.process_index() == 0:
         print(f"{method} took {time.perf_counter() - t0:.1f} s; wrote {os.path.join(workdir, _OUTPUT[method])}",
               flush=True)

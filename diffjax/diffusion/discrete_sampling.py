@@ -4,6 +4,12 @@
 * ``ancestral_unmask_sample`` — MD4-style random-order ancestral unmasking (absorbing).
 * ``iterative_refinement_sample`` — paper 001's refinement from uniform random tokens, N samples
   in parallel, keep the highest model log-prob.
+* ``threshold_unmask_sample`` — confidence-threshold parallel decoding (Fast-dLLM style): every masked
+  position whose confidence exceeds a threshold is unmasked at once (at least one per step), a
+  ``lax.while_loop`` that stops as soon as nothing is masked.
+* ``block_unmask_sample`` — semi-autoregressive block decoding (LLaDA style): the generated span is
+  cut into blocks decoded left to right, any of the absorbing decoders above inside a block.
+* ``unmask_sample(name, ...)`` — one entry point by decoder name (``DECODERS``).
 
 Conventions: ``x_init: [B, L] int`` holds the prompt / source at non-generated positions (its
 values at generated positions are ignored); ``corruptible: [B, L] bool`` marks the positions to
@@ -59,6 +65,7 @@ def topk_unmask_sample(
     valid: Optional[jax.Array] = None,
     temperature: float = 1.0,
     greedy: bool = True,
+    top_p: Optional[float] = None,
     remask: bool = True,
     unmask_schedule: str = "linear",
     return_history: bool = False,
@@ -92,7 +99,7 @@ def topk_unmask_sample(
       rng: PRNG key (split into one key per step).
       mask_id: the [MASK] id; num_steps: N.
       corruptible, valid: [B, L] bool or None — positions to generate / per-example target length.
-      temperature, greedy: token choice; remask, unmask_schedule: see above.
+      temperature, greedy, top_p: token choice (``tokens.choose_tokens``; top_p = nucleus when sampling); remask, unmask_schedule: see above.
       return_history: also return the token array after every step.
 
     Returns:
@@ -117,7 +124,7 @@ def topk_unmask_sample(
         i, key = inp
         t = jnp.full((B,), 1.0 - (i - 1).astype(jnp.float32) / num_steps)
         logits = exclude_token_logit(logits_fn(x, t), mask_id)
-        tok, score = choose_tokens(logits, key, temperature=temperature, greedy=greedy)
+        tok, score = choose_tokens(logits, key, temperature=temperature, greedy=greedy, top_p=top_p)
         k = num_unmasked(i)
         if remask:
             keep = _top_count(score, gen, k)
@@ -148,6 +155,7 @@ def ancestral_unmask_sample(
     valid: Optional[jax.Array] = None,
     temperature: float = 1.0,
     greedy: bool = False,
+    top_p: Optional[float] = None,
     return_history: bool = False,
 ):
     """Random-order ancestral unmasking (MD4 / MDLM reverse process of the absorbing diffusion).
@@ -180,7 +188,7 @@ def ancestral_unmask_sample(
         p_unmask = jnp.clip((a_s - a_t) / jnp.maximum(1.0 - a_t, 1e-12), 0.0, 1.0)
         p_unmask = jnp.where(i == num_steps, 1.0, p_unmask)
         logits = exclude_token_logit(logits_fn(x, jnp.full((B,), t)), mask_id)
-        tok, _ = choose_tokens(logits, k_tok, temperature=temperature, greedy=greedy)
+        tok, _ = choose_tokens(logits, k_tok, temperature=temperature, greedy=greedy, top_p=top_p)
         still_masked = gen & (x == mask_id)
         unmask = still_masked & (jax.random.uniform(k_unmask, x.shape) < p_unmask)
         x_new = jnp.where(unmask, tok, x)
@@ -261,3 +269,156 @@ def iterative_refinement_sample(
     if return_all:
         return tokens, best_scores, all_tokens, all_scores
     return tokens, best_scores
+
+
+def _outputs(x, hist, calls, return_history, return_num_calls):
+    out = (x,)
+    if return_history:
+        out += (hist,)
+    if return_num_calls:
+        out += (calls,)
+    return out[0] if len(out) == 1 else out
+
+
+def threshold_unmask_sample(
+    logits_fn: LogitsFn,
+    x_init: jax.Array,
+    rng: jax.Array,
+    *,
+    mask_id: int,
+    threshold: float = 0.9,
+    num_steps: int = 50,
+    corruptible: Optional[jax.Array] = None,
+    valid: Optional[jax.Array] = None,
+    temperature: float = 1.0,
+    greedy: bool = True,
+    top_p: Optional[float] = None,
+    return_history: bool = False,
+    return_num_calls: bool = False,
+):
+    """Confidence-threshold parallel decoding (as Fast-dLLM / LLaDA's "low-confidence remasking with a
+    threshold"); decoded tokens are frozen.
+
+    Step i = 0, 1, ... (one ``logits_fn`` call each, t = fraction of the row's generated positions still
+    masked): x^_0^n and its confidence c^n = p(x^_0^n) (temperature 1, [MASK] excluded) at every
+    position. Among the still-masked generated positions, every one with c^n > ``threshold`` is
+    unmasked, and at least the top m_i by c^n with m_i = ceil(R_i / (num_steps - i)) (R_i = masked
+    count of the row), so at least one per step while masks remain and none after ``num_steps``.
+    A ``lax.while_loop``: it stops when no row has a mask left (or after ``num_steps`` steps).
+
+    Args: as ``topk_unmask_sample``; ``num_steps`` is the maximum number of steps (model calls);
+      ``threshold`` in [0, 1] (1.0 never fires: then it is a linear-count confidence decoder).
+      return_history: also [num_steps, B, L] int32 (steps not run repeat the final state);
+      return_num_calls: also [B] int32, the steps each row took (model calls while it had a mask).
+
+    Returns: tokens [B, L] int32 [, history] [, num_calls].
+    """
+    _check(x_init, num_steps)
+    B, L = x_init.shape
+    gen = combine_masks(corruptible, valid, x_init.shape)
+    n_gen = jnp.maximum(jnp.sum(gen, axis=-1), 1).astype(jnp.float32)
+    x = jnp.where(gen, mask_id, x_init).astype(jnp.int32)
+    hist = jnp.zeros((num_steps if return_history else 0, B, L), jnp.int32)
+
+    def cond(c):
+        i, x, _, _ = c
+        return (i < num_steps) & jnp.any(gen & (x == mask_id))
+
+    def body(c):
+        i, x, hist, calls = c
+        still = gen & (x == mask_id)
+        remaining = jnp.sum(still, axis=-1)
+        t = remaining.astype(jnp.float32) / n_gen
+        logits = exclude_token_logit(logits_fn(x, t), mask_id)
+        tok, logp = choose_tokens(logits, jax.random.fold_in(rng, i), temperature=temperature, greedy=greedy,
+                                  top_p=top_p)
+        need = -(-remaining // (num_steps - i))  # ceil(R / steps left)
+        unmask = (still & (jnp.exp(logp) > threshold)) | _top_count(logp, still, need)
+        x_new = jnp.where(unmask, tok, x)
+        if return_history:
+            hist = hist.at[i].set(x_new)
+        return i + 1, x_new, hist, calls + (remaining > 0).astype(jnp.int32)
+
+    init = (jnp.zeros((), jnp.int32), x, hist, jnp.zeros((B,), jnp.int32))
+    n_run, x, hist, calls = jax.lax.while_loop(cond, body, init)
+    if return_history:
+        hist = jnp.where((jnp.arange(num_steps) < n_run)[:, None, None], hist, x[None])
+    return _outputs(x, hist, calls, return_history, return_num_calls)
+
+
+def block_unmask_sample(
+    logits_fn: LogitsFn,
+    x_init: jax.Array,
+    rng: jax.Array,
+    *,
+    mask_id: int,
+    num_blocks: int = 4,
+    num_steps: int = 8,
+    inner: str = "topk",
+    corruptible: Optional[jax.Array] = None,
+    valid: Optional[jax.Array] = None,
+    return_history: bool = False,
+    return_num_calls: bool = False,
+    **inner_kwargs,
+):
+    """Semi-autoregressive block decoding (LLaDA / Block Diffusion style), one ``lax.scan`` over blocks.
+
+    The generated positions of a row (``corruptible & valid``, n of them, in position order) are cut into
+    ``num_blocks`` contiguous blocks: the generated position of rank r (0-based) is in block
+    floor(r * num_blocks / n). Every generated position starts as [MASK]; block b = 0, 1, ... is then
+    decoded by the decoder ``inner`` ("topk", "ancestral" or "threshold", with ``inner_kwargs`` such as
+    ``temperature``, ``greedy``, ``top_p``, ``remask``, ``threshold``) in ``num_steps`` steps, seeing the
+    decoded earlier blocks and the still-masked later ones; it changes only its own block. The model
+    is called ``num_blocks * num_steps`` times (fewer with "threshold", which stops early per block).
+
+    Returns: tokens [B, L] int32 [, history [num_blocks * num_steps, B, L]] [, num_calls [B] int32].
+    """
+    _check(x_init, num_steps)
+    if not isinstance(num_blocks, int) or num_blocks < 1:
+        raise ValueError(f"num_blocks must be a Python int >= 1; got {num_blocks!r}.")
+    if inner not in ("topk", "ancestral", "threshold"):
+        raise ValueError(f"inner={inner!r} is not 'topk', 'ancestral' or 'threshold'.")
+    B = x_init.shape[0]
+    gen = combine_masks(corruptible, valid, x_init.shape)
+    n_gen = jnp.maximum(jnp.sum(gen, axis=-1, keepdims=True), 1)
+    rank = jnp.cumsum(gen, axis=-1) - 1
+    block_id = jnp.where(gen, (rank * num_blocks) // n_gen, -1)
+    x = jnp.where(gen, mask_id, x_init).astype(jnp.int32)
+    fn = DECODERS[inner]
+    extra = {"return_num_calls": True} if inner == "threshold" else {}
+
+    def step(x, inp):
+        b, key = inp
+        out = fn(logits_fn, x, key, mask_id=mask_id, num_steps=num_steps, corruptible=gen & (block_id == b),
+                 return_history=return_history, **extra, **inner_kwargs)
+        out = out if isinstance(out, tuple) else (out,)
+        x_new = out[0]
+        hist = out[1] if return_history else None
+        calls = out[-1] if inner == "threshold" else jnp.full((B,), num_steps, jnp.int32)
+        return x_new, (hist, calls)
+
+    blocks = jnp.arange(num_blocks, dtype=jnp.int32)
+    x, (hist, calls) = jax.lax.scan(step, x, (blocks, jax.random.split(rng, num_blocks)))
+    if return_history:
+        hist = hist.reshape((-1,) + hist.shape[2:])
+    return _outputs(x, hist, jnp.sum(calls, axis=0), return_history, return_num_calls)
+
+
+DECODERS = {
+    "topk": topk_unmask_sample,
+    "ancestral": ancestral_unmask_sample,
+    "threshold": threshold_unmask_sample,
+    "block": block_unmask_sample,
+}
+
+
+def unmask_sample(name: str, logits_fn: LogitsFn, x_init: jax.Array, rng: jax.Array, **kwargs):
+    """``DECODERS[name](logits_fn, x_init, rng, **kwargs)`` with a readable error for an unknown name.
+
+    Every decoder takes ``mask_id``, ``num_steps``, ``corruptible``, ``valid``, ``temperature``,
+    ``greedy``, ``top_p`` and ``return_history`` (block decoding passes the token-choice ones to its
+    inner decoder); see each one for its own options.
+    """
+    if name not in DECODERS:
+        raise ValueError(f"unknown decoder {name!r}; choose one of {sorted(DECODERS)}.")
+    return DECODERS[name](logits_fn, x_init, rng, **kwargs)

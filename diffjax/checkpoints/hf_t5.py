@@ -65,6 +65,15 @@ _DEFAULTS["umt5"] = _DEFAULTS["mt5"]
 _COMMON = dict(num_decoder_layers=None, relative_attention_num_buckets=32, relative_attention_max_distance=128,
                dropout_rate=0.1, layer_norm_epsilon=1e-6, pad_token_id=0, eos_token_id=1,
                decoder_start_token_id=0, initializer_factor=1.0)
+# config.json fields read below -> kind (diffjax.checkpoints.hf.CONFIG_KINDS; null falls back to the
+# model type's default), checked by load_hf_checkpoint before model_from_hf_config runs.
+CONFIG_FIELDS = {
+    "vocab_size": "size?", "d_model": "size?", "d_kv": "size?", "d_ff": "size?", "num_layers": "size?",
+    "num_heads": "size?", "num_decoder_layers": "size?", "relative_attention_num_buckets": "size?",
+    "relative_attention_max_distance": "size?", "dropout_rate": "number?", "layer_norm_epsilon": "number?",
+    "feed_forward_proj": "str?", "pad_token_id": "id?", "eos_token_id": "id?", "decoder_start_token_id": "id?",
+    "initializer_factor": "number?", "tie_word_embeddings": "bool?", "scale_decoder_outputs": "bool?",
+}
 _ATTN = (("q", "query"), ("k", "key"), ("v", "value"), ("o", "out"))
 
 

@@ -17,7 +17,10 @@ def base_config() -> ml_collections.ConfigDict:
         b1=0.9, b2=0.999, eps=1e-8, weight_decay=0.0, momentum=0.0, grad_clip_norm=1.0))
     c.train = ml_collections.ConfigDict(dict(
         num_steps=1000, global_batch_size=64, accumulate_steps=1, log_every=50,
-        checkpoint_every=500, keep=2, eval_every=0, eval_at_end=True))
+        checkpoint_every=500, keep=2, eval_every=0, eval_at_end=True,
+        # -1: resume from the latest checkpoint; N: from checkpoint N (e.g. the intact one before a
+        # corrupt latest; later checkpoints are moved to checkpoints_set_aside/, nothing is deleted).
+        resume_step=-1))
     c.mesh_shape = (-1, 1)
     c.sharding_rules = ()
     c.ema_decay = 0.0
@@ -36,4 +39,4 @@ def base_config() -> ml_collections.ConfigDict:
 
 # Fields whose change does not make a workdir's checkpoints incompatible (config.json check).
 RESUMABLE_CHANGES = ("train.num_steps", "train.log_every", "train.eval_every", "train.eval_at_end",
-                     "overwrite", "distributed")
+                     "train.resume_step", "overwrite", "distributed")

@@ -59,8 +59,7 @@ class MetricsWriter:
             return
         self._f.close()
         path = self._f.name
-        with open(path) as f:
-            rows = [line for line in f if line.strip() and json.loads(line).get("step", 0) <= step]
+        rows = [json.dumps(r) + "\n" for r in _read_rows(path) if r.get("step", 0) <= step]
         with open(path + ".tmp", "w") as f:
             f.writelines(rows)
         os.replace(path + ".tmp", path)
@@ -93,10 +92,27 @@ class MetricsWriter:
             self._f = None
 
 
+def _read_rows(path: str) -> list[dict]:
+    """Rows of a metrics.jsonl. A torn *last* line (a crash mid-write) is dropped with a warning;
+    an unreadable line elsewhere is an error naming the file and line."""
+    with open(path) as f:
+        lines = [line for line in f if line.strip()]
+    rows = []
+    for i, line in enumerate(lines):
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError as e:
+            if i == len(lines) - 1:
+                print(f"warning: dropped a torn last line of {path} (a run stopped mid-write): {line[:80]!r}",
+                      file=sys.stderr, flush=True)
+                break
+            raise ValueError(f"{path} line {i + 1} is not JSON ({e}); fix or delete that line") from e
+    return rows
+
+
 def read_metrics(workdir: str) -> list[dict]:
-    """All rows of ``workdir/metrics.jsonl``."""
-    with open(os.path.join(workdir, "metrics.jsonl")) as f:
-        return [json.loads(line) for line in f if line.strip()]
+    """All rows of ``workdir/metrics.jsonl`` (a torn last line is dropped with a warning)."""
+    return _read_rows(os.path.join(workdir, "metrics.jsonl"))
 
 
 def _fmt_duration(seconds: float) -> str:

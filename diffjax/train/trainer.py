@@ -37,7 +37,9 @@ from diffjax.train import metrics as metrics_lib
 from diffjax.train import sharding as sh
 from diffjax.train.optim import make_optimizer
 from diffjax.train.state import TrainState, ema_decay_at, ema_update
-from diffjax.train.workdir import WorkdirConfigMismatch, prepare_workdir  # noqa: F401 (WorkdirConfigMismatch: API)
+from diffjax.train.validate import validate_config
+from diffjax.train.workdir import (WorkdirConfigMismatch, WorkdirLock, check_workdir_config,  # noqa: F401
+                                   set_aside_checkpoints_after, write_config)
 
 PyTree = Any
 
@@ -213,28 +215,58 @@ def _check_finite(step: int, metrics: dict, checkpointer, ckpt_dir: str) -> None
         f"optimizer.grad_clip_norm, or check the data of that step.")
 
 
+def _restore_or_init(setup: Setup, checkpointer, ckpt_dir: str, workdir: str, resume_step: int) -> TrainState:
+    """The checkpoint to resume from (latest, or ``train.resume_step``), else a fresh / init_from state.
+    A corrupt latest checkpoint is reported with its step and path and the earlier steps to resume from."""
+    is_main = jax.process_index() == 0
+    steps = checkpointer.all_steps()
+    if not steps:
+        return setup.init_state(workdir)
+    step = steps[-1] if resume_step < 0 else resume_step
+    try:
+        state = checkpointer.restore(step, setup.abstract_state)
+    except ckpt_lib.CheckpointCorruptError as e:
+        earlier = [s for s in steps if s < step]
+        hint = (f" Checkpoint(s) {earlier} come before it: resume from step {earlier[-1]} with "
+                f"--config.train.resume_step={earlier[-1]} (later checkpoints are moved to "
+                f"{workdir}/checkpoints_set_aside/, nothing is deleted)." if earlier else
+                " No earlier checkpoint exists: use a fresh --workdir.")
+        raise ckpt_lib.CheckpointCorruptError(f"checkpoint step {step} ({ckpt_dir}/{step}) is corrupt: {e}{hint}") from e
+    if is_main:
+        print(f"resumed from checkpoint step {step} in {ckpt_dir}"
+              + (" (init_from is applied only when a run starts)" if setup.config.init_from else ""), flush=True)
+    return state
+
+
 def train(config, workdir: str, *, task: Task | None = None) -> TrainState:
-    """Trains (or resumes) the run in ``workdir`` up to ``config.train.num_steps``; returns the state."""
+    """Trains (or resumes) the run in ``workdir`` up to ``config.train.num_steps``; returns the state.
+
+    Order: config values checked; the workdir locked (a second trainer on it is refused); its
+    config.json compared (a differing config is refused unless ``overwrite``); the state restored
+    or initialised; only then is config.json (re)written, so a failed overwrite changes nothing."""
+    validate_config(config)
     sh.maybe_initialize_distributed(config.distributed)
     workdir = os.path.abspath(workdir)
-    prepare_workdir(config, workdir)
+    with WorkdirLock(workdir):
+        return _train_locked(config, workdir, task)
+
+
+def _train_locked(config, workdir: str, task: Task | None) -> TrainState:
+    write_config_needed = check_workdir_config(config, workdir)
     setup = build(config, task=task)
     task, tc = setup.task, config.train
     num_steps, gbs = int(tc.num_steps), int(tc.global_batch_size)
     sh.check_batch_divisibility(gbs, setup.mesh, int(tc.accumulate_steps))
     ckpt_dir = os.path.join(workdir, "checkpoints")
+    set_aside_checkpoints_after(workdir, int(tc.resume_step))
     checkpointer = ckpt_lib.Checkpointer(ckpt_dir, keep=int(tc.keep))
     is_main = jax.process_index() == 0
-    writer = metrics_lib.MetricsWriter(workdir, active=is_main)
+    writer = None
     try:
-        latest = checkpointer.latest_step()
-        if latest is not None:
-            state = checkpointer.restore(latest, setup.abstract_state)
-            if is_main:
-                print(f"resumed from checkpoint step {latest} in {ckpt_dir}"
-                      + (" (init_from is applied only when a run starts)" if config.init_from else ""), flush=True)
-        else:
-            state = setup.init_state(workdir)
+        state = _restore_or_init(setup, checkpointer, ckpt_dir, workdir, int(tc.resume_step))
+        if write_config_needed:
+            write_config(config, workdir)
+        writer = metrics_lib.MetricsWriter(workdir, active=is_main)
         start = int(jax.device_get(state.step))
         writer.drop_after(start)
         snapshots = _snapshot_steps(task)
@@ -283,7 +315,8 @@ def train(config, workdir: str, *, task: Task | None = None) -> TrainState:
             writer.write(num_steps, _scalars_only(res), prefix="eval/")
         return state
     finally:
-        writer.close()
+        if writer is not None:
+            writer.close()
         checkpointer.close()
 
 

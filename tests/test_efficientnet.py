@@ -356,3 +356,30 @@ def test_train_mode_batch_statistics_match_torch_train():
         _assert_close(f"train stage {s}", f, m, 1e-3)
     moved = updates["batch_stats"]["stem"]["bn"]["mean"]
     assert not np.allclose(np.asarray(moved), variables["batch_stats"]["stem"]["bn"]["mean"])
+
+
+def test_integer_weight_is_refused_by_name(tmp_path):
+    """issue 17 item 2: an int-typed weight is an error naming the key (and the file), not a silent cast."""
+    from diffjax.checkpoints.errors import CheckpointFormatError
+    sd = _state_dict_np(_torch_model("efficientnet-b0", 32))
+    sd["_conv_head.weight"] = sd["_conv_head.weight"].astype(np.int64)
+    path = tmp_path / "int.pth"
+    torch.save({k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in sd.items()}, path)
+    with pytest.raises(CheckpointFormatError) as e:
+        ckpt.load_efficientnet("b0", path)
+    assert "_conv_head.weight" in str(e.value) and "int64" in str(e.value) and str(path) in str(e.value)
+
+
+def test_pth_is_read_without_torch_and_corrupt_files_name_themselves(tmp_path, monkeypatch):
+    from diffjax.checkpoints.errors import CheckpointFormatError
+    sd = _state_dict_np(_torch_model("efficientnet-b0", 32))
+    path = tmp_path / "b0.pth"
+    torch.save({"state_dict": {k: torch.from_numpy(v) for k, v in sd.items()}}, path)
+    monkeypatch.setitem(__import__("sys").modules, "torch", None)  # the reader must not need torch
+    got = ckpt.read_state_dict(path)
+    assert set(got) == set(sd) and all(np.array_equal(got[k], sd[k]) for k in sd)
+    for blob in (b"", path.read_bytes()[:1000], b"garbage" * 10):
+        bad = tmp_path / "bad.pth"
+        bad.write_bytes(blob)
+        with pytest.raises(CheckpointFormatError, match=str(bad)):
+            ckpt.read_state_dict(bad)

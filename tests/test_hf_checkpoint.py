@@ -398,3 +398,61 @@ def test_family_modules_follow_the_contract(module_name):
         assert callable(getattr(mod, name)), name
     assert isinstance(mod.IGNORED_KEYS, tuple) and all(isinstance(p, str) for p in mod.IGNORED_KEYS)
     assert mod.MODEL_CLASSES and all(isinstance(c, type) for c in mod.MODEL_CLASSES)
+
+
+# ------------------------------------------------------------------------ issue 17: untrusted files
+
+
+def test_integer_weight_is_refused_by_name(bert_dir, tmp_path):
+    """An int-typed weight where the model expects a float is an error naming the key, not a silent cast."""
+    key = "bert.encoder.layer.0.attention.self.query.weight"
+    d = _copy(bert_dir, tmp_path / "int", edit_tensors=lambda t: t.update({key: t[key].astype(np.int32)}))
+    with pytest.raises(hf.CheckpointFormatError) as e:
+        hf.load_hf_checkpoint(str(d))
+    assert key in str(e.value) and "int32" in str(e.value) and str(d) in str(e.value)
+    # bool is not a float either
+    d2 = _copy(bert_dir, tmp_path / "bool", edit_tensors=lambda t: t.update({key: t[key] > 0}))
+    with pytest.raises(hf.CheckpointFormatError, match=key):
+        hf.load_hf_checkpoint(str(d2))
+
+
+@pytest.mark.parametrize("edit,needle", [
+    (lambda c: c.pop("vocab_size"), "required field 'vocab_size' is missing"),
+    (lambda c: c.update(hidden_size="16"), "field 'hidden_size' must be a positive integer; found '16'"),
+    (lambda c: c.update(num_hidden_layers=-1), "field 'num_hidden_layers' must be a positive integer"),
+    (lambda c: c.update(num_attention_heads=True), "field 'num_attention_heads'"),
+    (lambda c: c.update(layer_norm_eps=None), "field 'layer_norm_eps' must be a number"),
+    (lambda c: c.update(architectures="BertForMaskedLM"), "field 'architectures' must be a list of strings"),
+    (lambda c: c.update(model_type=7), "field 'model_type' must be a string"),
+    (lambda c: c.pop("model_type"), "field 'model_type' must be a string"),
+], ids=["missing", "str_for_int", "negative", "bool_for_int", "null_eps", "archs_str", "model_type_int", "no_model_type"])
+def test_malformed_config_names_file_and_field(bert_dir, tmp_path, edit, needle):
+    d = _copy(bert_dir, tmp_path / "cfg", edit_config=edit)
+    with pytest.raises(hf.CheckpointFormatError) as e:
+        hf.load_hf_checkpoint(str(d))
+    assert needle in str(e.value) and str(d / "config.json") in str(e.value)
+
+
+@pytest.mark.parametrize("text,needle", [("{oops", "not valid JSON"), ("[1, 2]", "must be a JSON object"),
+                                         ("", "not valid JSON"), ('"bert"', "must be a JSON object")])
+def test_config_json_that_is_not_an_object(bert_dir, tmp_path, text, needle):
+    d = _copy(bert_dir, tmp_path / "cfg")
+    (d / "config.json").write_text(text)
+    with pytest.raises(hf.CheckpointFormatError, match=needle) as e:
+        hf.load_hf_checkpoint(str(d))
+    assert str(d / "config.json") in str(e.value)
+
+
+def test_corrupt_weights_in_a_model_dir_name_the_file(bert_dir, tmp_path):
+    d = _copy(bert_dir, tmp_path / "trunc")
+    f = d / "model.safetensors"
+    f.write_bytes(f.read_bytes()[:-100])
+    with pytest.raises(hf.CheckpointFormatError, match="data_offsets|cover") as e:
+        hf.load_hf_checkpoint(str(d))
+    assert str(e.value).startswith(str(f))
+
+
+def test_format_error_is_a_one_line_cli_error():
+    from diffjax import cli
+
+    assert hf.CheckpointFormatError in cli._user_errors() and issubclass(hf.CheckpointFormatError, ValueError)

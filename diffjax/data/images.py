@@ -5,7 +5,10 @@ encoder's resolution and normalisation happen inside the jitted feature extracto
 (``diffjax.ood.features``), so large sets never exist in memory at 224x224 float.
 
 The embedded demo sets (MNIST 5k, scikit-image / scikit-learn images) live in
-``diffjax.data.demo_sets``; full-size data come from a local tfds ``data_dir`` via ``load_tfds``.
+``diffjax.data.demo_sets``; full-size data come from a local tfds ``data_dir`` via ``load_tfds``;
+a user's own images via ``load_user_images``: a folder of image files (subfolders allowed, files
+in sorted relative-path order, ids = those paths), a single image file, or a ``.npy`` array
+``[N, H, W]`` / ``[N, H, W, 1|3|4]`` (ids = row numbers).
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ class ImageSet:
     name: str
     images: np.ndarray
     labels: np.ndarray | None = None
+    ids: tuple | None = None  # one id per image (e.g. file paths of a user folder); None = row numbers
 
     def __post_init__(self):
         im = self.images
@@ -38,7 +42,12 @@ class ImageSet:
         if n is None or n >= len(self):
             return self
         idx = np.arange(n) if seed is None else np.sort(np.random.default_rng(seed).permutation(len(self))[:n])
-        return ImageSet(self.name, self.images[idx], None if self.labels is None else self.labels[idx])
+        return ImageSet(self.name, self.images[idx], None if self.labels is None else self.labels[idx],
+                        None if self.ids is None else tuple(self.ids[i] for i in idx))
+
+    def row_ids(self) -> list:
+        """One id per image: ``ids`` when set, else the row numbers 0..N-1."""
+        return list(self.ids) if self.ids is not None else list(range(len(self)))
 
 
 def to_rgb_uint8(images: np.ndarray, max_value: float | None = None) -> np.ndarray:
@@ -110,3 +119,70 @@ def load_tfds(name: str, split: str, data_dir: str | None, *, image_key: str = "
         raise ValueError(f"tfds {name!r} images have several sizes {sorted(shapes)[:4]}...; pass resize_to.")
     return ImageSet(set_name or f"{name}:{split}", np.stack(images),
                     np.asarray(labels, np.int32) if len(labels) == n else None)
+
+
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm")
+
+
+def _input_error(msg: str):
+    from diffjax.ood.deploy import InputError  # the one error class for bad user inputs
+
+    return InputError(msg)
+
+
+def _open_image(path: str, shown: str) -> np.ndarray:
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(path) as im:
+            return np.asarray(im.convert("RGB"))
+    except (UnidentifiedImageError, OSError, ValueError) as e:
+        raise _input_error(f"image file {shown!r} could not be read as an image ({type(e).__name__}: {e})") from e
+
+
+def load_user_images(path: str, *, resize_to: int | None = None, name: str | None = None) -> ImageSet:
+    """A user's images -> ``ImageSet`` with ``ids``: a folder (image files at any depth, sorted by
+    relative path; other files ignored), one image file, or a ``.npy`` array (uint8 0-255 or float
+    in [0, 1]; ``to_rgb_uint8``). Images are resized to ``resize_to`` (needed when sizes differ).
+
+    A missing path, a folder without image files, an empty array or an unreadable file raises
+    ``diffjax.ood.deploy.InputError`` naming it.
+    """
+    p = os.path.expanduser(path)
+    name = name or os.path.basename(os.path.normpath(path)) or path
+    if not os.path.exists(p):
+        raise _input_error(f"image input {path!r} does not exist (expected a folder of image files, an image "
+                           f"file or a .npy array)")
+    if os.path.isdir(p):
+        files = sorted(os.path.relpath(os.path.join(d, f), p) for d, _, fs in os.walk(p) for f in fs
+                       if os.path.splitext(f)[1].lower() in IMAGE_EXTENSIONS)
+        if not files:
+            raise _input_error(f"image folder {path!r} holds no image files ({', '.join(IMAGE_EXTENSIONS)}, "
+                               f"subfolders included)")
+        images = [_open_image(os.path.join(p, f), os.path.join(path, f)) for f in files]
+        ids = tuple(f.replace(os.sep, "/") for f in files)
+    elif p.lower().endswith(".npy"):
+        try:
+            arr = np.load(p, allow_pickle=False)
+        except Exception as e:  # truncated / not an .npy / object array
+            raise _input_error(f"image array {path!r} could not be read ({type(e).__name__}: {e})") from e
+        if arr.size == 0 or arr.ndim not in (3, 4):
+            raise _input_error(f"image array {path!r} has shape {arr.shape}; expected a non-empty [N, H, W] or "
+                               f"[N, H, W, 1|3|4] array")
+        try:
+            rgb = to_rgb_uint8(arr)
+        except ValueError as e:
+            raise _input_error(f"image array {path!r}: {e}") from e
+        images, ids = list(rgb), tuple(range(len(rgb)))
+    elif os.path.splitext(p)[1].lower() in IMAGE_EXTENSIONS:
+        images, ids = [_open_image(p, path)], (os.path.basename(p),)
+    else:
+        raise _input_error(f"image input {path!r} is neither a folder, an image file "
+                           f"({', '.join(IMAGE_EXTENSIONS)}) nor a .npy array")
+    if resize_to:
+        images = [resize_uint8(im[None], int(resize_to))[0] for im in images]
+    shapes = {im.shape for im in images}
+    if len(shapes) > 1:
+        raise _input_error(f"images in {path!r} have several sizes {sorted(shapes)[:4]}; set a resize size "
+                           f"(resize_to) so they can be stacked")
+    return ImageSet(name, np.stack(images).astype(np.uint8), None, ids)

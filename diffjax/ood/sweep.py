@@ -129,7 +129,8 @@ def num_examples(inputs) -> int:
 
 
 def sweep_chunked(sweep_fn: Callable, params, inputs, ts: Sequence[int], keys: jax.Array, *,
-                  chunk: int | None = None, context: RuntimeContext | None = None) -> dict[str, np.ndarray]:
+                  chunk: int | None = None, context: RuntimeContext | None = None,
+                  ids: np.ndarray | None = None) -> dict[str, np.ndarray]:
     """Runs ``sweep_fn`` over examples in chunks (padded to one static size) -> {name: [n_t, n_s, ..., N]}.
 
     ``inputs``: a pytree of arrays with a leading example axis N (``[N, D]``, or
@@ -138,26 +139,37 @@ def sweep_chunked(sweep_fn: Callable, params, inputs, ts: Sequence[int], keys: j
     call on all examples. Float64 leaves are scored as float32. With a ``context`` the chunks are
     global batches sharded over its mesh's "data" axis (``RuntimeContext.map_batches``; the chunk
     is rounded up to a multiple of the data axis) and every host gets all scores.
+
+    ``ids``: optional ``[N]`` int32 example ids to fold into the noise keys instead of the
+    positions 0..N-1 (e.g. a hash of a sentence's tokens, so that the same input gets the same
+    noise wherever it sits in a file); None = positions (the default, unchanged).
     """
     inputs = jax.tree_util.tree_map(
         lambda a: np.asarray(a, np.float32) if np.asarray(a).dtype == np.float64 else np.asarray(a), inputs)
     n = num_examples(inputs)
     chunk = n if not chunk or chunk >= n else chunk
     ts = jnp.asarray(ts, jnp.int32)
+    if ids is not None:
+        ids = np.asarray(ids, np.int32).reshape(-1)
+        if ids.shape[0] != n:
+            raise ValueError(f"sweep_chunked: {ids.shape[0]} ids for {n} examples")
     if context is not None:
         def one_batch(batch, index):  # example axis first for map_batches, last again below
+            if ids is not None:
+                batch, index = batch["inputs"], batch["ids"]
             return {k: jnp.moveaxis(v, -1, 0) for k, v in sweep_fn(params, batch, ts, keys, index).items()}
 
-        out = context.map_batches(one_batch, inputs, batch_size=chunk)
+        tree = inputs if ids is None else {"inputs": inputs, "ids": ids}
+        out = context.map_batches(one_batch, tree, batch_size=chunk)
         return {k: np.moveaxis(v, 0, -1) for k, v in out.items()}
     parts: dict[str, list] = {}
     for start in range(0, n, chunk):
-        ids = np.arange(start, min(start + chunk, n))
-        m = len(ids)
+        pos = np.arange(start, min(start + chunk, n))
+        m = len(pos)
         pad = chunk - m
-        take = np.concatenate([ids, np.repeat(ids[-1:], pad)]) if pad else ids
+        take = np.concatenate([pos, np.repeat(pos[-1:], pad)]) if pad else pos
         x = jax.tree_util.tree_map(lambda a: jnp.asarray(a[take]), inputs)
-        out = sweep_fn(params, x, ts, keys, jnp.asarray(take, jnp.int32))
+        out = sweep_fn(params, x, ts, keys, jnp.asarray(take if ids is None else ids[take], jnp.int32))
         for k, v in out.items():
             parts.setdefault(k, []).append(np.asarray(v)[..., :m])
     return {k: np.concatenate(v, axis=-1) for k, v in parts.items()}

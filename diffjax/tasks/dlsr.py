@@ -33,11 +33,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from diffjax.data.images import ImageSet
+from diffjax.data.images import ImageSet, load_user_images
 from diffjax.diffusion import gaussian
 from diffjax.diffusion.schedules import gaussian_schedule
 from diffjax.models.lfdn import LFDN
-from diffjax.ood import baselines, features as feat, metrics, report, scores as scores_lib, sweep as sweep_lib
+from diffjax.ood import baselines, deploy, features as feat, metrics, report, scores as scores_lib, sweep as sweep_lib
 from diffjax.tasks.base import Task, register_task
 
 
@@ -54,8 +54,25 @@ def _log(msg: str) -> None:
 # Data and encoder
 
 
-def load_sets(data) -> tuple[ImageSet, ImageSet, dict[str, ImageSet]]:
-    """``config.task.data`` -> (ID train, ID test, {ood_name: ImageSet})."""
+def load_sets(data, image_size: int | None = None) -> tuple[ImageSet, ImageSet, dict[str, ImageSet]]:
+    """``config.task.data`` -> (ID train, ID test, {ood_name: ImageSet}), plus the user's own OOD
+    sets of ``data.user_ood`` (folders / .npy, resized to ``user_image_size`` or ``image_size``)."""
+    train, test, ood = _builtin_sets(data, image_size)
+    size = int(data.user_image_size) or image_size
+    for spec in data.user_ood:
+        s = load_user_images(spec, resize_to=size)
+        ood[s.name] = s
+    return train, test, ood
+
+
+def _builtin_sets(data, image_size):
+    if data.kind == "files":  # the user's own ID images
+        size = int(data.user_image_size) or image_size
+        if not data.id_train or not data.id_test:
+            raise ValueError("task.data.kind='files' needs task.data.id_train and task.data.id_test (image folders "
+                             "or .npy arrays)")
+        return (load_user_images(data.id_train, resize_to=size, name="id_train"),
+                load_user_images(data.id_test, resize_to=size, name="id_test"), {})
     if data.kind == "mnist_demo":
         from diffjax.data.demo_sets import dlsr_mnist_demo_sets
 
@@ -73,7 +90,7 @@ def load_sets(data) -> tuple[ImageSet, ImageSet, dict[str, ImageSet]]:
         test = one(f"{data.id_name}:{data.id_test_split}", data.n_test, "test")
         ood = {spec.partition(":")[0]: one(spec, data.n_ood, "test") for spec in data.ood}
         return train, test, ood
-    raise ValueError(f"unknown task.data.kind {data.kind!r}; expected 'mnist_demo' or 'tfds'")
+    raise ValueError(f"unknown task.data.kind {data.kind!r}; expected 'mnist_demo', 'tfds' or 'files'")
 
 
 def build_encoder(enc):
@@ -150,9 +167,23 @@ class DLSRTask(Task):
 
     def sets(self):
         if self._sets is None:
-            train, test, ood = load_sets(self.c.data)
+            train, test, ood = load_sets(self.c.data, image_size=self._image_size())
             self._sets = {"train": train, "test": test, **{f"ood/{k}": v for k, v in ood.items()}}
         return self._sets
+
+    def _image_size(self) -> int:
+        from diffjax.models import efficientnet as en
+
+        enc = self.c.encoder
+        return int(enc.image_size) or int(en.efficientnet_config(en.canonical_name(enc.name)).resolution)
+
+    def _feature_fn(self):
+        """The jitted raw-feature extractor (built once; shared by raw_features and score)."""
+        if self._encoder is None:
+            encode, dims, mean, std, size = build_encoder(self.c.encoder)
+            assert dims == self.dims, (dims, self.dims)
+            self._encoder = feat.make_feature_fn(encode, image_size=size, mean=mean, std=std)
+        return self._encoder
 
     @property
     def ood_names(self) -> list[str]:
@@ -330,6 +361,10 @@ class DLSRTask(Task):
         if jax.process_index() == 0:
             print(text, flush=True)
             os.makedirs(workdir, exist_ok=True)
+            # the deployed flag (`score`): threshold accepting 95% of the held-out ID test scores
+            deploy.save_threshold(workdir, score=c.deploy_score, heldout_id_scores=id_s[c.deploy_score],
+                                  heldout="ID test (not trained on)", score_t=int(c.score_t),
+                                  num_seeds=int(c.num_seeds), score_seed=int(c.score_seed))
             with open(os.path.join(workdir, "results_table.txt"), "w") as f:
                 f.write(text + "\n")
             report.plot_rocs(fused(id_s), {o: fused(s) for o, s in ood_s.items()}, os.path.join(workdir, "roc.png"),
@@ -362,6 +397,34 @@ class DLSRTask(Task):
                                     f"mean of {setup['num_seeds']} noise seed(s))")
             print(report.format_best_t(res), flush=True)
         return res
+
+    def score(self, params, rng, workdir, *, context, inputs, output=None, snapshots=None, **kwargs):
+        """Scores a folder of images / an image file / a .npy array with the trained detector: one row per
+        image (id = path relative to the folder, or row number; score; OOD = score > the saved threshold)."""
+        del rng, kwargs
+        thr = deploy.load_threshold(workdir)
+        c = self.c
+        images = load_user_images(inputs, resize_to=int(c.data.user_image_size) or self._image_size())
+        raw = feat.extract_features(self._feature_fn(), images.images, batch_size=int(c.encoder.batch_size),
+                                    desc="score inputs")
+        if "_normalize_jit" not in self.__dict__:
+            self._normalize_jit = jax.jit(self.normalize)
+        z = np.asarray(self._normalize_jit(jnp.asarray(raw), params))
+        name = thr["score"]
+        early = self._early(snapshots) if name.startswith("lr_") else None
+        if name.startswith("lr_") and early is None:
+            raise FileNotFoundError(f"score {name!r} needs the step-{c.lr_snapshot_step} snapshot in {workdir}/snapshots")
+        grids = self._scores(params, z, [int(thr["score_t"])], int(thr["num_seeds"]), False, early,
+                             chunk=int(c.score_chunk), context=context)
+        scores = report.seed_mean(grids[name])[0]
+        out = output or deploy.default_output(workdir)
+        summary = {**deploy.write_rows(out, images.row_ids(), scores, thr["threshold"]), "score": name,
+                   "score_t": int(thr["score_t"]), "inputs": os.path.abspath(inputs)}
+        if jax.process_index() == 0:
+            print(f"scored {summary['num_inputs']} images from {inputs}: {summary['num_ood']} flagged OOD ({name} > "
+                  f"{thr['threshold']:.6g}, the threshold accepting 95% of ID test); rows in {summary['output']}",
+                  flush=True)
+        return summary
 
 
 BASELINES = ("mahalanobis", "knn")

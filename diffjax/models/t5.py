@@ -250,7 +250,9 @@ class T5Stack(nn.Module):
     is_decoder: bool = False
 
     @nn.compact
-    def __call__(self, h, mask, enc=None, enc_mask=None, deterministic: bool = True):
+    def __call__(self, h, mask, enc=None, enc_mask=None, deterministic: bool = True, self_mask=None):
+        """``self_mask``: optional explicit [B|1, 1, L, L] bool self-attention pattern (True = visible) that
+        replaces the causal / bidirectional one (the padding ``mask`` still applies)."""
         cfg = self.config
         length = h.shape[1]
         causal = self.is_decoder and cfg.decoder_attention == "causal"
@@ -263,9 +265,13 @@ class T5Stack(nn.Module):
             bias = jnp.asarray(buckets)  # each block looks up its own table
         else:
             bias = _relative_bias(cfg, jnp.asarray(buckets))  # [1, H, L, L], shared by all blocks
-        self_mask = mask[:, None, None, :]  # [B, 1, 1, L]
-        if causal:
-            self_mask = self_mask & jnp.tril(jnp.ones((length, length), dtype=bool))[None, None]
+        self_mask_pad = mask[:, None, None, :]  # [B, 1, 1, L]
+        if self_mask is not None:
+            self_mask = self_mask_pad & jnp.asarray(self_mask, bool)
+        elif causal:
+            self_mask = self_mask_pad & jnp.tril(jnp.ones((length, length), dtype=bool))[None, None]
+        else:
+            self_mask = self_mask_pad
         cross_mask = None if enc_mask is None else enc_mask[:, None, None, :]
         num = cfg.num_decoder_layers if self.is_decoder else cfg.num_layers
         h = nn.Dropout(cfg.dropout_rate)(h, deterministic=deterministic)
@@ -306,12 +312,13 @@ class T5(nn.Module):
         return self.encoder(self.shared(input_ids), mask, deterministic=deterministic)
 
     def decode_hidden(self, decoder_input_ids, encoder_hidden_states, attention_mask=None,
-                      decoder_attention_mask=None, deterministic: bool = True):
-        """Decoder final hidden states [B, T, D] (before any output scaling / LM head)."""
+                      decoder_attention_mask=None, deterministic: bool = True, decoder_self_mask=None):
+        """Decoder final hidden states [B, T, D] (before any output scaling / LM head).
+        ``decoder_self_mask``: optional explicit [B|1, 1, T, T] bool pattern replacing causal/bidirectional."""
         enc_mask = _as_bool_mask(attention_mask, encoder_hidden_states.shape[:2])
         dec_mask = _as_bool_mask(decoder_attention_mask, decoder_input_ids.shape)
         return self.decoder(self.shared(decoder_input_ids), dec_mask, encoder_hidden_states, enc_mask,
-                            deterministic=deterministic)
+                            deterministic=deterministic, self_mask=decoder_self_mask)
 
     def lm_logits(self, decoder_hidden):
         """[B, T, D] -> logits [B, T, V] float32 (tied: scaled by d_model**-0.5 if configured)."""
@@ -325,11 +332,12 @@ class T5(nn.Module):
         return logits.astype(jnp.float32)
 
     def decode(self, decoder_input_ids, encoder_hidden_states, attention_mask=None,
-               decoder_attention_mask=None, deterministic: bool = True):
+               decoder_attention_mask=None, deterministic: bool = True, decoder_self_mask=None):
         """decoder_input_ids: [B, T]; encoder_hidden_states: [B, S, D]; attention_mask: encoder padding
-        [B, S]; decoder_attention_mask: [B, T] -> logits [B, T, V] float32."""
+        [B, S]; decoder_attention_mask: [B, T]; decoder_self_mask: optional [B|1, 1, T, T] bool explicit
+        self-attention pattern -> logits [B, T, V] float32."""
         h = self.decode_hidden(decoder_input_ids, encoder_hidden_states, attention_mask,
-                               decoder_attention_mask, deterministic)
+                               decoder_attention_mask, deterministic, decoder_self_mask)
         return self.lm_logits(h)
 
     def __call__(self, input_ids, decoder_input_ids, attention_mask=None, decoder_attention_mask=None,

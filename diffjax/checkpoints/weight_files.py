@@ -369,7 +369,11 @@ def _load_legacy(f) -> Any:
         except Exception as e:  # noqa: BLE001  (truncated / garbage pickle)
             raise _Refused(f"its {what} is not a valid pickle ({type(e).__name__}: {e})") from None
 
-    if plain("magic number") != _LEGACY_MAGIC:
+    try:
+        magic = plain("magic number")
+    except _Refused:
+        magic = None
+    if magic != _LEGACY_MAGIC:
         raise _Refused("neither a zip archive (torch >= 1.6) nor a legacy torch file (wrong magic number)")
     if plain("protocol version") != _LEGACY_PROTOCOL:
         raise _Refused("a legacy torch file with an unknown protocol version")
@@ -481,6 +485,11 @@ def load_torch_pickle(file: str) -> Any:
     if size == 0:
         raise CheckpointFormatError(file, "the file is empty (0 bytes); a torch weight file was expected.")
     try:
+        with open(file, "rb") as f:
+            head = f.read(4)
+        if head == b"PK\x03\x04" and not zipfile.is_zipfile(file):
+            raise _Refused("a damaged zip archive (the torch >= 1.6 format) without its central directory; the "
+                           "file is truncated or corrupt")
         if zipfile.is_zipfile(file):
             with zipfile.ZipFile(file) as zf:
                 obj = _load_zip(file, zf)

@@ -50,23 +50,65 @@ class ImageSet:
         return list(self.ids) if self.ids is not None else list(range(len(self)))
 
 
-def to_rgb_uint8(images: np.ndarray, max_value: float | None = None) -> np.ndarray:
-    """Grey [N, H, W] / [N, H, W, 1] or RGB(A) [N, H, W, 3|4] of any numeric dtype -> [N, H, W, 3] uint8.
+EXPECTED_LAYOUTS = ("[N, H, W, 3] RGB or [N, H, W] / [N, H, W, 1] grayscale (channels last), "
+                    "uint8 0..255 or float in [0, 1]")
 
-    ``max_value``: the value mapped to 255 (default: 1 for floats/bool in [0, 1], else 255).
+
+def check_image_layout(shape, dtype, *, name: str = "images") -> None:
+    """Raises ``ValueError`` unless ``shape`` / ``dtype`` is one of the accepted layouts
+    (``EXPECTED_LAYOUTS``); the message says what was received and how to convert it.
+
+    Refused on purpose (they were silently misread before): channels-first ``[N, 3, H, W]``, RGBA
+    ``[..., 4]``, integer types other than uint8 (uint16 scans, int32 labels-as-images), complex or
+    object arrays. Static: works on tracers too (shape and dtype only)."""
+    shape, dtype = tuple(shape), np.dtype(dtype)
+    hint = ""
+    if len(shape) == 4 and shape[-1] not in (1, 3):
+        if shape[1] in (1, 3):
+            hint = f" It looks channels-first (NCHW): pass np.transpose({name}, (0, 2, 3, 1))."
+        elif shape[-1] == 4:
+            hint = f" RGBA: drop or composite the alpha channel first, e.g. {name}[..., :3]."
+        raise ValueError(f"{name}: got shape {shape} {dtype}; expected {EXPECTED_LAYOUTS}.{hint}")
+    if len(shape) not in (3, 4):
+        raise ValueError(f"{name}: got shape {shape} {dtype}; expected {EXPECTED_LAYOUTS}.")
+    if dtype != np.uint8 and not np.issubdtype(dtype, np.floating) and dtype != bool:
+        raise ValueError(f"{name}: got dtype {dtype}; expected {EXPECTED_LAYOUTS}. Convert explicitly, e.g. "
+                         f"uint16 scans: ({name} / 65535.0).astype(np.float32).")
+
+
+def check_float_range(images: np.ndarray, *, name: str = "images") -> None:
+    """Float images must lie in [0, 1] (0..255 floats were silently read as saturated before)."""
+    x = np.asarray(images)
+    if np.issubdtype(x.dtype, np.floating) and x.size:
+        lo, hi = float(np.nanmin(x)), float(np.nanmax(x))
+        if not np.isfinite(x).all() or lo < 0.0 or hi > 1.0:
+            raise ValueError(f"{name}: float images must be finite and in [0, 1]; got min {lo:g}, max {hi:g}. "
+                             f"Divide 0..255 data by 255 (or pass uint8).")
+
+
+def to_rgb_uint8(images: np.ndarray, max_value: float | None = None) -> np.ndarray:
+    """Grey [N, H, W] / [N, H, W, 1] or RGB [N, H, W, 3] -> [N, H, W, 3] uint8, explicitly.
+
+    uint8 passes through; floats (and bool) must lie in [0, 1] unless ``max_value`` names the value
+    that maps to 255 (e.g. ``max_value=255.0`` for 0..255 floats, 16 for sklearn digits, 65535 for
+    uint16). Other layouts (NCHW, RGBA, other integer types without ``max_value``) are refused with a
+    message saying what was received and what is expected (``check_image_layout``).
     """
     x = np.asarray(images)
+    if max_value is None or x.dtype == np.uint8 or np.issubdtype(x.dtype, np.floating):
+        check_image_layout(x.shape, x.dtype)
+    elif len(x.shape) not in (3, 4) or (len(x.shape) == 4 and x.shape[-1] not in (1, 3)):
+        check_image_layout(x.shape, np.uint8)  # shape check only: integer data with an explicit max_value
+    if max_value is None and x.dtype != np.uint8:
+        check_float_range(x)
     if x.ndim == 3:
         x = x[..., None]
-    if x.ndim != 4 or x.shape[-1] not in (1, 3, 4):
-        raise ValueError(f"expected images [N, H, W] or [N, H, W, 1|3|4], got shape {x.shape}")
-    x = x[..., :3]
     if x.shape[-1] == 1:
         x = np.repeat(x, 3, axis=-1)
     if x.dtype == np.uint8 and max_value is None:
         return x
     if max_value is None:
-        max_value = 1.0 if (x.dtype == bool or np.issubdtype(x.dtype, np.floating)) else 255.0
+        max_value = 1.0
     return np.clip(np.round(x.astype(np.float64) * (255.0 / max_value)), 0, 255).astype(np.uint8)
 
 

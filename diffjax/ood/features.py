@@ -26,6 +26,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from diffjax.data.images import check_float_range, check_image_layout
+
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 LITE_MEAN = (0.5, 0.5, 0.5)  # EfficientNet-Lite's own preprocessing
@@ -46,7 +48,15 @@ def split_layers(z: jax.Array, dims: Sequence[int]) -> list[jax.Array]:
 
 
 def preprocess(images: jax.Array, image_size: int, mean=IMAGENET_MEAN, std=IMAGENET_STD) -> jax.Array:
-    """images: [B, H, W, 3] uint8 (or float in [0, 1]) -> [B, S, S, 3] float32 normalised, S = image_size."""
+    """images: [B, H, W, 3] uint8 or float in [0, 1] (grayscale [B, H, W] / [B, H, W, 1] is repeated
+    to RGB) -> [B, S, S, 3] float32 normalised, S = image_size. Other layouts (NCHW, RGBA, uint16)
+    raise ``ValueError`` at trace time (``data.images.check_image_layout``); the float range is
+    checked at the host boundary (``extract_features``), not inside jit."""
+    check_image_layout(images.shape, images.dtype)
+    if images.ndim == 3:
+        images = images[..., None]
+    if images.shape[-1] == 1:
+        images = jnp.repeat(images, 3, axis=-1)
     x = images.astype(jnp.float32)
     if images.dtype == jnp.uint8:
         x = x / 255.0
@@ -115,6 +125,8 @@ def extract_features(feature_fn: Callable[[jax.Array], jax.Array], images: np.nd
     The last batch is padded (by repeating the last image) so that one compilation serves the
     whole set; progress with img/s and ETA goes to stderr.
     """
+    check_image_layout(np.shape(images), np.asarray(images[:1]).dtype)
+    check_float_range(images)
     n = images.shape[0]
     out, t0, last = [], time.time(), 0.0
     for start in range(0, n, batch_size):

@@ -35,6 +35,7 @@ import jax
 import jax.numpy as jnp
 
 from diffjax.models.layers import ACTIVATIONS
+from diffjax.models.inputs import check_token_ids
 
 Dtype = Any
 
@@ -264,6 +265,8 @@ class BertEncoder(nn.Module):
         cfg = self.config
         if (input_ids is None) == (inputs_embeds is None):
             raise ValueError("pass exactly one of input_ids [B, L] and inputs_embeds [B, L, D]")
+        if input_ids is not None:
+            check_token_ids(input_ids, cfg.vocab_size)  # values: eager calls only (models/inputs.py)
         b, l = (input_ids if input_ids is not None else inputs_embeds).shape[:2]
         if l > cfg.max_position_embeddings - cfg.position_offset:
             raise ValueError(

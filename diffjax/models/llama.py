@@ -46,6 +46,7 @@ import numpy as np
 
 from diffjax.diffusion.tokens import choose_tokens
 from diffjax.models.layers import ACTIVATIONS, RMSNorm
+from diffjax.models.inputs import check_token_ids
 
 Dtype = Any
 
@@ -363,6 +364,8 @@ class Llama(nn.Module):
         cfg = self.config
         if (input_ids is None) == (inputs_embeds is None):
             raise ValueError("Pass exactly one of input_ids [B, L] and inputs_embeds [B, L, D].")
+        if input_ids is not None:
+            check_token_ids(input_ids, cfg.vocab_size)  # values: eager calls only (models/inputs.py)
         h = self.embed_tokens(input_ids) if inputs_embeds is None else inputs_embeds.astype(cfg.dtype)
         B, L = h.shape[:2]
         mode = cfg.attention if attention is None else attention
@@ -404,12 +407,19 @@ class Llama(nn.Module):
 # ----------------------------------------------------------------------------- generation
 
 
+def generate(model: Llama, params, input_ids: jax.Array, attention_mask: Optional[jax.Array] = None, **kwargs):
+    """Autoregressive decoding with a KV cache (``_generate``, one jitted program); the prompt ids
+    are checked against the vocabulary first when they are concrete (``models/inputs.py``)."""
+    check_token_ids(input_ids, model.config.vocab_size)
+    return _generate(model, params, input_ids, attention_mask, **kwargs)
+
+
 @functools.partial(jax.jit, static_argnames=("model", "max_new_tokens", "eos_token_id", "pad_token_id",
                                              "prefix_lm", "temperature", "top_k", "top_p"))
-def generate(model: Llama, params, input_ids: jax.Array, attention_mask: Optional[jax.Array] = None, *,
-             max_new_tokens: int, eos_token_id: Optional[int] = None, pad_token_id: int = 0,
-             prefix_lm: bool = False, temperature: float = 0.0, rng: Optional[jax.Array] = None,
-             top_k: Optional[int] = None, top_p: Optional[float] = None) -> jax.Array:
+def _generate(model: Llama, params, input_ids: jax.Array, attention_mask: Optional[jax.Array] = None, *,
+              max_new_tokens: int, eos_token_id: Optional[int] = None, pad_token_id: int = 0,
+              prefix_lm: bool = False, temperature: float = 0.0, rng: Optional[jax.Array] = None,
+              top_k: Optional[int] = None, top_p: Optional[float] = None) -> jax.Array:
     """Autoregressive decoding with a KV cache, as one jitted prefill + ``lax.while_loop``.
 
     Args:

@@ -35,6 +35,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from diffjax.models.layers import ACTIVATIONS, RMSNorm
+from diffjax.models.inputs import check_token_ids
 
 Dtype = Any
 
@@ -308,6 +309,7 @@ class T5(nn.Module):
 
     def encode(self, input_ids, attention_mask=None, deterministic: bool = True):
         """input_ids: [B, S] int; attention_mask: [B, S] (True = token) -> encoder states [B, S, D]."""
+        check_token_ids(input_ids, self.config.vocab_size)  # values: eager calls only (models/inputs.py)
         mask = _as_bool_mask(attention_mask, input_ids.shape)
         return self.encoder(self.shared(input_ids), mask, deterministic=deterministic)
 
@@ -315,6 +317,7 @@ class T5(nn.Module):
                       decoder_attention_mask=None, deterministic: bool = True, decoder_self_mask=None):
         """Decoder final hidden states [B, T, D] (before any output scaling / LM head).
         ``decoder_self_mask``: optional explicit [B|1, 1, T, T] bool pattern replacing causal/bidirectional."""
+        check_token_ids(decoder_input_ids, self.config.vocab_size, name="decoder_input_ids")
         enc_mask = _as_bool_mask(attention_mask, encoder_hidden_states.shape[:2])
         dec_mask = _as_bool_mask(decoder_attention_mask, decoder_input_ids.shape)
         return self.decoder(self.shared(decoder_input_ids), dec_mask, encoder_hidden_states, enc_mask,

@@ -169,7 +169,14 @@ class MaskedLMTask(Task):
             raise ValueError(f"task.length_mode={mode!r}: use 'head' or 'fixed'")
         if mode == "head" and not c.length_max:
             raise ValueError("task.length_mode='head' needs task.length_max > 0 (a length head)")
-        return dict(mask_id=self.mask_id, sep_id=self.sep_id, pad_id=self.pad_id, decoder=c.decoder,
+        # Special tokens the target never holds inside its text (PAD, CLS / BOS, UNK; and SEP when the
+        # length head fixes where the closing SEP goes) are not generated.
+        specials = {self.tokenizer.pad_id, self.tokenizer.cls_id, self.tokenizer.bos_id,
+                    getattr(self.tokenizer.hf, "unk_token_id", None)}
+        if mode == "head":
+            specials.add(self.sep_id)
+        banned = tuple(sorted(int(i) for i in specials if i is not None and i != self.mask_id))
+        return dict(mask_id=self.mask_id, sep_id=self.sep_id, pad_id=self.pad_id, decoder=c.decoder, banned_ids=banned,
                     decoder_kwargs=decoder_kwargs(c), length_mode=mode, length_beam=int(c.length_beam),
                     length_max=int(c.length_max), return_history=return_history)
 

@@ -38,8 +38,9 @@ def length_inputs(tokens, prompt_length, pad_id):
 
 def decode_one(model_fn: Callable, length_fn: Callable | None, tokens, prompt_length, key, *, mask_id: int,
                sep_id: int, pad_id: int, decoder: str, decoder_kwargs: dict, length_mode: str, length_beam: int,
-               length_max: int, return_history: bool):
-    """One example: tokens [L] (prompt part used), prompt_length [] -> dict (see ``decode_batch``)."""
+               length_max: int, return_history: bool, banned_ids: tuple = ()):
+    """One example: tokens [L] (prompt part used), prompt_length [] -> dict (see ``decode_batch``).
+    ``banned_ids``: token ids never generated (their logits are -inf at every position)."""
     L = tokens.shape[-1]
     pos = jnp.arange(L)
     room = L - prompt_length
@@ -63,7 +64,10 @@ def decode_one(model_fn: Callable, length_fn: Callable | None, tokens, prompt_le
     segment = (pos[None] >= prompt_length).astype(jnp.int32) * att
 
     def logits_fn(x, t):
-        return model_fn(x, att, segment)
+        logits = model_fn(x, att, segment)
+        if banned_ids:
+            logits = logits.at[..., jnp.asarray(banned_ids)].set(-jnp.inf)
+        return logits
 
     kw = dict(decoder_kwargs)
     want_calls = decoder in ("threshold", "block")

@@ -11,7 +11,7 @@ OOD: news headlines and Hamlet's lines::
 Your own data: ``task.data.id`` / ``task.data.ood`` take ``.txt`` (one text a line) and ``.jsonl``
 paths as well as ``tfds:NAME`` and ``embedded:NAME``; ``task.data.user_ood`` adds sets next to the
 built-in ones (``--config.task.data.user_ood='("my_texts.txt",)'``).
-Paper-scale configs, one per ID set: configs/text_ood_{sst2,imdb,trec,20ng}.py.
+Paper-scale configs, one per ID set: configs/text_ood_paper.py:{sst2,imdb,trec,20ng}.
 """
 
 import ml_collections

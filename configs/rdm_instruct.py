@@ -10,19 +10,11 @@ per task, ``copy`` held out and evaluated zero-shot) on the real MiniLM weights,
 """
 
 from diffjax.models import bert
-from diffjax.train.config import base_config
-
-import importlib.util
-import os
+from diffjax.train.config import base_config, load_config_module
 
 
 def _demo():
-    """configs/rdm_minilm_demo.py (the shared masked_lm task fields), loaded by path."""
-    path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "rdm_minilm_demo.py")
-    spec = importlib.util.spec_from_file_location("_rdm_minilm_demo", path)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return load_config_module("rdm_minilm_demo.py", relative_to=__file__)
 
 
 def get_config(arg=None):

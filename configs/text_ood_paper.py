@@ -14,18 +14,14 @@ Multi30K are not in tfds: they are read from text files, one text a line, under 
 ``--config.task.data.ood`` / ``task.data.id`` elsewhere as needed.
 """
 
-import importlib.util
-import os
+from diffjax.train.config import load_config_module
 
 FILES = "/data/text_ood"
 
 
 def _demo():
-    path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "text_ood_demo.py")
-    spec = importlib.util.spec_from_file_location("_text_ood_demo", path)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return load_config_module("text_ood_demo.py", relative_to=__file__)
+
 
 TFDS = {  # name -> (source with its text field, train split, test split, label field)
     "sst2": ("tfds:glue/sst2#field=sentence", "train", "validation", "label"),

@@ -19,7 +19,6 @@ the nearest valid field. This is the only module that reads flags.
 from __future__ import annotations
 
 import difflib
-import importlib.util
 import os
 import sys
 
@@ -50,10 +49,10 @@ def _resolve_config_path(value: str) -> str:
 
 
 def _load_config_file(value: str):
+    from diffjax.train.config import load_config_module
+
     path, _, arg = value.partition(":")
-    spec = importlib.util.spec_from_file_location("_diffjax_cli_config", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    module = load_config_module(path)
     return module.get_config(arg) if arg else module.get_config()
 
 

@@ -2,8 +2,23 @@
 
 from __future__ import annotations
 
+import importlib.util
+import os
+
 import ml_collections
 from ml_collections import config_dict
+
+
+def load_config_module(path: str, *, relative_to: str | None = None):
+    """Imports a config file by path (``configs/`` is not a package, so configs that extend another
+    load it this way: ``load_config_module("rdm_minilm_demo.py", relative_to=__file__)``)."""
+    if relative_to is not None:
+        path = os.path.join(os.path.dirname(os.path.abspath(relative_to)), path)
+    name = "_diffjax_config_" + os.path.splitext(os.path.basename(path))[0]
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 def base_config() -> ml_collections.ConfigDict:

@@ -23,7 +23,6 @@ import time
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 from diffjax.diffusion.discrete_sampling import iterative_refinement_sample
 from diffjax.models import llama as llama_lib

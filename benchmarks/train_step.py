@@ -34,7 +34,6 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import jax  # noqa: E402
 
 from diffjax.cli import REPO_ROOT, _load_config_file  # noqa: E402
-from diffjax.train import sharding as sh  # noqa: E402
 from diffjax.train import trainer  # noqa: E402
 
 

@@ -11,7 +11,6 @@ T = 50, reciprocal weighting, AdamW lr 5e-5, max target 128 tokens, length head 
 with a length beam of 3, 50-step top-k decoding. ``arg``: None, or "base" / "large" (lr 1e-4 / 5e-5).
 """
 
-import ml_collections
 
 from diffjax.models import bert
 from diffjax.train.config import base_config, load_config_module

@@ -3,10 +3,7 @@ SIGKILLed CLI run that resumes to params bit-identical to an uninterrupted run."
 
 import glob
 import os
-import signal
-import subprocess
 import sys
-import time
 
 import jax
 import jax.numpy as jnp
@@ -19,6 +16,7 @@ from diffjax.train import trainer
 from diffjax.train.metrics import read_metrics
 from diffjax.train.state import TrainState
 from tests._config_util import small_config
+from tests._sigkill import kill_then_rerun
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIG = os.path.join(REPO, "configs", "gaussian2d.py")
@@ -122,28 +120,9 @@ def test_sigkill_then_rerun_is_bit_identical(tmp_path):
     params equal an uninterrupted run's bit for bit."""
     workdir = tmp_path / "killed"
     cmd = [sys.executable, "-m", "diffjax", "train", f"--config={CONFIG}:small", f"--workdir={workdir}", *ARGS]
-    env = dict(os.environ, JAX_DEFAULT_MATMUL_PRECISION="highest")
-    proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    seen, deadline = [], time.time() + 120
-    try:
-        for line in proc.stdout:
-            seen.append(line)
-            if line.startswith(f"step 50/{STEPS}"):
-                proc.send_signal(signal.SIGKILL)
-                break
-            assert time.time() < deadline, "".join(seen[-20:])
-    finally:
-        proc.kill()
-        proc.wait()
-    assert proc.returncode == -signal.SIGKILL, "".join(seen[-20:])
-    c = ck.Checkpointer(str(workdir / "checkpoints"))
-    killed_at = c.latest_step()
-    c.close()
-    assert killed_at is not None and 20 <= killed_at < STEPS  # really killed mid-way, after a checkpoint
-
-    rerun = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=180)
-    assert rerun.returncode == 0, rerun.stdout[-3000:] + rerun.stderr[-3000:]
-    assert f"resumed from checkpoint step {killed_at}" in rerun.stdout
+    killed_at, _ = kill_then_rerun(cmd, cwd=REPO, workdir=workdir, kill_at=f"step 50/{STEPS}", deadline_s=120,
+                                   rerun_timeout_s=180)
+    assert 20 <= killed_at < STEPS  # really killed mid-way, after a checkpoint
 
     config = small_config(**{"train.num_steps": STEPS, "train.checkpoint_every": 20, "train.log_every": 10,
                              "train.eval_at_end": False, "task.model.hidden": 16, "train.global_batch_size": 16})

@@ -1,7 +1,6 @@
 """diffjax.data.text: readers, tokenizer wrapper, token cache, packing, truncation, batches."""
 
 import importlib.util
-import json
 import os
 import time
 

@@ -3,10 +3,7 @@ position by position, a trainer run killed with SIGKILL and rerun == an uninterr
 
 import json
 import os
-import signal
-import subprocess
 import sys
-import time
 
 import jax
 import numpy as np
@@ -17,6 +14,7 @@ from diffjax.data.text import load_text_batcher, load_tokenizer
 from diffjax.train import trainer
 from diffjax.train.metrics import read_metrics
 from tests._config_util import REPO, set_fields
+from tests._sigkill import kill_then_rerun
 from tests.fixtures import text_task_config
 
 CONFIG = os.path.join(REPO, "tests", "fixtures", "text_task_config.py")
@@ -75,28 +73,8 @@ def test_text_trainer_sigkill_then_rerun_is_bit_identical(text_run_inputs, tmp_p
     args = [f"--config.{k}={v}" for k, v in overrides(inp).items()]
     workdir = tmp_path / "killed"
     cmd = [sys.executable, "-m", "diffjax", "train", f"--config={CONFIG}", f"--workdir={workdir}", *args]
-    env = dict(os.environ, JAX_DEFAULT_MATMUL_PRECISION="highest")
-    proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    seen, deadline = [], time.time() + 240
-    try:
-        for line in proc.stdout:
-            seen.append(line)
-            if line.startswith(f"step 25/{STEPS}"):
-                proc.send_signal(signal.SIGKILL)
-                break
-            assert time.time() < deadline, "".join(seen[-20:])
-    finally:
-        proc.kill()
-        proc.wait()
-    assert proc.returncode == -signal.SIGKILL, "".join(seen[-30:])
-    c = ck.Checkpointer(str(workdir / "checkpoints"))
-    killed_at = c.latest_step()
-    c.close()
-    assert killed_at is not None and 10 <= killed_at < STEPS, "".join(seen[-30:])
-
-    rerun = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
-    assert rerun.returncode == 0, rerun.stdout[-3000:] + rerun.stderr[-3000:]
-    assert f"resumed from checkpoint step {killed_at}" in rerun.stdout
+    killed_at, _ = kill_then_rerun(cmd, cwd=REPO, workdir=workdir, kill_at=f"step 25/{STEPS}")
+    assert 10 <= killed_at < STEPS  # really killed mid-way, after a checkpoint
 
     config = text_task_config.get_config()
     with config.unlocked():

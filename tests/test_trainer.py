@@ -11,7 +11,6 @@ import pytest
 
 from diffjax.checkpoints.orbax import Checkpointer
 from diffjax.tasks.base import Task, register_task
-from diffjax.train import sharding as sh
 from diffjax.train import trainer
 from diffjax.train.config import base_config
 from diffjax.train.metrics import read_metrics

@@ -22,7 +22,6 @@ import dataclasses
 import re
 from typing import Any
 
-import jax
 import jax.numpy as jnp
 
 from diffjax.checkpoints._keytable import params_to_table, table_to_params

@@ -19,10 +19,8 @@ embedding; otherwise the error says to load with ``tie_word_embeddings=False``.
 from __future__ import annotations
 
 import dataclasses
-import re
 from typing import Any
 
-import jax
 import jax.numpy as jnp
 import numpy as np
 

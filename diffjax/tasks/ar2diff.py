@@ -42,7 +42,6 @@ import functools
 import os
 import time
 
-import flax.linen as nn  # noqa: F401  (the models are linen modules)
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -309,7 +308,6 @@ class AR2DiffTask(Task):
 
     def decode_fn(self, show: bool = False):
         """The jitted ``(params, batch, index, rng) -> {"tokens", "score"[, "steps"]}`` for the configured decoder."""
-        cfg = self.cfg
 
         def diffusion_one(params, tokens, pl, tlen, key):
             if self.arch == "decoder":

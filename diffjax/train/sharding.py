@@ -22,6 +22,10 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 # Batch helpers live in diffjax.runtime (tasks use them without importing the trainer).
 from diffjax.runtime import batch_shardings, global_batch, path_str, replicated  # noqa: F401
 
+__all__ = ["batch_shardings", "global_batch", "path_str", "replicated", "make_mesh", "param_shardings",
+           "mirror_shardings", "spec_for", "resolve_mesh_shape", "check_batch_divisibility",
+           "maybe_initialize_distributed", "MESH_AXES"]
+
 MESH_AXES = ("data", "model")
 PyTree = Any
 
@@ -130,7 +134,7 @@ def mirror_shardings(tree: PyTree, params: PyTree, p_shardings: PyTree, mesh: Me
     by_path = {}
     for (p, x), s in zip(jax.tree_util.tree_leaves_with_path(params), jax.tree_util.tree_leaves(p_shardings)):
         by_path[path_str(p)] = (tuple(np.shape(x)), s)
-    replicated = NamedSharding(mesh, P())
+    rep = NamedSharding(mesh, P())
 
     def one(path, x):
         ps = path_str(path)
@@ -140,7 +144,7 @@ def mirror_shardings(tree: PyTree, params: PyTree, p_shardings: PyTree, mesh: Me
             hit = by_path.get("/".join(parts[i:]))
             if hit is not None and hit[0] == shape:
                 return hit[1]
-        return replicated
+        return rep
 
     return jax.tree_util.tree_map_with_path(one, tree)
 

@@ -38,8 +38,11 @@ from diffjax.train import sharding as sh
 from diffjax.train.optim import make_optimizer
 from diffjax.train.state import TrainState, ema_decay_at, ema_update
 from diffjax.train.validate import validate_config
-from diffjax.train.workdir import (WorkdirConfigMismatch, WorkdirLock, check_workdir_config,  # noqa: F401
+from diffjax.train.workdir import (WorkdirConfigMismatch, WorkdirLock, check_workdir_config,
                                    set_aside_checkpoints_after, write_config)
+
+__all__ = ["NonFiniteError", "WorkdirConfigMismatch", "Setup", "build", "make_train_step_fn", "train",
+           "call_task_method", "restore_latest", "run_evaluate", "run_task_method", "write_results"]
 
 PyTree = Any
 

@@ -76,3 +76,19 @@ def test_greedy_dtype_shapes_and_errors():
         filter_logits(jnp.asarray(LOGITS), top_p=1.5)
     jitted = jax.jit(lambda l, r: choose_tokens(l, r, top_p=0.9, top_k=5))(jnp.asarray(LOGITS), key)
     assert jitted[0].shape == (4, 3)
+
+
+def test_sampler_arguments_are_checked():
+    """Issue 17 item 6: temperature 0 with sampling and a [MASK] id outside the vocabulary fail, naming them."""
+    from diffjax.diffusion import discrete_sampling as ds
+    from diffjax.diffusion.masked import exclude_token_logit
+
+    logits = jnp.zeros((2, 3, V))
+    with pytest.raises(ValueError, match="temperature=0.0 with sampling: must be > 0"):
+        choose_tokens(logits, jax.random.key(0), temperature=0.0)
+    with pytest.raises(ValueError, match=f"mask_id={V} is outside the model's vocabulary \\[0, {V}\\)"):
+        exclude_token_logit(logits, V)
+    x = jnp.zeros((2, 3), jnp.int32)
+    with pytest.raises(ValueError, match="mask_id=99"):
+        ds.topk_unmask_sample(lambda x, t: jnp.zeros(x.shape + (V,)), x, jax.random.key(0), mask_id=99, num_steps=2)
+    assert choose_tokens(logits, None, greedy=True, temperature=0.0)[0].shape == (2, 3)  # greedy ignores it

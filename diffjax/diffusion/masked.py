@@ -65,12 +65,17 @@ def _check_tokens(x0: jax.Array, name: str = "x0") -> None:
 
 
 def exclude_token_logit(logits: jax.Array, token_id: Optional[int]) -> jax.Array:
-    """Sets ``logits[..., token_id] = -inf`` when ``0 <= token_id < V``; otherwise returns logits.
+    """Sets ``logits[..., token_id] = -inf`` (``token_id`` None: logits unchanged).
 
-    logits: [..., V] float. Used so that the denoiser never predicts ``[MASK]``.
+    logits: [..., V] float. Used so that the denoiser never predicts ``[MASK]``. A ``token_id``
+    outside ``[0, V)`` is an error (a [MASK] id the model cannot represent would reach its
+    embedding gather, which clamps silently).
     """
-    if token_id is None or not 0 <= int(token_id) < logits.shape[-1]:
+    if token_id is None:
         return logits
+    if not 0 <= int(token_id) < logits.shape[-1]:
+        raise ValueError(f"mask_id={token_id} is outside the model's vocabulary [0, {logits.shape[-1]}) "
+                         f"(logits have V = {logits.shape[-1]}); use the tokenizer's [MASK] id.")
     return logits.at[..., int(token_id)].set(-jnp.inf)
 
 

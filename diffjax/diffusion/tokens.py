@@ -71,6 +71,8 @@ def choose_tokens(
     else:
         if rng is None:
             raise ValueError("choose_tokens needs an rng unless greedy=True.")
+        if not isinstance(temperature, jax.Array) and not float(temperature) > 0:
+            raise ValueError(f"temperature={temperature!r} with sampling: must be > 0 (use greedy=True for argmax).")
         filtered = logits if top_k is None and top_p is None else filter_logits(logits, top_k=top_k, top_p=top_p)
         tok = jax.random.categorical(rng, filtered / temperature, axis=-1)
     tok = tok.astype(jnp.int32)

@@ -109,7 +109,7 @@ def worker_torch(args, model_dir):
             score, tok = torch.log_softmax(logits, -1).max(-1)
             k = (n_gen * i) // N
             key = torch.where(gen, -score, torch.full_like(score, float("inf")))
-            ranks = torch.argsort(torch.argsort(key, -1, stable=True), -1, stable=True)
+            ranks = torch.argsort(torch.argsort(key, dim=-1, stable=True), dim=-1, stable=True)
             keep = (ranks < k[:, None]) & gen
             decoded = x != mask_id
             x = torch.where(gen, torch.where(keep, torch.where(decoded, x, tok), torch.full_like(x, mask_id)), x)

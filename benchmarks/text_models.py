@@ -156,6 +156,7 @@ def bench(kind, args, workdir):
     import jax.numpy as jnp
 
     from diffjax.checkpoints.hf import load_hf_checkpoint
+    from diffjax.diffusion.masked import token_log_probs
 
     d, out = os.path.join(workdir, kind), os.path.join(workdir, f"{kind}_torch.json")
     subprocess.run([sys.executable, os.path.abspath(__file__), "--torch-worker", kind, "--model-dir", d,
@@ -172,9 +173,8 @@ def bench(kind, args, workdir):
     else:
         logits_fn = lambda p, x: model.apply({"params": p}, x)  # noqa: E731
 
-    def loss_fn(p, x, y):
-        lp = jax.nn.log_softmax(logits_fn(p, x), axis=-1)
-        return -jnp.mean(jnp.take_along_axis(lp, y[..., None], axis=-1))
+    def loss_fn(p, x, y):  # the token cross-entropy every diffjax text loss is built from
+        return -jnp.mean(token_log_probs(logits_fn(p, x), y))
 
     fwd = jax.jit(logits_fn)
     grad = jax.jit(jax.value_and_grad(loss_fn))

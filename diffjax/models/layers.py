@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 Dtype = Any
 
@@ -16,7 +18,7 @@ Dtype = Any
 ACTIVATIONS = {
     "relu": jax.nn.relu,
     "relu6": lambda x: jnp.clip(x, 0, 6),
-    "gelu": lambda x: jax.nn.gelu(x, approximate=False),
+    "gelu": lambda x: gelu_erf(x),
     "gelu_new": lambda x: jax.nn.gelu(x, approximate=True),
     "gelu_pytorch_tanh": lambda x: jax.nn.gelu(x, approximate=True),
     "silu": jax.nn.silu,
@@ -25,11 +27,75 @@ ACTIVATIONS = {
 }
 
 
+def gelu_erf(x):
+    """Exact GELU as PyTorch computes it: ``0.5 * x * (1 + erf(x / sqrt(2)))``.
+
+    Same function as ``jax.nn.gelu(approximate=False)``, which goes through ``erfc``; XLA's CPU erfc
+    needs an exp and two polynomial branches, erf one clamped rational polynomial, so this form is the
+    cheaper one on CPU (about 8 ms a layer at RoBERTa-base 8x128 on 2 cores) and agrees with torch's to
+    float32 rounding.
+    """
+    return 0.5 * x * (1.0 + jax.lax.erf(x * np.float32(np.sqrt(0.5)).astype(x.dtype)))
+
+
 def activation(name: str):
     """The activation function called ``name`` in ``ACTIVATIONS``; ValueError naming the supported ones."""
     if name not in ACTIVATIONS:
         raise ValueError(f"activation {name!r} is not supported; supported: {sorted(ACTIVATIONS)}.")
     return ACTIVATIONS[name]
+
+
+@jax.custom_vjp
+def add_bias(x, bias):
+    """``x + bias`` (x: [..., F], bias: [F]) whose bias gradient is a matrix-vector product.
+
+    Autodiff of a broadcast add gives the bias gradient as a reduce over every leading axis; XLA's
+    CPU backend runs that reduce several times slower than the equivalent ``ones @ g`` dot (338 ms vs
+    under 30 ms for RoBERTa's [1024, 50265] MLM logits on 2 cores). Values and gradients are the
+    same function; only the backward program differs.
+    """
+    return x + bias.astype(x.dtype)
+
+
+def _add_bias_fwd(x, bias):
+    return add_bias(x, bias), jnp.zeros((), bias.dtype)  # residual: only the bias dtype
+
+
+def _add_bias_bwd(bias_dtype_scalar, g):
+    bias_dtype = bias_dtype_scalar.dtype
+    rows = g.reshape(-1, g.shape[-1])
+    ones = jnp.ones((1, rows.shape[0]), rows.dtype)
+    return g, jnp.dot(ones, rows, preferred_element_type=jnp.float32)[0].astype(bias_dtype)
+
+
+add_bias.defvjp(_add_bias_fwd, _add_bias_bwd)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
+def gated_activation(name: str, gate, up):
+    """``act(gate) * up`` (SwiGLU for ``name="silu"``, GeGLU for a gelu): gate, up [..., F] -> [..., F].
+
+    The backward computes ``d gate`` and ``d up`` as plain row-major arrays behind an optimisation
+    barrier. Left to autodiff, XLA's CPU backend fuses the activation's derivative into the transpose
+    that feeds the weight-gradient dot and evaluates the exp column by column: 35 ms a layer for
+    SmolLM2-135M at 8x128 on 2 cores, about a seventh of the whole training step. Same values and
+    gradients; only the program differs.
+    """
+    return activation(name)(gate) * up
+
+
+def _gated_fwd(name, gate, up):
+    return gated_activation(name, gate, up), (gate, up)
+
+
+def _gated_bwd(name, residuals, g):
+    gate, up = residuals
+    act, act_vjp = jax.vjp(activation(name), gate)
+    (d_gate,) = act_vjp(g * up)
+    return jax.lax.optimization_barrier((d_gate, g * act))
+
+
+gated_activation.defvjp(_gated_fwd, _gated_bwd)
 
 
 class RMSNorm(nn.Module):

@@ -45,7 +45,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from diffjax.diffusion.tokens import choose_tokens
-from diffjax.models.layers import ACTIVATIONS, RMSNorm
+from diffjax.models.layers import ACTIVATIONS, RMSNorm, gated_activation
 from diffjax.models.inputs import check_token_ids
 
 Dtype = Any
@@ -300,10 +300,11 @@ class LlamaMLP(nn.Module):
     @nn.compact
     def __call__(self, x):
         cfg = self.config
-        act = ACTIVATIONS[cfg.hidden_act]
-        g = _dense(cfg, cfg.intermediate_size, cfg.mlp_bias, "gate_proj")(x)
-        u = _dense(cfg, cfg.intermediate_size, cfg.mlp_bias, "up_proj")(x)
-        return _dense(cfg, cfg.hidden_size, cfg.mlp_bias, "down_proj")(act(g) * u)
+        rows = x.reshape(-1, x.shape[-1])  # [B*L, D]: see models/layers.gated_activation
+        g = _dense(cfg, cfg.intermediate_size, cfg.mlp_bias, "gate_proj")(rows)
+        u = _dense(cfg, cfg.intermediate_size, cfg.mlp_bias, "up_proj")(rows)
+        out = _dense(cfg, cfg.hidden_size, cfg.mlp_bias, "down_proj")(gated_activation(cfg.hidden_act, g, u))
+        return out.reshape(x.shape[:-1] + (cfg.hidden_size,))
 
 
 class LlamaBlock(nn.Module):

@@ -34,7 +34,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from diffjax.models.layers import ACTIVATIONS, RMSNorm
+from diffjax.models.layers import ACTIVATIONS, RMSNorm, gated_activation
 from diffjax.models.inputs import check_token_ids
 
 Dtype = Any
@@ -208,11 +208,11 @@ class T5MLP(nn.Module):
         dense = lambda n, feats, std: nn.Dense(  # noqa: E731
             feats, use_bias=False, dtype=cfg.dtype, param_dtype=cfg.param_dtype,
             kernel_init=nn.initializers.normal(f * std), name=n)
-        act = ACTIVATIONS[cfg.activation]
         if cfg.is_gated:
-            h = act(dense("wi_0", cfg.d_ff, cfg.d_model ** -0.5)(x)) * dense("wi_1", cfg.d_ff, cfg.d_model ** -0.5)(x)
+            h = gated_activation(cfg.activation, dense("wi_0", cfg.d_ff, cfg.d_model ** -0.5)(x),
+                                 dense("wi_1", cfg.d_ff, cfg.d_model ** -0.5)(x))
         else:
-            h = act(dense("wi", cfg.d_ff, cfg.d_model ** -0.5)(x))
+            h = ACTIVATIONS[cfg.activation](dense("wi", cfg.d_ff, cfg.d_model ** -0.5)(x))
         h = nn.Dropout(cfg.dropout_rate)(h, deterministic=deterministic)
         return dense("wo", cfg.d_model, cfg.d_ff ** -0.5)(h)
 

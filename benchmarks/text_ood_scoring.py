@@ -5,9 +5,12 @@ jitted vmapped sweep) vs a PyTorch implementation of the same scoring loop with 
 The denoiser is the real all-MiniLM-L6-v2 encoder with a freshly initialised timestep MLP and x0
 head (weights copied to torch), sentences of the embedded movie reviews packed to 32 tokens. Both
 sides score the same noised inputs (the JAX noise is passed to torch) and the scores are checked
-to agree before timing. Prints one JSON line and writes benchmarks/results/text_ood_scoring.json.
+to agree before timing. Prints the machine (``benchmarks/_machine.py``) and one JSON line, and writes
+benchmarks/results/text_ood_scoring.json (``--json`` / ``--out``) with the machine block. Torch gets as
+many threads as XLA:CPU uses (``os.sched_getaffinity``) unless ``--threads`` says otherwise; when JAX runs
+on a GPU, torch runs on CUDA if available, else the torch side is skipped (JAX timings only).
 
-    python benchmarks/text_ood_scoring.py [--n 64] [--batch 16] [--seeds 1] [--threads 2]
+    python benchmarks/text_ood_scoring.py [--n 64] [--batch 16] [--seeds 1] [--threads N]
 """
 
 from __future__ import annotations
@@ -15,11 +18,16 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import sys
 import time
 
-import jax
-import jax.numpy as jnp
-import numpy as np
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+import _machine  # noqa: E402
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+import numpy as np  # noqa: E402
 
 
 def main():
@@ -27,8 +35,10 @@ def main():
     ap.add_argument("--n", type=int, default=64)
     ap.add_argument("--batch", type=int, default=16)
     ap.add_argument("--seeds", type=int, default=1)
-    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--threads", type=int, default=None,
+                    help="torch threads (default: the cores XLA:CPU uses, os.sched_getaffinity)")
     ap.add_argument("--repeats", type=int, default=2)
+    ap.add_argument("--json", "--out", dest="json", default=_machine.default_json_path("text_ood_scoring"))
     args = ap.parse_args()
 
     import torch
@@ -42,7 +52,20 @@ def main():
     from diffjax.tasks.text_ood import backbone_path
     from diffjax.checkpoints.hf import load_hf_checkpoint
 
-    torch.set_num_threads(args.threads)
+    info = _machine.machine_info()
+    threads = args.threads or info["xla_cpu_threads"]
+    torch.set_num_threads(threads)
+    info = _machine.machine_info(import_torch=True)
+    dev, torch_note = "cpu", None
+    if info["jax_backend"] == "gpu":
+        if torch.cuda.is_available():
+            dev = "cuda"
+            _machine.torch_cuda_fp32_like_jax()  # float32 matmuls in TF32 as XLA:GPU does by default
+        else:
+            torch_note = "JAX runs on the GPU but torch has no CUDA here: torch side skipped"
+    _machine.print_machine(info)
+    print(f"torch: {dev}, {threads} thread(s) (= XLA:CPU's {info['xla_cpu_threads']}"
+          f"{', --threads' if args.threads else ''})" + (f"; note: {torch_note}" if torch_note else ""), flush=True)
     path = backbone_path("embedded:minilm")
     tok = load_tokenizer(path)
     ex = read_examples("embedded:movie_reviews", max_examples=args.n)
@@ -59,15 +82,15 @@ def main():
     inputs = s.inputs()
 
     # torch reference with the same weights
-    hf = BertModel.from_pretrained(path, add_pooling_layer=False).eval()
-    tp = {k: torch.tensor(np.asarray(v)) for k, v in
+    hf = BertModel.from_pretrained(path, add_pooling_layer=False).eval().to(dev)
+    tp = {k: torch.tensor(np.asarray(v), device=dev) for k, v in
           {"w0": params["time_mlp"]["dense_0"]["kernel"], "b0": params["time_mlp"]["dense_0"]["bias"],
            "w1": params["time_mlp"]["dense_1"]["kernel"], "b1": params["time_mlp"]["dense_1"]["bias"],
            "wx": params["x0_head"]["kernel"], "bx": params["x0_head"]["bias"]}.items()}
-    abar = torch.tensor(np.asarray(sched.alpha_bars), dtype=torch.float64)
+    abar = torch.tensor(np.asarray(sched.alpha_bars), dtype=torch.float64, device=dev)
     E = hf.embeddings.word_embeddings.weight
     half = d // 2
-    freqs = torch.exp(-np.log(10000.0) * torch.arange(half, dtype=torch.float32) / half)
+    freqs = torch.exp(-np.log(10000.0) * torch.arange(half, dtype=torch.float32, device=dev) / half)
 
     @torch.no_grad()
     def torch_scores(tokens, mask, t, noise):  # [B, L], [B, L], [B], [B, L, D] -> L_d + L_c [B]
@@ -97,23 +120,27 @@ def main():
             return tm.position_noise(jax.random.fold_in(k, i), L, d)
         return np.asarray(jax.vmap(lambda i: one(keys[0], i))(jnp.asarray(ids)))
 
-    noise = torch.tensor(noise_of(s.ids, inputs["tokens"].shape[1]))
-    toks, msk = torch.tensor(inputs["tokens"]).long(), torch.tensor(inputs["mask"])
+    noise = torch.tensor(noise_of(s.ids, inputs["tokens"].shape[1]), device=dev)
+    toks, msk = torch.tensor(inputs["tokens"], device=dev).long(), torch.tensor(inputs["mask"], device=dev)
 
     def torch_run(ts):
         out = []
         for t in ts:  # the same loop: every t, every batch (one noise draw: seed 0)
             for b in range(0, args.n, args.batch):
                 sl = slice(b, b + args.batch)
-                out.append(torch_scores(toks[sl], msk[sl], torch.full((toks[sl].shape[0],), t), noise[sl]))
-        return torch.cat(out).reshape(len(ts), -1)
+                out.append(torch_scores(toks[sl], msk[sl], torch.full((toks[sl].shape[0],), int(t), device=dev),
+                                        noise[sl]))
+        return torch.cat(out).reshape(len(ts), -1).cpu()  # .cpu() waits for CUDA
 
     # parity at t = 200 (seed 0)
     j = jax_run([200])[0, 0]
-    tr = torch_run([200])[0].numpy()
-    err = float(np.max(np.abs(j - tr) / np.abs(tr)))
+    err = None
+    if torch_note is None:
+        tr = torch_run([200])[0].numpy()
+        err = float(np.max(np.abs(j - tr) / np.abs(tr)))
     res = {"n_sentences": args.n, "batch": args.batch, "seeds": args.seeds, "length": int(inputs["tokens"].shape[1]),
-           "torch_threads": args.threads, "max_rel_diff_jax_vs_torch": err, "backend": jax.default_backend()}
+           "torch_threads": threads, "torch_device": dev, "torch_note": torch_note, "max_rel_diff_jax_vs_torch": err,
+           "backend": jax.default_backend()}
     for n_t in (1, 16):
         ts = list(np.linspace(50, 1000, n_t).astype(int)) if n_t > 1 else [200]
         jax_run(ts)  # compile
@@ -121,6 +148,9 @@ def main():
         for _ in range(args.repeats):
             jax_run(ts)
         tj = (time.perf_counter() - t0) / args.repeats
+        if torch_note is not None:
+            res[f"t{n_t}"] = {"jax_sentences_per_s": args.n * args.seeds / tj, "scores_per_sentence": n_t * args.seeds}
+            continue
         t0 = time.perf_counter()
         for _ in range(args.repeats):
             torch_run(ts)
@@ -128,9 +158,7 @@ def main():
         res[f"t{n_t}"] = {"jax_sentences_per_s": args.n * args.seeds / tj, "torch_sentences_per_s": args.n * args.seeds / tt,
                           "jax_over_torch": tt / tj, "scores_per_sentence": n_t * args.seeds}
     print(json.dumps(res))
-    os.makedirs(os.path.join(os.path.dirname(__file__), "results"), exist_ok=True)
-    with open(os.path.join(os.path.dirname(__file__), "results", "text_ood_scoring.json"), "w") as f:
-        json.dump(res, f, indent=2)
+    _machine.write_json(args.json, {"benchmark": "text_ood_scoring", **res}, info)
 
 
 if __name__ == "__main__":

@@ -10,7 +10,9 @@ Rows (gaussian2d MLP denoiser + AdamW + grad clipping + EMA, one ``jax.jit`` wit
                  -> step -> (lagged) finite check, ms/step.
 Ratios are against mesh (1, 1) = the unsharded step on one device. Fake CPU devices share the
 host's cores, so on CPU a sharded step is not expected to be faster; the figures measure the cost of
-sharding / dispatch, the speed-up needs real accelerators.
+sharding / dispatch, the speed-up needs real accelerators. Prints the machine first
+(``benchmarks/_machine.py``); writes JSON (``--json``, default benchmarks/results/train_step.json).
+Needs ml_collections (the configs).
 """
 
 from __future__ import annotations
@@ -25,12 +27,16 @@ _args = argparse.ArgumentParser()
 _args.add_argument("--devices", type=int, default=4)
 _args.add_argument("--iters", type=int, default=20)
 _args.add_argument("--repeats", type=int, default=3)
+_args.add_argument("--json", "--out", dest="json", default=None,
+                   help="write the results here (default benchmarks/results/train_step.json)")
 ARGS = _args.parse_args()
 os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") +
                            f" --xla_force_host_platform_device_count={ARGS.devices}").strip()
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
+import _machine  # noqa: E402
 import jax  # noqa: E402
 
 from diffjax.cli import REPO_ROOT, _load_config_file  # noqa: E402
@@ -91,6 +97,8 @@ def bench(mesh_shape, hidden, depth, batch):
 
 
 def main():
+    info = _machine.machine_info()
+    _machine.print_machine(info)
     print(f"jax {jax.__version__}, backend {jax.default_backend()}, {jax.device_count()} devices, "
           f"{os.cpu_count()} host cores; {ARGS.iters} steps x {ARGS.repeats} repeats (median)")
     sizes = [("medium", 512, 4, 1024), ("tiny", 8, 1, 8)]
@@ -98,15 +106,21 @@ def main():
     header = f"{'model':8s} {'params':>8s} {'batch':>6s} {'mesh':>7s} {'step ms':>9s} {'x (1,1)':>8s} {'loop ms':>9s} {'x (1,1)':>8s}"
     print(header)
     print("-" * len(header))
+    rows = []
     for name, hidden, depth, batch in sizes:
         ref = None
         for mesh in meshes:
             n, t_step, t_loop = bench(mesh, hidden, depth, batch)
             ref = ref or (t_step, t_loop)
+            rows.append({"model": name, "params": int(n), "batch": batch, "mesh": list(mesh), "step_ms": t_step,
+                         "step_vs_1x1": t_step / ref[0], "loop_ms": t_loop, "loop_vs_1x1": t_loop / ref[1]})
             print(f"{name:8s} {n:8d} {batch:6d} {str(mesh):>7s} {t_step:9.3f} {t_step / ref[0]:8.2f} "
                   f"{t_loop:9.3f} {t_loop / ref[1]:8.2f}", flush=True)
     print("tiny-model rows = dispatch overhead per step (compute is ~0): 'step' = jit dispatch of the "
           "sharded step, 'loop' adds host batch assembly + the lagged NaN check.")
+    _machine.write_json(ARGS.json or _machine.default_json_path("train_step"),
+                        {"benchmark": "train_step", "devices": ARGS.devices, "iters": ARGS.iters,
+                         "repeats": ARGS.repeats, "backend": jax.default_backend(), "rows": rows}, info)
 
 
 if __name__ == "__main__":

@@ -278,7 +278,7 @@ class MaskedLMTask(Task):
         if len(per_task) > 1:
             res["per_task"] = per_task
         res["samples"] = [{"prompt": prompts[i], "output": hyps[i], "reference": refs[i], "task": tasks[i]}
-                          for i in range(min(n, 12))]
+                          for i in range(min(len(idx), 12))]
         return res
 
 

@@ -170,3 +170,23 @@ def test_eval_cap_keeps_every_task():
     assert list(idx) == sorted(idx) and list(idx[:10]) == list(range(10))
     assert list(balanced_indices(["all"] * 5, 3)) == [0, 1, 2]
     assert list(balanced_indices(["a", "b"], 10)) == [0, 1]
+
+
+def test_fixed_length_training_makes_the_padding_tail_a_target():
+    """length_mode='fixed' decodes every slot after the prompt, so training must corrupt, score and attend
+    the PAD slots after the closing SEP (else the model never sees [MASK] there); batch-padding rows stay off."""
+    import jax.numpy as jnp
+
+    from diffjax.tasks.masked_lm import padding_as_target
+
+    valid = jnp.array([[1, 1, 1, 1, 1, 0, 0, 0], [0, 0, 0, 0, 0, 0, 0, 0]], bool)  # row 1: batch padding
+    batch = {"tokens": jnp.array([[101, 7, 102, 8, 102, 0, 0, 0], [0] * 8]),
+             "corruptible": jnp.array([[0, 0, 0, 1, 1, 0, 0, 0], [0] * 8], bool), "valid": valid,
+             "attention_mask": valid, "segment_ids": jnp.array([[0, 0, 0, 1, 1, 0, 0, 0], [0] * 8], jnp.int32),
+             "prompt_length": jnp.array([3, 0]), "example_mask": jnp.array([True, False])}
+    out = padding_as_target(batch)
+    assert out["corruptible"][0].tolist() == [False] * 3 + [True] * 5
+    assert out["valid"][0].all() and out["attention_mask"][0].all()
+    assert out["segment_ids"][0].tolist() == [0, 0, 0, 1, 1, 1, 1, 1]
+    assert not out["corruptible"][1].any() and not out["valid"][1].any()
+    assert out["tokens"] is batch["tokens"]

@@ -71,6 +71,25 @@ def decoder_kwargs(cfg) -> dict:
 
 
 
+
+def padding_as_target(batch: dict) -> dict:
+    """Fixed-length training (``length_mode="fixed"``, papers.md 002: a fixed maximum length, the output
+    cut at the first EOS): the slots after an example's closing SEP become target too — they hold PAD,
+    are corrupted and scored like the target, attended, and in the target segment — because fixed-length
+    decoding generates every slot after the prompt. Without this the model never sees [MASK] past the
+    target and fills those slots with repeats of frequent words. Rows that are batch padding
+    (``example_mask`` False) are left alone. batch: the packed fields [B, L] -> the same dict, updated."""
+    L = batch["tokens"].shape[1]
+    pos = jnp.arange(L)[None]
+    real = batch["example_mask"].astype(bool)[:, None] if "example_mask" in batch else True
+    tail = (pos >= batch["prompt_length"][:, None]) & ~batch["valid"].astype(bool) & real
+    out = dict(batch)
+    out["corruptible"] = batch["corruptible"] | tail
+    out["valid"] = batch["valid"] | tail
+    out["attention_mask"] = batch["attention_mask"].astype(bool) | tail
+    out["segment_ids"] = jnp.where(tail, 1, batch["segment_ids"]).astype(batch["segment_ids"].dtype)
+    return out
+
 def balanced_indices(tasks: list[str], max_examples: int) -> np.ndarray:
     """Sorted indices of at most ``max_examples`` examples, taking the tasks in turn (each task's first
     examples, in order), so a cap on the evaluation set keeps every task: a large task listed first
@@ -147,6 +166,8 @@ class MaskedLMTask(Task):
         c = self.cfg
         rng_loss, rng_drop, rng_drop2 = jax.random.split(rng, 3)
         drop = rng_drop if c.dropout else None
+        if c.length_mode == "fixed":
+            batch = padding_as_target(batch)
         att, seg = batch["attention_mask"], batch["segment_ids"]
 
         def logits_fn(x, t):
@@ -183,10 +204,11 @@ class MaskedLMTask(Task):
             raise ValueError("task.length_mode='head' needs task.length_max > 0 (a length head)")
         # Special tokens the target never holds inside its text (PAD, CLS / BOS, UNK; and SEP when the
         # length head fixes where the closing SEP goes) are not generated.
-        specials = {self.tokenizer.pad_id, self.tokenizer.cls_id, self.tokenizer.bos_id,
-                    getattr(self.tokenizer.hf, "unk_token_id", None)}
+        # In fixed mode the slots after the closing SEP are trained to hold PAD (padding_as_target), so PAD
+        # stays allowed there and the output is cut at the first SEP or PAD.
+        specials = {self.tokenizer.cls_id, self.tokenizer.bos_id, getattr(self.tokenizer.hf, "unk_token_id", None)}
         if mode == "head":
-            specials.add(self.sep_id)
+            specials |= {self.sep_id, self.tokenizer.pad_id}
         banned = tuple(sorted(int(i) for i in specials if i is not None and i != self.mask_id))
         return dict(mask_id=self.mask_id, sep_id=self.sep_id, pad_id=self.pad_id, decoder=c.decoder, banned_ids=banned,
                     decoder_kwargs=decoder_kwargs(c), length_mode=mode, length_beam=int(c.length_beam),

@@ -123,25 +123,10 @@ class BertSelfAttention(nn.Module):
         q, k, v = (
             _dense(d, cfg, self.dtype, self.param_dtype, n)(h).reshape(b, l, nh, hd) for n in ("query", "key", "value")
         )
-        import os
-        mode = os.environ.get("ATT", "cur")
-        if mode == "dpa":
-            ctx = jax.nn.dot_product_attention(q, k, v, bias=bias).reshape(b, l, d)
-        elif mode == "hf":
-            qh, kh, vh = (t.transpose(0, 2, 1, 3) for t in (q, k, v))
-            scores = jnp.matmul(qh, kh.transpose(0, 1, 3, 2)) / jnp.sqrt(jnp.float32(hd)) + bias
-            probs = jax.nn.softmax(scores, axis=-1)
-            ctx = jnp.matmul(probs, vh).transpose(0, 2, 1, 3).reshape(b, l, d)
-        elif mode == "flat":
-            qh, kh, vh = (t.transpose(0, 2, 1, 3).reshape(b * nh, l, hd) for t in (q, k, v))
-            scores = jnp.matmul(qh, kh.transpose(0, 2, 1)).reshape(b, nh, l, l) / jnp.sqrt(jnp.float32(hd)) + bias
-            probs = jax.nn.softmax(scores, axis=-1).reshape(b * nh, l, l)
-            ctx = jnp.matmul(probs, vh).reshape(b, nh, l, hd).transpose(0, 2, 1, 3).reshape(b, l, d)
-        else:
-            scores = jnp.einsum("bqhd,bkhd->bhqk", q, k).astype(jnp.float32) / jnp.sqrt(jnp.float32(hd)) + bias
-            probs = jax.nn.softmax(scores, axis=-1).astype(self.dtype)
-            probs = nn.Dropout(cfg.attention_dropout)(probs, deterministic=deterministic)
-            ctx = jnp.einsum("bhqk,bkhd->bqhd", probs, v).reshape(b, l, d)
+        scores = jnp.einsum("bqhd,bkhd->bhqk", q, k).astype(jnp.float32) / jnp.sqrt(jnp.float32(hd)) + bias
+        probs = jax.nn.softmax(scores, axis=-1).astype(self.dtype)
+        probs = nn.Dropout(cfg.attention_dropout)(probs, deterministic=deterministic)
+        ctx = jnp.einsum("bhqk,bkhd->bqhd", probs, v).reshape(b, l, d)
         return _dense(d, cfg, self.dtype, self.param_dtype, "output")(ctx)
 
 

@@ -12,30 +12,29 @@ import numpy as np
 
 Dtype = Any
 
+
+def gelu_erf(x):
+    """Exact GELU in PyTorch's form, ``0.5 * x * (1 + erf(x / sqrt(2)))``.
+
+    The same function as ``jax.nn.gelu(approximate=False)`` (which goes through ``erfc``), written as
+    torch writes it so the two agree to float32 rounding; on CPU the speed difference was within noise.
+    """
+    return 0.5 * x * (1.0 + jax.lax.erf(x * np.float32(np.sqrt(0.5)).astype(x.dtype)))
+
+
 # The one activation table of diffjax/models: HF config names (``hidden_act``, T5's
 # ``feed_forward_proj`` suffix, EfficientNet's activation) -> functions. gelu is exact (erf);
 # gelu_new / gelu_pytorch_tanh the tanh approximation; swish == silu; relu6 = min(max(x, 0), 6).
 ACTIVATIONS = {
     "relu": jax.nn.relu,
     "relu6": lambda x: jnp.clip(x, 0, 6),
-    "gelu": lambda x: gelu_erf(x),
+    "gelu": gelu_erf,
     "gelu_new": lambda x: jax.nn.gelu(x, approximate=True),
     "gelu_pytorch_tanh": lambda x: jax.nn.gelu(x, approximate=True),
     "silu": jax.nn.silu,
     "swish": jax.nn.silu,
     "tanh": jnp.tanh,
 }
-
-
-def gelu_erf(x):
-    """Exact GELU as PyTorch computes it: ``0.5 * x * (1 + erf(x / sqrt(2)))``.
-
-    Same function as ``jax.nn.gelu(approximate=False)``, which goes through ``erfc``; XLA's CPU erfc
-    needs an exp and two polynomial branches, erf one clamped rational polynomial, so this form is the
-    cheaper one on CPU (about 8 ms a layer at RoBERTa-base 8x128 on 2 cores) and agrees with torch's to
-    float32 rounding.
-    """
-    return 0.5 * x * (1.0 + jax.lax.erf(x * np.float32(np.sqrt(0.5)).astype(x.dtype)))
 
 
 def activation(name: str):
@@ -50,9 +49,8 @@ def add_bias(x, bias):
     """``x + bias`` (x: [..., F], bias: [F]) whose bias gradient is a matrix-vector product.
 
     Autodiff of a broadcast add gives the bias gradient as a reduce over every leading axis; XLA's
-    CPU backend runs that reduce several times slower than the equivalent ``ones @ g`` dot (338 ms vs
-    under 30 ms for RoBERTa's [1024, 50265] MLM logits on 2 cores). Values and gradients are the
-    same function; only the backward program differs.
+    CPU backend ran that reduce in 338 ms for RoBERTa's [1024, 50265] MLM logits on 2 cores
+    (``benchmarks/profile_step.py``); here it is a ``ones @ g`` matrix-vector dot instead. Values and gradients are the same function; only the backward program differs.
     """
     return x + bias.astype(x.dtype)
 
@@ -75,11 +73,12 @@ add_bias.defvjp(_add_bias_fwd, _add_bias_bwd)
 def gated_activation(name: str, gate, up):
     """``act(gate) * up`` (SwiGLU for ``name="silu"``, GeGLU for a gelu): gate, up [..., F] -> [..., F].
 
-    The backward computes ``d gate`` and ``d up`` as plain row-major arrays behind an optimisation
-    barrier. Left to autodiff, XLA's CPU backend fuses the activation's derivative into the transpose
-    that feeds the weight-gradient dot and evaluates the exp column by column: 35 ms a layer for
-    SmolLM2-135M at 8x128 on 2 cores, about a seventh of the whole training step. Same values and
-    gradients; only the program differs.
+    The backward computes ``d gate`` and ``d up`` as plain arrays behind an optimisation barrier, so
+    XLA cannot fuse the activation's derivative into the transpose that feeds the weight-gradient
+    dot. The main fix for that (35 ms a layer for SmolLM2-135M at 8x128 on 2 cores, as a 3-d
+    transpose) is calling this on [B*L, F] rows, as ``LlamaMLP`` does: with rows, plain
+    ``act(gate) * up`` loses the transpose too (one run of ``benchmarks/profile_step.py --model llama``:
+    7.36 s before, 7.05 s with rows alone, 6.32 s with rows and this VJP). Same values and gradients.
     """
     return activation(name)(gate) * up
 

@@ -70,8 +70,6 @@ def decoder_kwargs(cfg) -> dict:
     return kw
 
 
-
-
 def padding_as_target(batch: dict) -> dict:
     """Fixed-length training (``length_mode="fixed"``, papers.md 002: a fixed maximum length, the output
     cut at the first EOS): the slots after an example's closing SEP become target too — they hold PAD,
@@ -90,6 +88,7 @@ def padding_as_target(batch: dict) -> dict:
     out["segment_ids"] = jnp.where(tail, 1, batch["segment_ids"]).astype(batch["segment_ids"].dtype)
     return out
 
+
 def balanced_indices(tasks: list[str], max_examples: int) -> np.ndarray:
     """Sorted indices of at most ``max_examples`` examples, taking the tasks in turn (each task's first
     examples, in order), so a cap on the evaluation set keeps every task: a large task listed first
@@ -100,6 +99,7 @@ def balanced_indices(tasks: list[str], max_examples: int) -> np.ndarray:
     order = [ids[k] for k in range(max((len(v) for v in by_task.values()), default=0))
              for ids in by_task.values() if k < len(ids)]
     return np.sort(np.asarray(order[:max(int(max_examples), 0)], np.int64))
+
 
 class MaskedLMTask(Task):
     name = "masked_lm"

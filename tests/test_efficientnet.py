@@ -100,6 +100,19 @@ def test_random_weight_parity(name, size, impl):
     assert out["pooled"].shape == (2, en.head_filters(cfg))
 
 
+@pytest.mark.parametrize("name,size", [("efficientnet-b4", 100), ("efficientnet-lite0", 64)])
+def test_prepadded_expand_matches_torch_on_every_grid(name, size, monkeypatch):
+    """MBConv's inference path that pads the narrow block input before the 1x1 expand (and zeroes the border
+    after BN + activation, where BN's bias would otherwise leave act(bias) != 0) forced on every block: odd grids,
+    TF-same and symmetric padding, stride 2, 5x5 kernels, squeeze-excite (B4) all still match torch."""
+    monkeypatch.setattr(en, "_PRE_PAD_MAX_AREA", float("inf"))
+    tmodel = _torch_model(name, size)
+    cfg = en.efficientnet_config(name)
+    variables = ckpt.convert_state_dict(_state_dict_np(tmodel), cfg)
+    x = np.random.default_rng(0).normal(size=(2, size, size, 3)).astype(np.float32)
+    _check_parity(en.EfficientNet(cfg, depthwise_impl="shift"), variables, tmodel, x)
+
+
 def test_feature_channels_match_timm_features_only():
     assert en.feature_channels(en.efficientnet_config("b4")) == (24, 32, 56, 160, 448)
     assert en.feature_channels(en.efficientnet_config("lite0")) == (16, 24, 40, 112, 320)

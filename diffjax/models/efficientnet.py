@@ -44,6 +44,7 @@ from typing import Any, NamedTuple
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from diffjax.models.layers import activation
 
@@ -222,7 +223,15 @@ def _pads(cfg: EfficientNetConfig, k: int):
     raise ValueError(f"padding must be 'same' or 'symmetric', got {cfg.padding!r}")
 
 
+# MBConv pads the narrow block input (not the expanded one) when the padded grid is at most this much larger: the
+# 1x1 expand then computes the border rows too, which pays only where the border is thin (112x112 and 56x56 grids
+# of Lite0 / B4; a 7x7 grid with a 5x5 kernel would grow 2.5x).
+_PRE_PAD_MAX_AREA = 1.1
+
+
 def _explicit_pads(size: int, k: int, s: int, padding: str) -> tuple[int, int]:
+    if padding == "valid":  # already padded by the caller
+        return 0, 0
     if padding == "symmetric":
         return (k - 1) // 2, (k - 1) // 2
     out = -(-size // s)
@@ -308,12 +317,14 @@ class ConvBN(nn.Module):
     act: bool = True
     dtype: Any = jnp.float32
     depthwise_impl: str = "auto"
+    pre_padded: bool = False
 
     @nn.compact
     def __call__(self, x, train: bool = False):
         shift = _use_shift_depthwise(self.depthwise_impl)
         if self.depthwise and shift:
-            x = DepthwiseConv(self.kernel, self.stride, self.cfg.padding, dtype=self.dtype, name="conv")(x)
+            x = DepthwiseConv(self.kernel, self.stride, "valid" if self.pre_padded else self.cfg.padding,
+                              dtype=self.dtype, name="conv")(x)
         elif not self.depthwise and (shift or self.kernel == 1):
             x = DenseConv(self.features, self.kernel, self.stride, self.cfg.padding, dtype=self.dtype,
                           name="conv")(x)
@@ -344,10 +355,23 @@ class MBConv(nn.Module):
         b, cfg = self.spec, self.cfg
         x = inputs
         mid = b.in_filters * b.expand_ratio
+        # inference (train mode's batch statistics must not see the border): pad the narrow block input instead of
+        # the expanded one (expand_ratio x fewer bytes); the 1x1 expand runs on the padded grid and its border is
+        # zeroed in the same fusion (_PRE_PAD_MAX_AREA)
+        (h, w) = x.shape[1:3]
+        ph, pw = _explicit_pads(h, b.kernel, b.stride, cfg.padding), _explicit_pads(w, b.kernel, b.stride, cfg.padding)
+        pre_pad = (not train and b.expand_ratio != 1 and _use_shift_depthwise(self.depthwise_impl)
+                   and (h + sum(ph)) * (w + sum(pw)) <= _PRE_PAD_MAX_AREA * h * w)
+        if pre_pad:
+            x = jnp.pad(x, ((0, 0), ph, pw, (0, 0)))
+            interior = np.zeros((1, h + sum(ph), w + sum(pw), 1), bool)
+            interior[:, ph[0]:ph[0] + h, pw[0]:pw[0] + w] = True
         if b.expand_ratio != 1:
             x = ConvBN(cfg, mid, dtype=self.dtype, name="expand")(x, train)
+        if pre_pad:
+            x = jnp.where(interior, x, jnp.zeros((), x.dtype))
         x = ConvBN(cfg, mid, kernel=b.kernel, stride=b.stride, depthwise=True, dtype=self.dtype,
-                   depthwise_impl=self.depthwise_impl, name="depthwise")(x, train)
+                   depthwise_impl=self.depthwise_impl, pre_padded=pre_pad, name="depthwise")(x, train)
         if b.se_filters is not None:
             s = jnp.mean(x, axis=(1, 2))
             s = nn.Dense(b.se_filters, dtype=self.dtype, name="se_reduce")(s)

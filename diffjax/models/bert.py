@@ -120,14 +120,15 @@ class BertSelfAttention(nn.Module):
         cfg = self.config
         b, l, d = h.shape
         nh, hd = cfg.num_heads, d // cfg.num_heads
+        rows = h.reshape(b * l, d)  # projections on [B*L, D] rows: 2-d dots and weight gradients
         q, k, v = (
-            _dense(d, cfg, self.dtype, self.param_dtype, n)(h).reshape(b, l, nh, hd) for n in ("query", "key", "value")
+            _dense(d, cfg, self.dtype, self.param_dtype, n)(rows).reshape(b, l, nh, hd) for n in ("query", "key", "value")
         )
         scores = jnp.einsum("bqhd,bkhd->bhqk", q, k).astype(jnp.float32) / jnp.sqrt(jnp.float32(hd)) + bias
         probs = jax.nn.softmax(scores, axis=-1).astype(self.dtype)
         probs = nn.Dropout(cfg.attention_dropout)(probs, deterministic=deterministic)
-        ctx = jnp.einsum("bhqk,bkhd->bqhd", probs, v).reshape(b, l, d)
-        return _dense(d, cfg, self.dtype, self.param_dtype, "output")(ctx)
+        ctx = jnp.einsum("bhqk,bkhd->bqhd", probs, v).reshape(b * l, d)
+        return _dense(d, cfg, self.dtype, self.param_dtype, "output")(ctx).reshape(b, l, d)
 
 
 class BertLayer(nn.Module):
@@ -141,9 +142,11 @@ class BertLayer(nn.Module):
         a = BertSelfAttention(cfg, dt, pdt, name="attention")(h, bias, deterministic)
         a = nn.Dropout(cfg.hidden_dropout)(a, deterministic=deterministic)
         h = _ln(cfg, dt, pdt, "attention_ln")(h + a)
-        f = _activation(cfg.hidden_act)(_dense(cfg.intermediate_size, cfg, dt, pdt, "intermediate")(h))
+        shape = h.shape
+        r = h.reshape(-1, shape[-1])  # the feed-forward on [B*L, D] rows: 2-d dots and weight gradients
+        f = _activation(cfg.hidden_act)(_dense(cfg.intermediate_size, cfg, dt, pdt, "intermediate")(r))
         f = nn.Dropout(cfg.hidden_dropout)(_dense(cfg.hidden_size, cfg, dt, pdt, "output")(f), deterministic=deterministic)
-        return _ln(cfg, dt, pdt, "output_ln")(h + f)
+        return _ln(cfg, dt, pdt, "output_ln")(h + f.reshape(shape))
 
 
 class BertEmbeddings(nn.Module):
@@ -328,13 +331,15 @@ class BertMLMHead(nn.Module):
     def __call__(self, h, word_embeddings: nn.Embed):
         cfg, dt, pdt = self.config, self.dtype, self.param_dtype
         act = _activation(cfg.hidden_act if cfg.head_style == "bert" else "gelu")
+        lead = h.shape[:-1]
+        h = h.reshape(-1, h.shape[-1])  # [rows, D]: 2-d dots, the bias add fuses into the decoder dot
         h = _ln(cfg, dt, pdt, "layer_norm")(act(_dense(cfg.hidden_size, cfg, dt, pdt, "dense")(h)))
         if cfg.tie_word_embeddings:
             logits = word_embeddings.attend(h)
         else:
             logits = nn.Dense(cfg.vocab_size, use_bias=False, dtype=dt, param_dtype=pdt, name="decoder")(h)
         bias = self.param("bias", nn.initializers.zeros, (cfg.vocab_size,), pdt)
-        return add_bias(logits, bias).astype(jnp.float32)
+        return add_bias(logits, bias).astype(jnp.float32).reshape(*lead, cfg.vocab_size)
 
 
 class BertClassifier(nn.Module):

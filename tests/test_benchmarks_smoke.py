@@ -30,3 +30,14 @@ def test_machine_info_and_text_models_json(tmp_path):
     assert d["peak_jnp_dot_flops"] > 0 and d["peak_torch_matmul_flops"] > 0
     r = d["results"][0]
     assert r["model"] == "llama" and r["torch_threads"] == d["torch_threads"] and r["max_abs_logit_diff"] < 1e-3
+
+
+def test_ab_step_compares_a_model_file_at_a_revision_with_the_working_tree():
+    pytest.importorskip("torch")
+    pytest.importorskip("transformers")
+    import ab_step
+
+    res = ab_step.main(["--tiny", "--model", "roberta", "--file", "diffjax/models/bert.py", "--rev", "HEAD",
+                        "--repeats", "1"])
+    assert set(res) == {"fwd", "fwd+bwd"}
+    assert all(r["old_ms"] > 0 and r["new_ms"] > 0 and r["ratio"] > 0 for r in res.values())

@@ -1,6 +1,6 @@
 """The custom-VJP layers of models/layers.py compute the same function and gradients as plain autodiff.
 
-``add_bias`` and ``gated_activation`` exist only for XLA-CPU speed (issue 18); ``gelu_erf`` is the exact
+``add_bias``, ``gated_activation`` and ``softmax_attention`` exist only for XLA-CPU speed (issue 18); ``gelu_erf`` is the exact
 GELU in torch's erf form. Each is checked against an independent formulation: jax autodiff of the plain
 expression, and torch for the GELU.
 """
@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from diffjax.diffusion.masked import token_log_probs
-from diffjax.models.layers import ACTIVATIONS, add_bias, gated_activation, gelu_erf
+from diffjax.models.layers import ACTIVATIONS, add_bias, gated_activation, gelu_erf, softmax_attention
 
 
 def _rand(key, shape, dtype=jnp.float32):
@@ -71,3 +71,41 @@ def test_token_log_probs_equals_indexed_log_softmax_with_and_without_inf():
     g = jax.grad(lambda l: jnp.sum(jnp.where(finite, token_log_probs(l, tokens), 0)))(_rand(0, (2, 5, 11)))
     h = jax.grad(lambda l: jnp.sum(jnp.where(finite, jnp.take_along_axis(jax.nn.log_softmax(l, -1), tokens[..., None], -1)[..., 0], 0)))(_rand(0, (2, 5, 11)))
     np.testing.assert_allclose(g, h, rtol=1e-5, atol=1e-6)
+
+
+def _attention_numpy(q, k, v, bias, scale, keep=None, rate=0.0):
+    """float64 reference: materialised softmax probabilities (dropout on them), then the values product."""
+    q, k, v, bias = (np.asarray(a, np.float64) for a in (q, k, v, bias))
+    s = np.einsum("bqhd,bkhd->bhqk", q, k) * scale + bias
+    p = np.exp(s - s.max(-1, keepdims=True))
+    p /= p.sum(-1, keepdims=True)
+    if keep is not None:
+        p = p * keep / (1 - rate)
+    return np.einsum("bhqk,bkhd->bqhd", p, v)
+
+
+def test_softmax_attention_matches_materialised_probabilities_with_mask_and_dropout():
+    q, k, v = _rand(0, (2, 5, 3, 4)), _rand(1, (2, 6, 3, 4)), _rand(2, (2, 6, 3, 4))
+    valid = np.ones((2, 6), bool)
+    valid[0, 4:] = False  # padded keys, as BERT's additive mask
+    bias = jnp.where(jnp.asarray(valid), 0.0, jnp.finfo(jnp.float32).min)[:, None, None, :]
+    scale = 4 ** -0.5
+    got = softmax_attention(q, k, v, bias, scale=scale)
+    np.testing.assert_allclose(got, _attention_numpy(q, k, v, bias, scale), rtol=1e-5, atol=1e-6)
+    rate = 0.3
+    keep = np.asarray(jax.random.bernoulli(jax.random.key(3), 1 - rate, (2, 3, 5, 6)))
+    dropped = softmax_attention(q, k, v, bias, scale=scale, weights_dropout=lambda e: e * keep / (1 - rate))
+    np.testing.assert_allclose(dropped, _attention_numpy(q, k, v, bias, scale, keep, rate), rtol=1e-5, atol=1e-6)
+
+    w = _rand(4, got.shape)
+
+    def plain(q, k, v):
+        p = jax.nn.softmax(jnp.einsum("bqhd,bkhd->bhqk", q, k) * scale + bias, axis=-1)
+        return jnp.sum(jnp.sin(jnp.einsum("bhqk,bkhd->bqhd", p, v)) * w)
+
+    want = jax.grad(plain, argnums=(0, 1, 2))(q, k, v)
+    got_grads = jax.grad(lambda q, k, v: jnp.sum(jnp.sin(softmax_attention(q, k, v, bias, scale=scale)) * w),
+                         argnums=(0, 1, 2))(q, k, v)
+    for g, ww in zip(got_grads, want):
+        np.testing.assert_allclose(g, ww, rtol=1e-4, atol=1e-6)
+    np.testing.assert_array_equal(np.asarray(got_grads[1])[0, 4:], 0.0)  # padded keys get no gradient

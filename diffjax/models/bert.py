@@ -34,7 +34,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from diffjax.models.layers import ACTIVATIONS, add_bias
+from diffjax.models.layers import ACTIVATIONS, add_bias, softmax_attention
 from diffjax.models.inputs import check_token_ids
 
 Dtype = Any
@@ -124,10 +124,9 @@ class BertSelfAttention(nn.Module):
         q, k, v = (
             _dense(d, cfg, self.dtype, self.param_dtype, n)(rows).reshape(b, l, nh, hd) for n in ("query", "key", "value")
         )
-        scores = jnp.einsum("bqhd,bkhd->bhqk", q, k).astype(jnp.float32) / jnp.sqrt(jnp.float32(hd)) + bias
-        probs = jax.nn.softmax(scores, axis=-1).astype(self.dtype)
-        probs = nn.Dropout(cfg.attention_dropout)(probs, deterministic=deterministic)
-        ctx = jnp.einsum("bhqk,bkhd->bqhd", probs, v).reshape(b * l, d)
+        drop = nn.Dropout(cfg.attention_dropout)
+        ctx = softmax_attention(q, k, v, bias, scale=hd ** -0.5,
+                                weights_dropout=lambda e: drop(e, deterministic=deterministic)).reshape(b * l, d)
         return _dense(d, cfg, self.dtype, self.param_dtype, "output")(ctx).reshape(b, l, d)
 
 

@@ -41,3 +41,15 @@ def test_ab_step_compares_a_model_file_at_a_revision_with_the_working_tree():
                         "--repeats", "1"])
     assert set(res) == {"fwd", "fwd+bwd"}
     assert all(r["old_ms"] > 0 and r["new_ms"] > 0 and r["ratio"] > 0 for r in res.values())
+
+
+def test_matmul_floor_times_the_skeleton_and_the_model(tmp_path):
+    pytest.importorskip("torch")
+    pytest.importorskip("transformers")
+    import matmul_floor
+
+    row = matmul_floor.main(["--tiny", "--repeats", "1", "--json", str(tmp_path / "mf.json")])
+    for name in ("dots_without_attention", "dots_with_attention", "diffjax_model"):
+        assert row[f"{name}_fwd_s"] > 0 and row[f"{name}_fwdbwd_s"] > 0
+    assert "ceiling_fwdbwd_ratio" not in row  # the committed JSON is for the full-size model, not --tiny
+    assert json.loads((tmp_path / "mf.json").read_text())["machine"]["cpu_model"]

@@ -9,6 +9,9 @@ agree first), for EfficientNet-Lite0 @224 and B4 @380 (native resolutions) with 
     python benchmarks/dlsr_throughput.py [--batch 16] [--iters 3] [--variants lite0,b4] [--sweep_t 100]
         [--torch_threads N] [--json benchmarks/results/dlsr_throughput.json]
 
+The torch pipeline runs in a child process that never runs XLA work (with XLA:CPU's thread pool in the
+same process, torch's 2-thread Lite0 figure swung between 34 and 57 img/s from run to run).
+
 Prints the machine first (``benchmarks/_machine.py``) and both matmul peaks; writes JSON (rows, sweep
 lines, machine, peaks). Torch gets as many threads as XLA:CPU uses (``os.sched_getaffinity``; override
 with ``--torch_threads``): the ratio is at equal threads; torch at 1 thread is an extra number. Without
@@ -141,10 +144,56 @@ def torch_pipeline(name, sd_np, lfdn_params, dims, sched, res):
     return pipeline, lfdn
 
 
+def run_torch_child(name, sd, lfdn_params, images, z_in, iters, threads):
+    """Time the torch pipeline in a child process that never runs XLA work (XLA:CPU's thread pool in the same
+    process made torch's 2-thread figure swing between 34 and 57 img/s on Lite0): -> {"torch_img_s_<n>thr"
+    for n in (threads, 1), "z0": torch's features [B, D], "lfdn_out": torch's LFDN on ``z_in`` at t=T_SCORE}."""
+    import pickle
+    import subprocess
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as d:
+        job, out = os.path.join(d, "job.pkl"), os.path.join(d, "out.pkl")
+        with open(job, "wb") as f:
+            pickle.dump({"name": name, "sd": sd, "lfdn_params": jax.tree_util.tree_map(np.asarray, lfdn_params),
+                         "images": images, "z_in": z_in, "iters": iters, "threads": threads}, f)
+        subprocess.run([sys.executable, os.path.abspath(__file__), "--torch_worker", job, out], check=True,
+                       env=dict(os.environ, JAX_PLATFORMS="cpu"))
+        with open(out, "rb") as f:
+            return pickle.load(f)
+
+
+def torch_worker(job_path, out_path):
+    """Child process: build the torch pipeline from the job's weights, check outputs, time it (see run_torch_child)."""
+    import pickle
+
+    import torch
+
+    with open(job_path, "rb") as f:
+        job = pickle.load(f)
+    name, images, threads = job["name"], job["images"], job["threads"]
+    cfg = en.efficientnet_config(name)
+    pipe, t_lfdn = torch_pipeline(name, job["sd"], job["lfdn_params"], en.feature_channels(cfg),
+                                  gaussian_schedule("scaled_linear", 100), cfg.resolution)
+    torch.set_num_threads(threads)
+    gen = torch.Generator().manual_seed(0)
+    res = {"z0": pipe(images, gen)[2].numpy(),
+           "lfdn_out": t_lfdn(torch.from_numpy(job["z_in"]), torch.full((len(images),), T_SCORE)).numpy()}
+    # torch eager at XLA:CPU's thread count (the headline ratio: equal threads) and, as an extra number,
+    # at 1 thread (on a loaded machine OpenMP spinning can make several threads slower than 1)
+    for n_threads in sorted({1, threads}, reverse=True):
+        torch.set_num_threads(n_threads)
+        res[f"torch_img_s_{n_threads}thr"] = len(images) / _timeit(lambda: pipe(images, gen), job["iters"])
+    with open(out_path, "wb") as f:
+        pickle.dump(res, f)
+
+
 # ------------------------------------------------------------------------------------------
 
 
 def main():
+    if len(sys.argv) == 4 and sys.argv[1] == "--torch_worker":
+        return torch_worker(sys.argv[2], sys.argv[3])
     ap = argparse.ArgumentParser()
     ap.add_argument("--batch", type=int, default=16)
     ap.add_argument("--iters", type=int, default=3)
@@ -237,21 +286,13 @@ def main():
         if skip_note:
             row["torch_skipped"] = skip_note
         if use_torch:
-            pipe, t_lfdn = torch_pipeline(name, sd, lp, dims, sched, res)
-            gen = torch.Generator().manual_seed(0)
-            _, _, z_t = pipe(images, gen)
             _, _, z_j = jax_pipeline(jimgs, key)
-            row["z0_max_abs_diff"] = float(np.max(np.abs(z_t.numpy() - np.asarray(z_j))))
-            zz, tt = np.asarray(z_j), np.full((args.batch,), T_SCORE)  # LFDN parity on the same input
-            row["lfdn_max_abs_diff"] = float(np.max(np.abs(
-                t_lfdn(torch.from_numpy(zz), torch.from_numpy(tt)).numpy()
-                - np.asarray(lfdn.apply({"params": lp}, jnp.asarray(zz), jnp.asarray(tt))))))
-            # torch eager at XLA:CPU's thread count (the headline ratio: equal threads) and, as an extra number,
-            # at 1 thread (on a loaded machine OpenMP spinning can make several threads slower than 1)
-            for n_threads in sorted({1, threads}, reverse=True):
-                torch.set_num_threads(n_threads)
-                row[f"torch_img_s_{n_threads}thr"] = args.batch / _timeit(lambda: pipe(images, gen), args.iters)
-            torch.set_num_threads(threads)
+            zz = np.asarray(z_j)  # LFDN parity on the same input
+            t_res = run_torch_child(name, sd, lp, images, zz, args.iters, threads)
+            row["z0_max_abs_diff"] = float(np.max(np.abs(t_res.pop("z0") - zz)))
+            row["lfdn_max_abs_diff"] = float(np.max(np.abs(t_res.pop("lfdn_out") - np.asarray(
+                lfdn.apply({"params": lp}, jnp.asarray(zz), jnp.full((args.batch,), T_SCORE))))))
+            row.update(t_res)
             row["torch_threads"] = threads
             row["torch_img_s"] = row[f"torch_img_s_{threads}thr"]
             row["ratio"] = row["jax_img_s"] / row["torch_img_s"]

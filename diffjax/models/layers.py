@@ -97,11 +97,13 @@ def _gated_bwd(name, residuals, g):
 gated_activation.defvjp(_gated_fwd, _gated_bwd)
 
 
-def softmax_attention(q, k, v, bias=None, *, scale: float, weights_dropout=None):
+def softmax_attention(q, k, v, bias=None, *, scale: float, mask=None, weights_dropout=None):
     """Multi-head attention core ``softmax(q k^T * scale + bias) v``, normalised after the values product.
 
     q: [B, L, H, hd]; k, v: [B, S, H, hd]; bias: additive, broadcastable to [B, H, L, S] (key padding
-    mask: [B, 1, 1, S]) or None -> [B, L, H, hd] in q's dtype. ``weights_dropout``: a callable applied to
+    mask: [B, 1, 1, S]) or None; mask: bool broadcastable to [B, H, L, S], True = may attend (scores of
+    masked keys set to the float32 minimum, as ``jnp.where`` before a softmax), or None -> [B, L, H, hd]
+    in q's dtype. ``weights_dropout``: a callable applied to
     the unnormalised weights exp(s - max s) [B, H, L, S] (dropout there equals dropout on the softmax
     probabilities: the normaliser is per row and is taken before it), or None.
 
@@ -113,7 +115,9 @@ def softmax_attention(q, k, v, bias=None, *, scale: float, weights_dropout=None)
     """
     s = jnp.einsum("bqhd,bkhd->bhqk", q, k, preferred_element_type=jnp.float32) * jnp.float32(scale)
     if bias is not None:
-        s = s + bias
+        s = s + bias.astype(jnp.float32)
+    if mask is not None:
+        s = jnp.where(mask, s, jnp.finfo(jnp.float32).min)
     e = jnp.exp(s - jax.lax.stop_gradient(jnp.max(s, axis=-1, keepdims=True)))
     row_sum = jnp.sum(e, axis=-1)  # [B, H, L]
     if weights_dropout is not None:

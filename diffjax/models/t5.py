@@ -30,11 +30,10 @@ import math
 from typing import Any, Optional
 
 import flax.linen as nn
-import jax
 import jax.numpy as jnp
 import numpy as np
 
-from diffjax.models.layers import ACTIVATIONS, RMSNorm, gated_activation
+from diffjax.models.layers import ACTIVATIONS, RMSNorm, gated_activation, softmax_attention
 from diffjax.models.inputs import check_token_ids
 
 Dtype = Any
@@ -185,14 +184,10 @@ class T5Attention(nn.Module):
         v = dense("value", inner, cfg.d_model ** -0.5)(kv)
         split = lambda t: t.reshape(t.shape[:-1] + (cfg.num_heads, cfg.d_kv))  # noqa: E731
         q, k, v = split(q), split(k), split(v)
-        scores = jnp.einsum("bqhd,bkhd->bhqk", q, k).astype(jnp.float32)
-        if bias is not None:
-            scores = scores + bias.astype(jnp.float32)
-        if mask is not None:
-            scores = jnp.where(mask, scores, jnp.finfo(jnp.float32).min)
-        probs = jax.nn.softmax(scores, axis=-1).astype(cfg.dtype)
-        probs = nn.Dropout(cfg.dropout_rate)(probs, deterministic=deterministic)
-        out = jnp.einsum("bhqk,bkhd->bqhd", probs, v).reshape(x.shape[:-1] + (inner,))
+        drop = nn.Dropout(cfg.dropout_rate)
+        out = softmax_attention(q, k, v, bias, scale=1.0, mask=mask,  # T5 does not scale the scores
+                                weights_dropout=lambda e: drop(e, deterministic=deterministic))
+        out = out.reshape(x.shape[:-1] + (inner,))
         return dense("out", cfg.d_model, inner ** -0.5)(out)
 
 

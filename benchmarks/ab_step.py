@@ -10,6 +10,7 @@ B ``--repeats`` times. Prints each side's median and minimum and the median of t
 old / new (> 1: the working tree is faster).
 
     python benchmarks/ab_step.py --model roberta --file diffjax/models/bert.py [--rev HEAD~1] [--repeats 7]
+    python benchmarks/ab_step.py          # A/A on a clean tree (what ``make bench`` runs): the noise level
     python benchmarks/ab_step.py --tiny --file diffjax/models/llama.py --model llama   # smoke run
 """
 
@@ -54,7 +55,9 @@ def same_model_from(module, model):
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--model", default="roberta", choices=("roberta", "roberta-large", "llama"))
-    ap.add_argument("--file", required=True, help="the model module to compare, relative to the repository root")
+    ap.add_argument("--file", default="diffjax/models/bert.py",
+                    help="the model module to compare, relative to the repository root (default: bert.py; on a clean "
+                         "tree with --rev HEAD this is an A/A run: the spread of the ratio around 1 is the noise)")
     ap.add_argument("--rev", default="HEAD", help="git revision of the old version (default HEAD)")
     ap.add_argument("--repeats", type=int, default=7)
     ap.add_argument("--batch", type=int, default=8)

@@ -23,7 +23,6 @@ import os
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -69,32 +68,17 @@ def main(argv=None):
     import jax
     import jax.numpy as jnp
     import numpy as np
-    import torch
-    import transformers
 
     import text_models as tm
-    from diffjax.checkpoints.hf import load_hf_checkpoint
-    from diffjax.diffusion.masked import token_log_probs
 
     kw = tm.hf_kwargs(args.model, args.tiny)
-    torch.manual_seed(0)
-    hf = (transformers.RobertaForMaskedLM(transformers.RobertaConfig(**kw)) if args.model.startswith("roberta")
-          else transformers.LlamaForCausalLM(transformers.LlamaConfig(**kw)))
-    with tempfile.TemporaryDirectory() as d:
-        hf.save_pretrained(d)
-        new, params = load_hf_checkpoint(d, **(dict(mlm_head=True) if args.model.startswith("roberta") else {}))
+    new, params = tm.random_diffjax_model(args.model, kw)
     old = same_model_from(module_at_revision(args.file, args.rev), new)
     ids, labels = tm.batch(kw, args.batch, args.length)
     x, y = jnp.asarray(ids), jnp.asarray(labels)
 
     def step_fns(model):
-        def logits_fn(p, x):
-            out = model.apply({"params": p}, x)
-            return out["logits"] if isinstance(out, dict) else out
-
-        def loss_fn(p, x, y):
-            return -jnp.mean(token_log_probs(logits_fn(p, x), y))
-
+        logits_fn, loss_fn = tm.step_functions(model)
         fwd, grad = jax.jit(logits_fn), jax.jit(jax.value_and_grad(loss_fn))
         return {"fwd": lambda: fwd(params, x), "fwd+bwd": lambda: grad(params, x, y)}
 

@@ -25,7 +25,6 @@ import json
 import os
 import statistics
 import sys
-import tempfile
 import time
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -110,8 +109,6 @@ def main(argv=None):
     import jax
     import jax.numpy as jnp
 
-    from diffjax.diffusion.masked import token_log_probs
-
     info = _machine.machine_info()
     _machine.print_machine(info)
     kw = tm.hf_kwargs(args.model, args.tiny)
@@ -124,10 +121,7 @@ def main(argv=None):
     row = {"model": args.model, "batch": B, "length": L, "gflop_fwd": gflop, "peak_jnp_dot_flops": peak}
 
     def timed(name, logits_fn, params):
-        def loss(p, x, y):
-            return -jnp.mean(token_log_probs(logits_fn(p, x), y))
-
-        fwd, grad = jax.jit(logits_fn), jax.jit(jax.value_and_grad(loss))
+        fwd, grad = jax.jit(logits_fn), jax.jit(jax.value_and_grad(tm.token_ce_loss(logits_fn)))
         row[f"{name}_fwd_s"] = _time(lambda: fwd(params, x), args.repeats)
         row[f"{name}_fwdbwd_s"] = _time(lambda: grad(params, x, y), args.repeats)
         for what, mult in (("fwd", 1), ("fwdbwd", 3)):
@@ -141,22 +135,8 @@ def main(argv=None):
     timed("dots_without_attention", lambda p, t: skeleton_logits(p, t, args.model, kw, False), params)
     timed("dots_with_attention", lambda p, t: skeleton_logits(p, t, args.model, kw, True), params)
     if not args.no_model:
-        import torch
-        import transformers
-
-        from diffjax.checkpoints.hf import load_hf_checkpoint
-
-        torch.manual_seed(0)
-        hf = (transformers.RobertaForMaskedLM(transformers.RobertaConfig(**kw)) if args.model.startswith("roberta")
-              else transformers.LlamaForCausalLM(transformers.LlamaConfig(**kw)))
-        with tempfile.TemporaryDirectory() as d:
-            hf.save_pretrained(d)
-            model, mparams = load_hf_checkpoint(d, **(dict(mlm_head=True) if args.model.startswith("roberta") else {}))
-
-        def model_logits(p, t):
-            out = model.apply({"params": p}, t)
-            return out["logits"] if isinstance(out, dict) else out
-
+        model, mparams = tm.random_diffjax_model(args.model, kw)
+        model_logits, _ = tm.step_functions(model)
         timed("diffjax_model", model_logits, mparams)
     torch_row = None
     if args.torch_json and os.path.exists(args.torch_json):

@@ -69,31 +69,15 @@ def main(argv=None):
 
     import jax
     import jax.numpy as jnp
-    import numpy as np
-    import torch
-    import transformers
 
-    import text_models as tm  # benchmarks/text_models.py: the same model sizes and batch
-    from diffjax.checkpoints.hf import load_hf_checkpoint
-    from diffjax.diffusion.masked import token_log_probs
+    import text_models as tm  # benchmarks/text_models.py: the same model sizes, weights and batch
 
     kw = tm.hf_kwargs(args.model, args.tiny)
     out_dir = args.trace_dir or tempfile.mkdtemp(prefix="profile_step_")
-    model_dir = os.path.join(out_dir, "model")
-    torch.manual_seed(0)
-    hf = (transformers.RobertaForMaskedLM(transformers.RobertaConfig(**kw)) if args.model == "roberta"
-          else transformers.LlamaForCausalLM(transformers.LlamaConfig(**kw)))
-    hf.save_pretrained(model_dir)
-    model, params = load_hf_checkpoint(model_dir, **(dict(mlm_head=True) if args.model == "roberta" else {}))
+    model, params = tm.random_diffjax_model(args.model, kw, os.path.join(out_dir, "model"))
     ids, labels = tm.batch(kw, args.batch, args.length)
     x, y = jnp.asarray(ids), jnp.asarray(labels)
-
-    def logits_fn(p, x):
-        out = model.apply({"params": p}, x)
-        return out["logits"] if isinstance(out, dict) else out
-
-    def loss_fn(p, x, y):
-        return -jnp.mean(token_log_probs(logits_fn(p, x), y))
+    logits_fn, loss_fn = tm.step_functions(model)
 
     step = jax.jit(logits_fn) if args.fwd else jax.jit(jax.value_and_grad(loss_fn))
     call = (lambda: step(params, x)) if args.fwd else (lambda: step(params, x, y))

@@ -98,6 +98,57 @@ def hf_kwargs(kind, tiny):
     return kw
 
 
+def random_hf_model(kind, kw, seed=0):
+    """The transformers model of ``kind`` with random weights (eager attention), in eval mode."""
+    import torch
+    import transformers
+
+    torch.manual_seed(seed)
+    if kind.startswith("roberta"):
+        return transformers.RobertaForMaskedLM(transformers.RobertaConfig(**kw, attn_implementation="eager")).eval()
+    return transformers.LlamaForCausalLM(transformers.LlamaConfig(**kw, attn_implementation="eager")).eval()
+
+
+def load_diffjax(kind, model_dir, **kwargs):
+    """(Flax module, params) from a saved HF checkpoint of ``kind`` (RoBERTa with its MLM head)."""
+    from diffjax.checkpoints.hf import load_hf_checkpoint
+
+    return load_hf_checkpoint(model_dir, **(dict(mlm_head=True) if kind.startswith("roberta") else {}), **kwargs)
+
+
+def random_diffjax_model(kind, kw, model_dir=None):
+    """(Flax module, params) of a random ``random_hf_model`` saved to ``model_dir`` (a temporary dir if None)."""
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as tmp:
+        d = model_dir or tmp
+        random_hf_model(kind, kw).save_pretrained(d)
+        return load_diffjax(kind, d)
+
+
+def token_ce_loss(logits_fn):
+    """loss_fn(p, x, y): the mean token cross-entropy of ``logits_fn(p, x)`` [B, L, V] against y [B, L], the
+    loss every diffjax text loss is built from."""
+    import jax.numpy as jnp
+
+    from diffjax.diffusion.masked import token_log_probs
+
+    def loss_fn(p, x, y):
+        return -jnp.mean(token_log_probs(logits_fn(p, x), y))
+
+    return loss_fn
+
+
+def step_functions(model):
+    """(logits_fn(p, x) -> [B, L, V], ``token_ce_loss(logits_fn)``) for a diffjax text model."""
+
+    def logits_fn(p, x):
+        out = model.apply({"params": p}, x)
+        return out["logits"] if isinstance(out, dict) else out
+
+    return logits_fn, token_ce_loss(logits_fn)
+
+
 def batch(kw, B, L):
     rs = np.random.RandomState(0)
     return rs.randint(3, kw["vocab_size"], (B, L)), rs.randint(0, kw["vocab_size"], (B, L))
@@ -108,14 +159,9 @@ def torch_worker(kind, tiny, B, L, repeats, model_dir, out_json, threads, dtype,
     (on CUDA when ``want_gpu`` and CUDA is available), write timings and reference logits.
     ``want_gpu`` without CUDA: only build + save the model (``torch_skipped`` says why)."""
     import torch
-    import transformers
 
-    torch.manual_seed(0)
     kw = hf_kwargs(kind, tiny)
-    if kind.startswith("roberta"):
-        tm = transformers.RobertaForMaskedLM(transformers.RobertaConfig(**kw, attn_implementation="eager")).eval()
-    else:
-        tm = transformers.LlamaForCausalLM(transformers.LlamaConfig(**kw, attn_implementation="eager")).eval()
+    tm = random_hf_model(kind, kw)
     tm.save_pretrained(model_dir)
     res = {"torch_version": torch.__version__}
     if want_gpu and not torch.cuda.is_available():
@@ -169,9 +215,6 @@ def bench(kind, args, workdir, on_gpu, threads):
     import jax
     import jax.numpy as jnp
 
-    from diffjax.checkpoints.hf import load_hf_checkpoint
-    from diffjax.diffusion.masked import token_log_probs
-
     d, out = os.path.join(workdir, kind), os.path.join(workdir, f"{kind}_torch.json")
     subprocess.run([sys.executable, os.path.abspath(__file__), "--torch-worker", kind, "--model-dir", d,
                     "--worker-json", out, "--batch", str(args.batch), "--length", str(args.length),
@@ -181,18 +224,10 @@ def bench(kind, args, workdir, on_gpu, threads):
         res = json.load(f)
     has_torch = "torch_fwd_s" in res
     kw = hf_kwargs(kind, args.tiny)
-    model, params = load_hf_checkpoint(d, dtype=jnp.dtype(args.dtype),
-                                       **(dict(mlm_head=True) if kind.startswith("roberta") else {}))
+    model, params = load_diffjax(kind, d, dtype=jnp.dtype(args.dtype))
     B, L = args.batch, args.length
     ids, labels = batch(kw, B, L)
-    if kind.startswith("roberta"):
-        logits_fn = lambda p, x: model.apply({"params": p}, x)["logits"]  # noqa: E731
-    else:
-        logits_fn = lambda p, x: model.apply({"params": p}, x)  # noqa: E731
-
-    def loss_fn(p, x, y):  # the token cross-entropy every diffjax text loss is built from
-        return -jnp.mean(token_log_probs(logits_fn(p, x), y))
-
+    logits_fn, loss_fn = step_functions(model)
     fwd = jax.jit(logits_fn)
     grad = jax.jit(jax.value_and_grad(loss_fn))
     x, y = jnp.asarray(ids), jnp.asarray(labels)

@@ -50,7 +50,8 @@ def add_bias(x, bias):
 
     Autodiff of a broadcast add gives the bias gradient as a reduce over every leading axis; XLA's
     CPU backend ran that reduce in 338 ms for RoBERTa's [1024, 50265] MLM logits on 2 cores
-    (``benchmarks/profile_step.py``); here it is a ``ones @ g`` matrix-vector dot instead. Values and gradients are the same function; only the backward program differs.
+    (``benchmarks/profile_step.py``); here it is a ``ones @ g`` matrix-vector dot instead. Values and
+    gradients are the same function; only the backward program differs.
     """
     return x + bias.astype(x.dtype)
 
@@ -103,9 +104,9 @@ def softmax_attention(q, k, v, bias=None, *, scale: float, mask=None, weights_dr
     q: [B, L, H, hd]; k, v: [B, S, H, hd]; bias: additive, broadcastable to [B, H, L, S] (key padding
     mask: [B, 1, 1, S]) or None; mask: bool broadcastable to [B, H, L, S], True = may attend (scores of
     masked keys set to the float32 minimum, as ``jnp.where`` before a softmax), or None -> [B, L, H, hd]
-    in q's dtype. ``weights_dropout``: a callable applied to
-    the unnormalised weights exp(s - max s) [B, H, L, S] (dropout there equals dropout on the softmax
-    probabilities: the normaliser is per row and is taken before it), or None.
+    in q's dtype. ``weights_dropout``: a callable applied to the unnormalised weights exp(s - max s)
+    [B, H, L, S] (dropout there equals dropout on the softmax probabilities: the normaliser is per row
+    and is taken before it), or None.
 
     Same function as materialising the probabilities; it divides the [B, L, H, hd] output by the row sums
     instead of the [B, H, L, S] weights. With the probabilities between the two dots, XLA:CPU fused

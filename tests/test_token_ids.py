@@ -53,4 +53,27 @@ def test_checkify_form_inside_jit():
     err, _ = f(jnp.asarray([1, 12, 3]))
     with pytest.raises(checkify.JaxRuntimeError, match=r"token ids outside \[0, 10\)"):
         err.throw()
-    check_token_ids(np.arange(10), 10)
+    check_token_ids(np.arange(10)[None], 10)
+
+
+def test_unbatched_ids_name_the_expected_shape():
+    """Issue 24 item 13: 1-D (or 3-D) ids gave 'not enough values to unpack' / 'Too many indices'."""
+    b, l, t = small_models()
+    ids = jnp.asarray([[1, 2, 3]], jnp.int32)
+    pb, pl, pt = b.init(jax.random.key(0), ids), l.init(jax.random.key(0), ids), t.init(jax.random.key(0), ids, ids)
+    one = np.asarray([1, 2, 3], np.int32)
+    msg = r"input_ids: expected \[batch, length\] ids, got shape \(3,\) \(one sequence: add a batch axis"
+    with pytest.raises(TokenIdError, match=msg):
+        b.apply(pb, one)
+    with pytest.raises(TokenIdError, match=msg):
+        l.apply(pl, one)
+    with pytest.raises(TokenIdError, match=msg):
+        llama.generate(l, pl, one, max_new_tokens=2)
+    with pytest.raises(TokenIdError, match=msg):
+        t.apply(pt, one, ids)
+    with pytest.raises(TokenIdError, match=r"decoder_input_ids: expected \[batch, length\] ids, got shape \(3,\)"):
+        t.apply(pt, ids, one)
+    with pytest.raises(TokenIdError, match=r"got shape \(1, 1, 3\)"):
+        b.apply(pb, one[None, None])
+    with pytest.raises(TokenIdError, match=r"got shape \(3,\)"):  # under jit too (shapes are static)
+        jax.jit(lambda p, x: l.apply(p, x))(pl, jnp.asarray(one))

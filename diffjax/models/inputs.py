@@ -1,6 +1,7 @@
 """Token ids checked before they reach an embedding gather (which clamps or wraps silently).
 
-``check_token_ids(ids, vocab_size, name=...)``: ids of a non-integer dtype are refused always
+``check_token_ids(ids, vocab_size, name=...)``: ids that are not ``[batch, length]`` (e.g. one unbatched
+sequence of shape ``(n,)``) and ids of a non-integer dtype are refused always
 (dtype is static, so this holds under ``jit`` too); ids outside ``[0, vocab_size)`` are refused
 with the first offending value and its position when the ids are concrete (an eager
 ``model.apply`` / a public entry point called with numpy or jax arrays). Inside ``jit`` the values
@@ -24,6 +25,10 @@ class TokenIdError(ValueError):
 
 def check_token_ids(ids, vocab_size: int, *, name: str = "input_ids") -> None:
     """Raises ``TokenIdError`` (see the module docstring); a no-op on the values of tracers."""
+    shape = tuple(np.shape(ids))
+    if len(shape) != 2:
+        hint = f" (one sequence: add a batch axis, {name}[None])" if len(shape) == 1 else ""
+        raise TokenIdError(f"{name}: expected [batch, length] ids, got shape {shape}{hint}")
     dtype = np.dtype(ids.dtype) if hasattr(ids, "dtype") else np.asarray(ids).dtype
     if not np.issubdtype(dtype, np.integer):
         raise TokenIdError(f"{name}: token ids must be integers; got dtype {dtype} (cast with .astype(np.int32) "

@@ -32,7 +32,7 @@ def test_jsonl_custom_fields_and_errors(tmp_path):
     p.write_text('{"src": "hallo", "tgt": "hello", "x": 1}\n\n{"src": "welt", "tgt": "world"}\n')
     ex = T.read_examples(str(p), prompt_field="src", target_field="tgt")
     assert list(ex) == [{"prompt": "hallo", "target": "hello"}, {"prompt": "welt", "target": "world"}]
-    with pytest.raises(ValueError, match="record 0 has no field 'nope'"):
+    with pytest.raises(ValueError, match="d.jsonl:1: no field 'nope'"):
         T.read_examples(str(p), prompt_field="src", target_field="nope")
     q = tmp_path / "u.jsonl"  # default field names; no "prompt" anywhere -> unconditional
     q.write_text('{"target": "a b"}\n{"target": "c"}\n')
@@ -42,7 +42,7 @@ def test_jsonl_custom_fields_and_errors(tmp_path):
     (tmp_path / "empty.jsonl").write_text("\n \n")
     with pytest.raises(ValueError, match="empty.jsonl.*no examples"):
         T.read_examples(str(tmp_path / "empty.jsonl"))
-    (tmp_path / "bad.jsonl").write_text('{"target": 1}\n{oops\n')
+    (tmp_path / "bad.jsonl").write_text('{"target": "1"}\n{oops\n')
     with pytest.raises(ValueError, match="bad.jsonl:2"):
         T.read_examples(str(tmp_path / "bad.jsonl"))
 
@@ -66,6 +66,78 @@ def test_tsv_and_txt(tmp_path):
         T.parse_source("data.csv")
     with pytest.raises(ValueError, match="unknown split"):
         T.read_examples(str(t), split="test")
+
+
+def test_ids_are_file_line_numbers_and_a_lone_cr_stays_in_its_line(tmp_path):
+    """Issue 24 item 6: a lone \\r split a line in two, so ids no longer matched line numbers."""
+    from diffjax.data.text.files import read_inputs
+
+    t = tmp_path / "in.txt"
+    t.write_bytes("one\rstill one\n\ntwo\r\nthree \x0b\x0c\u2028 x\nfour\n".encode())
+    ids, texts = read_inputs(str(t))
+    assert ids == [1, 3, 4, 5] and texts == ["one\rstill one", "two", "three \x0b\x0c\u2028 x", "four"]
+    assert T.read_examples(str(t)).targets == texts
+    v = tmp_path / "in.tsv"
+    v.write_bytes(b"p\rq\ta\rb\r\nc\n")
+    assert T.read_examples(str(v)).prompts == ["p\rq", ""] and T.read_examples(str(v)).targets == ["a\rb", "c"]
+    j = tmp_path / "in.jsonl"
+    j.write_bytes(b'{"text": "a"}\r{"text": "b"}\n{"text": "c"}\n')  # one line, two objects: refused, not two rows
+    with pytest.raises(ValueError, match="in.jsonl:1: not valid JSON"):
+        read_inputs(str(j))
+    j.write_bytes(b'{"text": "a\\rb"}\r\n\n{"text": "c"}\n')
+    assert read_inputs(str(j)) == ([1, 3], ["a\rb", "c"])
+    bad = tmp_path / "bad.txt"
+    bad.write_bytes(b"fine\r\n\xff\xfe\n")
+    with pytest.raises(FileNotFoundError, match="bad.txt:2: could not be read as UTF-8"):  # the CLI's one-line family
+        read_inputs(str(bad))
+
+
+_NOT_STRINGS = [("null", "null"), ("[1, 2]", "a list"), ('{"a": 1}', "an object"), ("3", "a number"),
+                ("2.5", "a number"), ("true", "a boolean")]
+_NOT_OBJECTS = [("7", "a number"), ('"just text"', "a string"), ("null", "null"), ('["x"]', "a list")]
+
+
+def _jsonl_readers(tmp_path):
+    """Every JSONL reader: (name, read(path), record template with FIELD for the text field)."""
+    from diffjax.data.instructions import read_instruction_jsonl
+    from diffjax.data.text.files import read_inputs
+
+    return [
+        ("data target", lambda p: T.read_examples(p), '{"target": FIELD}', "target"),
+        ("data prompt", lambda p: T.read_examples(p), '{"prompt": FIELD, "target": "t"}', "prompt"),
+        ("custom field", lambda p: T.read_examples(p, prompt_field="src", target_field="tgt"),
+         '{"src": FIELD, "tgt": "t"}', "src"),
+        ("instruction input", lambda p: read_instruction_jsonl(p, template="Q: {inputs}"),
+         '{"inputs": FIELD, "targets": "t"}', "inputs"),
+        ("instruction target", lambda p: read_instruction_jsonl(p), '{"inputs": "q", "targets": FIELD}', "targets"),
+        ("instruction task", lambda p: read_instruction_jsonl(p), '{"inputs": "q", "targets": "t", "task": FIELD}',
+         "task"),
+        ("score inputs", lambda p: read_inputs(p), '{"text": FIELD}', "text"),
+        ("score inputs, named field", lambda p: read_inputs(p, "body"), '{"body": FIELD}', "body"),
+        ("score id", lambda p: read_inputs(p), '{"id": FIELD, "text": "x"}', "id"),
+    ]
+
+
+def test_jsonl_values_that_are_not_strings_are_refused_naming_file_line_field(tmp_path):
+    """Issue 24 item 7: null / list / dict / number values were read as text ("None", "[1, 2]")."""
+    from diffjax.ood.deploy import InputError
+
+    for name, read, template, field in _jsonl_readers(tmp_path):
+        good = template.replace("FIELD", '"ok"')
+        p = tmp_path / f"{field}.jsonl"
+        p.write_text(good + "\n")
+        read(str(p))  # a string value is read
+        for value, kind in _NOT_STRINGS:
+            if field == "id" and value == "3":
+                continue  # an integer id is an id
+            p.write_text(good + "\n\n" + template.replace("FIELD", value) + "\n")
+            with pytest.raises(InputError, match=rf"{field}.jsonl:3: field '{field}' is {kind} ") as e:
+                read(str(p))
+            assert isinstance(e.value, ValueError), name
+        for value, kind in _NOT_OBJECTS:
+            p.write_text(good + "\n" + value + "\n")
+            with pytest.raises(InputError, match=rf"{field}.jsonl:2: expected a JSON object, got {kind}"):
+                read(str(p))
 
 
 def test_embedded_corpora():

@@ -4,7 +4,8 @@ built by templates, from local FLAN-style JSONL or from the embedded corpora.
 * ``read_instruction_jsonl(path, template, target_field)``: one JSON object a line; the prompt is
   ``template.format(**record)`` (e.g. FLAN 2022's ``"{inputs}"`` with ``target_field="targets"``,
   or ``"Instruction: {instruction} Input: {input}"`` with ``"output"``); a record lacking a field of the
-  template raises one error naming the line and the fields it has.
+  template, or whose field is not a JSON string (null, a number, a list), raises one ``InputError``
+  naming the file, the line and the field (lines read by ``diffjax.data.text.lines``).
 * ``embedded_tasks(names, split, template)``: a small multi-task instruction set with checkable
   answers, made from the embedded corpora (``diffjax.data.text.embedded``), every record
   ``{"task", "instruction", "input", "output"}``:
@@ -28,7 +29,6 @@ Returns ``(TextExamples, task_names [N])``; nothing here imports the trainer or 
 
 from __future__ import annotations
 
-import json
 import re
 import string
 
@@ -37,6 +37,7 @@ import numpy as np
 from diffjax.data.text.embedded import read_embedded
 from diffjax.data.text.examples import TextExamples
 from diffjax.data.text.files import check_file
+from diffjax.data.text.lines import input_error, jsonl_records, text_field
 
 INSTRUCTIONS = {
     "unshuffle": "Put the words in the right order:",
@@ -131,14 +132,16 @@ def read_instruction_jsonl(path: str, *, template: str = "{inputs}", target_fiel
                            task_field: str = "task") -> tuple[TextExamples, list[str]]:
     """FLAN-style JSONL -> ``(TextExamples, task names)`` (task = ``record[task_field]`` or ``"all"``)."""
     p = check_file(path)
-    records = []
-    with open(p, encoding="utf-8") as f:
-        for n, line in enumerate(f, 1):
-            if line.strip():
-                try:
-                    records.append(json.loads(line))
-                except json.JSONDecodeError as e:
-                    raise ValueError(f"{path}:{n}: not valid JSON ({e.msg}); expected one object per line") from e
+    records, tasks = [], []
+    need = sorted(set(template_fields(template)) | {target_field})
+    for n, r in jsonl_records(p, shown=path):
+        where = f"{path}:{n}"
+        missing = [f for f in need if f not in r]
+        if missing:
+            raise input_error(f"{where}: the line lacks {missing} (it has {sorted(r)}); set prompt_template / "
+                              f"target_field to the data's field names")
+        records.append({f: text_field(r, f, where=where) for f in need})
+        tasks.append(text_field(r, task_field, where=where) if task_field in r else "all")
     if not records:
         raise ValueError(f"{path} holds no records")
-    return apply_template(records, template, target_field, source=path), [str(r.get(task_field, "all")) for r in records]
+    return apply_template(records, template, target_field, source=path), tasks

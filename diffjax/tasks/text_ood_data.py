@@ -17,13 +17,13 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-import json
 import os
 
 import numpy as np
 
 from diffjax.data.text import TextExamples, read_examples
 from diffjax.data.text.cache import tokenize
+from diffjax.data.text.files import read_inputs as read_text_inputs
 from diffjax.data.text.packing import Packer, PackingFormat
 from diffjax.ood.deploy import InputError
 
@@ -139,35 +139,5 @@ def id_splits(data, tok, buckets) -> tuple[dict, list]:
 
 
 def read_inputs(path: str, text_field: str = "") -> tuple[list, list[str]]:
-    """A user's ``.txt`` / ``.jsonl`` inputs -> (ids, texts); see the module docstring."""
-    p = os.path.expanduser(path)
-    if not os.path.exists(p):
-        raise InputError(f"input {path!r} does not exist (expected a .txt file, one text a line, or a .jsonl file)")
-    ext = os.path.splitext(p)[1].lower()
-    if os.path.isdir(p) or ext not in (".txt", ".jsonl"):
-        raise InputError(f"input {path!r} is not a .txt or .jsonl file; text OOD scores one text a line (.txt) "
-                         f"or one JSON object a line (.jsonl)")
-    ids, texts = [], []
-    try:
-        with open(p, encoding="utf-8") as f:
-            for n, line in enumerate(f, 1):
-                if not line.strip():
-                    continue
-                if ext == ".txt":
-                    ids.append(n)
-                    texts.append(line.rstrip("\r\n"))
-                    continue
-                rec = json.loads(line)
-                if not isinstance(rec, dict):
-                    raise ValueError(f"line {n} is not a JSON object")
-                field = text_field or next((k for k in ("text", "target", "sentence") if k in rec), None)
-                if field is None or field not in rec:
-                    raise ValueError(f"line {n} has no text field {text_field or 'text/target/sentence'!r} "
-                                     f"(it has {sorted(rec)})")
-                ids.append(rec.get("id", n))
-                texts.append(str(rec[field]))
-    except (UnicodeDecodeError, json.JSONDecodeError, ValueError, OSError) as e:
-        raise InputError(f"input {path!r} could not be read ({type(e).__name__}: {e})") from e
-    if not texts:
-        raise InputError(f"input {path!r} holds no texts (it is empty or blank)")
-    return ids, texts
+    """A user's ``.txt`` / ``.jsonl`` inputs -> (ids, texts): ``diffjax.data.text.files.read_inputs``."""
+    return read_text_inputs(path, text_field)

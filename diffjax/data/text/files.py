@@ -6,16 +6,19 @@
   a target containing tabs keeps them (split at the first tab only).
 * ``.txt``: one example a line, the whole line is the target.
 
-Blank lines are skipped everywhere. A missing file raises ``FileNotFoundError``, a file with no
-examples ``ValueError``, both naming the file.
+Lines are read by ``lines.file_lines`` (split on ``"\n"`` only: a lone ``"\r"`` stays in its line)
+and JSONL records by ``lines.jsonl_records`` / ``lines.text_field`` (a value that is not a JSON
+string, or a line that is not an object, is refused naming the file, line and field). Blank lines
+are skipped everywhere. A missing file raises ``FileNotFoundError``, a file with no examples
+``ValueError``, both naming the file; bad content ``InputError`` (``lines``).
 """
 
 from __future__ import annotations
 
-import json
 import os
 
-from diffjax.data.text.examples import TextExamples, from_records
+from diffjax.data.text.examples import TextExamples
+from diffjax.data.text.lines import file_lines, id_field, input_error, jsonl_records, text_field
 
 FORMATS = (".jsonl", ".tsv", ".txt")
 
@@ -28,14 +31,6 @@ def check_file(path: str) -> str:
     return p
 
 
-def _lines(path: str):
-    with open(path, encoding="utf-8") as f:
-        for n, line in enumerate(f, 1):
-            line = line.rstrip("\r\n")
-            if line.strip():
-                yield n, line
-
-
 def _nonempty(ex: TextExamples, path: str) -> TextExamples:
     if len(ex) == 0:
         raise ValueError(f"text data file {path!r} holds no examples (it is empty or blank)")
@@ -43,25 +38,25 @@ def _nonempty(ex: TextExamples, path: str) -> TextExamples:
 
 
 def read_jsonl(path: str, *, prompt_field: str | None = "prompt", target_field: str = "target") -> TextExamples:
-    """``.jsonl`` -> examples (see module docstring). A bad JSON line raises ``ValueError`` with its number."""
+    """``.jsonl`` -> examples (see module docstring); bad lines raise ``InputError`` naming file and line."""
     p = check_file(path)
-    records = []
-    for n, line in _lines(p):
-        try:
-            records.append(json.loads(line))
-        except json.JSONDecodeError as e:
-            raise ValueError(f"{path}:{n}: not valid JSON ({e.msg}); expected one object per line") from e
-    if prompt_field is not None and records and all(prompt_field not in r for r in records):
+    records = jsonl_records(p, shown=path)
+    if prompt_field is not None and records and all(prompt_field not in r for _, r in records):
         if prompt_field == "prompt":  # the default name and no record has it: unconditional data
             prompt_field = None
-    return _nonempty(from_records(path, records, prompt_field=prompt_field, target_field=target_field), path)
+    prompts, targets = [], []
+    for n, r in records:
+        where = f"{path}:{n}"
+        prompts.append("" if prompt_field is None else text_field(r, prompt_field, where=where))
+        targets.append(text_field(r, target_field, where=where))
+    return _nonempty(TextExamples(path, prompts, targets), path)
 
 
 def read_tsv(path: str) -> TextExamples:
     """``.tsv`` -> examples: ``prompt<TAB>target`` or one column (= target)."""
     p = check_file(path)
     prompts, targets = [], []
-    for _, line in _lines(p):
+    for _, line in file_lines(p, shown=path):
         if "\t" in line:
             a, b = line.split("\t", 1)
         else:
@@ -74,5 +69,40 @@ def read_tsv(path: str) -> TextExamples:
 def read_txt(path: str) -> TextExamples:
     """``.txt`` -> examples: each non-blank line is one target (prompt ``""``)."""
     p = check_file(path)
-    targets = [line for _, line in _lines(p)]
+    targets = [line for _, line in file_lines(p, shown=path)]
     return _nonempty(TextExamples(path, [""] * len(targets), targets), path)
+
+
+INPUT_TEXT_FIELDS = ("text", "target", "sentence")
+
+
+def read_inputs(path: str, text_field_name: str = "") -> tuple[list, list[str]]:
+    """A user's inputs to score -> ``(ids, texts)``: a ``.txt`` (one text a non-blank line, id = its file
+    line number) or a ``.jsonl`` (id = the record's ``id`` field, a string or integer, else the line
+    number; text = ``text_field_name``, else the first of ``INPUT_TEXT_FIELDS`` present, a JSON string).
+    Missing, empty or unreadable inputs raise ``InputError`` naming the file (and line, field)."""
+    p = os.path.expanduser(path)
+    if not os.path.exists(p):
+        raise input_error(f"input {path!r} does not exist (expected a .txt file, one text a line, or a .jsonl file)")
+    ext = os.path.splitext(p)[1].lower()
+    if os.path.isdir(p) or ext not in (".txt", ".jsonl"):
+        raise input_error(f"input {path!r} is not a .txt or .jsonl file; text OOD scores one text a line (.txt) "
+                          f"or one JSON object a line (.jsonl)")
+    ids, texts = [], []
+    if ext == ".txt":
+        for n, line in file_lines(p, shown=path):
+            ids.append(n)
+            texts.append(line)
+    else:
+        for n, rec in jsonl_records(p, shown=path):
+            where = f"{path}:{n}"
+            field = text_field_name or next((k for k in INPUT_TEXT_FIELDS if k in rec), None)
+            if field is None:
+                raise input_error(f"{where}: no text field {'/'.join(INPUT_TEXT_FIELDS)!r} (the line has "
+                                  f"{sorted(rec)}); name the field with the task's score_text_field")
+            texts.append(text_field(rec, field, where=where, hint="add it, or name the data's text field with the "
+                                                                  "task's score_text_field"))
+            ids.append(id_field(rec, "id", n, where=where))
+    if not texts:
+        raise input_error(f"input {path!r} holds no texts (it is empty or blank)")
+    return ids, texts

@@ -15,6 +15,7 @@ are skipped everywhere. A missing file raises ``FileNotFoundError``, a file with
 
 from __future__ import annotations
 
+import hashlib
 import os
 
 from diffjax.data.text.examples import TextExamples
@@ -29,6 +30,15 @@ def check_file(path: str) -> str:
     if not os.path.isfile(p):
         raise FileNotFoundError(f"text data file {path!r} does not exist (expected a {'/'.join(FORMATS)} file)")
     return p
+
+
+def file_digest(path: str) -> str:
+    """sha256 hex digest of a file's bytes (the token cache's content key; cheap next to tokenising)."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
 
 
 def _nonempty(ex: TextExamples, path: str) -> TextExamples:

@@ -40,14 +40,14 @@ class TextSource:
         return f"{self.kind}:{self.location}" if self.kind in ("tfds", "embedded") else self.location
 
     def fingerprint(self) -> str:
-        """Hex digest identifying this data without reading it: the source, split, fields and
-        ``max_examples`` plus the file's size + mtime (tfds: of every file of the prepared dataset)."""
+        """Hex digest identifying this data without parsing it: the source, split, fields and
+        ``max_examples`` plus a sha256 of the file's bytes (tfds: of every file of the prepared
+        dataset), so any edit changes it, even one that keeps the size and mtime (``cp -p``, ``rsync -t``)."""
         if self.kind == "tfds":
             content = tfds_text.fingerprint(self.location, self.split, self.data_dir)
         else:
             p = files.check_file(self.location) if self.kind != "embedded" else embedded.corpus_path(self.location)
-            st = os.stat(p)
-            content = f"{os.path.abspath(p)}|{st.st_size}|{st.st_mtime_ns}"
+            content = files.file_digest(p)
         key = repr((self.kind, self.location, self.split, self.prompt_field, self.target_field,
                     self.max_examples, content))
         return hashlib.sha256(key.encode()).hexdigest()

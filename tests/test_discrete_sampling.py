@@ -68,7 +68,7 @@ def test_topk_unmasks_scheduled_count_and_keeps_prompt():
         for i in range(1, N + 1):
             h = hist[i - 1]
             if sched == "linear":
-                k = (n_gen * i) // N  # k_i = floor(L_valid i / N)
+                k = -(-(n_gen * i) // N)  # k_i = ceil(L_valid i / N): the authors keep int(L (t-1)/T) masked
             else:
                 k = n_gen - np.floor(n_gen * np.cos(np.pi / 2 * i / N) + 1e-6).astype(int)
             np.testing.assert_array_equal(((h != MASK) & gen).sum(1), k, err_msg=f"{sched} step {i}")
@@ -91,7 +91,7 @@ def test_topk_unmasks_the_most_confident_positions(remask):
         pos = np.where(gen[b])[0]
         by_conf = pos[np.argsort(-c[pos])]
         for i in range(1, N + 1):
-            k = (len(pos) * i) // N
+            k = -(-(len(pos) * i) // N)
             unmasked = np.where((hist[i - 1, b] != MASK) & gen[b])[0]
             np.testing.assert_array_equal(unmasked, np.sort(by_conf[:k]))
             np.testing.assert_array_equal(hist[i - 1, b, by_conf[:k]], by_conf[:k] % MASK)
@@ -242,7 +242,8 @@ def shifting_fn(x, t):
 
 def _topk_reference(fn, x_init, gen, N, remask):
     """The authors' reparameterised decoding (greedy, linear schedule) as a numpy loop: the top-k_i positions
-    by the current prediction's log-prob stay / become unmasked; a kept decoded token is never rewritten."""
+    by the current prediction's log-prob stay / become unmasked, k_i = L - int(L (N - i) / N) = ceil(L i / N);
+    a kept decoded token is never rewritten."""
     x = np.where(gen, MASK, np.asarray(x_init)).astype(np.int32)
     n_gen = gen.sum(1)
     hist = []
@@ -254,7 +255,7 @@ def _topk_reference(fn, x_init, gen, N, remask):
         logp -= np.log(np.exp(logp).sum(-1, keepdims=True))
         tok = logits.argmax(-1)
         score = np.take_along_axis(logp, tok[..., None], -1)[..., 0]
-        k = (n_gen * i) // N
+        k = n_gen - (n_gen * (N - i)) // N
         new = x.copy()
         for b in range(x.shape[0]):
             decoded = gen[b] & (x[b] != MASK)

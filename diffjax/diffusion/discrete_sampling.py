@@ -21,6 +21,11 @@ variable target lengths are handled by a valid mask. ``logits_fn(x [B, L] int32,
 static arguments: ``jax.jit(lambda x, rng: topk_unmask_sample(fn, x, rng, mask_id=m, num_steps=50))``.
 Temperature divides the logits before sampling; ``greedy=True`` takes the argmax instead.
 Confidence scores are always the temperature-1 log-probabilities.
+``return_scores=True`` (absorbing decoders) also returns the *decode-time* scores ``[B, L] float32``:
+at a generated position, log p(token) under the temperature-1 model of the step that unmasked it
+(its last unmasking, if re-masked in between), 0 elsewhere — the ``output_scores`` of paper 002's
+generator, whose mean over a candidate picks among the length beam (yegcjs/DiffusionLLM
+``score_select``). Outputs come as ``tokens[, history][, scores][, num_calls]``.
 """
 
 from __future__ import annotations
@@ -54,6 +59,18 @@ def _top_count(scores: jax.Array, candidates: jax.Array, count: jax.Array) -> ja
     return (ranks < count[:, None]) & candidates
 
 
+def _outputs(x, hist, scores, calls, return_history, return_scores, return_num_calls):
+    """``x`` alone, or the tuple ``(x[, hist][, scores][, calls])`` of the requested extras."""
+    out = (x,)
+    if return_history:
+        out += (hist,)
+    if return_scores:
+        out += (scores,)
+    if return_num_calls:
+        out += (calls,)
+    return out[0] if len(out) == 1 else out
+
+
 def topk_unmask_sample(
     logits_fn: LogitsFn,
     x_init: jax.Array,
@@ -69,6 +86,7 @@ def topk_unmask_sample(
     remask: bool = True,
     unmask_schedule: str = "linear",
     return_history: bool = False,
+    return_scores: bool = False,
 ):
     """Top-k confidence unmasking (papers.md 002, reparameterised decoding).
 
@@ -76,7 +94,10 @@ def topk_unmask_sample(
       1. logits = logits_fn(x, t_i), t_i = 1 - (i - 1)/N; the [MASK] logit is excluded;
       2. x^_0^n = argmax (greedy) or a sample of softmax(logits / temperature); s^n = log p(x^_0^n);
       3. k_i generated positions are unmasked afterwards, the rest [MASK], with
-         k_i = floor(L_valid * i / N) (``unmask_schedule="linear"``, papers.md 002) or
+         k_i = L_valid - floor(L_valid * (N - i) / N) = ceil(L_valid * i / N) (``unmask_schedule="linear"``,
+         papers.md 002: the authors keep ``cutoff_len = int(L * (t - 1) / T)`` masked after step
+         t = N - i + 1; computed here in exact integers, where the authors' float ``L * (1 - i / N)``
+         can land one below an exact integer) or
          k_i = L_valid - floor(L_valid * cos(pi/2 * i / N)) (``"cosine"``, the default of paper 002's
          public generator, yegcjs/DiffusionLLM):
          * ``remask=True`` (RDM, papers.md default): the top-k_i of *all* generated positions by s^n
@@ -101,9 +122,11 @@ def topk_unmask_sample(
       corruptible, valid: [B, L] bool or None — positions to generate / per-example target length.
       temperature, greedy, top_p: token choice (``tokens.choose_tokens``; top_p = nucleus when sampling); remask, unmask_schedule: see above.
       return_history: also return the token array after every step.
+      return_scores: also return the decode-time scores [B, L] float32 (module docstring): the
+        log-prob s^n a position had at the step its kept token was unmasked.
 
     Returns:
-      tokens: [B, L] int32; with ``return_history`` also history [N, B, L] int32.
+      tokens: [B, L] int32[, history [N, B, L] int32][, scores [B, L] float32].
     """
     _check(x_init, num_steps)
     if unmask_schedule not in ("linear", "cosine"):
@@ -114,13 +137,14 @@ def topk_unmask_sample(
 
     def num_unmasked(i):  # k_i, [B] int32 in [0, n_gen]
         if unmask_schedule == "linear":
-            return (n_gen * i) // num_steps  # exact integer floor(L_valid * i / N)
+            return n_gen - (n_gen * (num_steps - i)) // num_steps  # exact ceil(L_valid * i / N)
         still = jnp.floor(n_gen * jnp.cos(0.5 * jnp.pi * i.astype(jnp.float32) / num_steps)).astype(jnp.int32)
         return jnp.where(i == num_steps, n_gen, jnp.clip(n_gen - still, 0, n_gen))
 
     x = jnp.where(gen, mask_id, x_init).astype(jnp.int32)
 
-    def step(x, inp):
+    def step(carry, inp):
+        x, sc = carry  # sc: decode-time scores of the decoded positions, 0 at masked / fixed ones
         i, key = inp
         t = jnp.full((B,), 1.0 - (i - 1).astype(jnp.float32) / num_steps)
         logits = exclude_token_logit(logits_fn(x, t), mask_id)
@@ -130,16 +154,19 @@ def topk_unmask_sample(
             keep = _top_count(score, gen, k)
             decoded = x != mask_id  # at generated positions: already decoded (never rewritten)
             x_new = jnp.where(gen, jnp.where(keep, jnp.where(decoded, x, tok), mask_id), x)
+            sc_new = jnp.where(gen, jnp.where(keep, jnp.where(decoded, sc, score), 0.0), sc)
         else:
             still_masked = gen & (x == mask_id)
             n_decoded = jnp.sum(gen & ~still_masked, axis=-1)
             choose = _top_count(score, still_masked, k - n_decoded)
             x_new = jnp.where(choose, tok, x)
-        return x_new, (x_new if return_history else None)
+            sc_new = jnp.where(choose, score, sc)
+        return (x_new, sc_new), (x_new if return_history else None)
 
     steps = jnp.arange(1, num_steps + 1, dtype=jnp.int32)
-    x, hist = jax.lax.scan(step, x, (steps, jax.random.split(rng, num_steps)))
-    return (x, hist) if return_history else x
+    init = (x, jnp.zeros(x.shape, jnp.float32))
+    (x, sc), hist = jax.lax.scan(step, init, (steps, jax.random.split(rng, num_steps)))
+    return _outputs(x, hist, sc, None, return_history, return_scores, False)
 
 
 def ancestral_unmask_sample(
@@ -157,6 +184,7 @@ def ancestral_unmask_sample(
     greedy: bool = False,
     top_p: Optional[float] = None,
     return_history: bool = False,
+    return_scores: bool = False,
 ):
     """Random-order ancestral unmasking (MD4 / MDLM reverse process of the absorbing diffusion).
 
@@ -170,7 +198,8 @@ def ancestral_unmask_sample(
     remaining positions, so no [MASK] is left; the expected unmasked fraction after step i is alpha(s_i).
 
     Args / Returns: as ``topk_unmask_sample`` plus ``schedule``, ``schedule_kwargs`` (the masking
-    schedule the model was trained with). Defaults sample (greedy=False), temperature 1.
+    schedule the model was trained with). Defaults sample (greedy=False), temperature 1. Decode-time
+    scores (``return_scores``): log p(token) (temperature 1) at the step that unmasked it.
     """
     _check(x_init, num_steps)
     kw = dict(schedule_kwargs or {})
@@ -178,7 +207,8 @@ def ancestral_unmask_sample(
     gen = combine_masks(corruptible, valid, x_init.shape)
     x = jnp.where(gen, mask_id, x_init).astype(jnp.int32)
 
-    def step(x, inp):
+    def step(carry, inp):
+        x, sc = carry
         i, key = inp
         k_tok, k_unmask = jax.random.split(key)
         t = 1.0 - (i - 1).astype(jnp.float32) / num_steps
@@ -188,15 +218,16 @@ def ancestral_unmask_sample(
         p_unmask = jnp.clip((a_s - a_t) / jnp.maximum(1.0 - a_t, 1e-12), 0.0, 1.0)
         p_unmask = jnp.where(i == num_steps, 1.0, p_unmask)
         logits = exclude_token_logit(logits_fn(x, jnp.full((B,), t)), mask_id)
-        tok, _ = choose_tokens(logits, k_tok, temperature=temperature, greedy=greedy, top_p=top_p)
+        tok, logp = choose_tokens(logits, k_tok, temperature=temperature, greedy=greedy, top_p=top_p)
         still_masked = gen & (x == mask_id)
         unmask = still_masked & (jax.random.uniform(k_unmask, x.shape) < p_unmask)
         x_new = jnp.where(unmask, tok, x)
-        return x_new, (x_new if return_history else None)
+        return (x_new, jnp.where(unmask, logp, sc)), (x_new if return_history else None)
 
     steps = jnp.arange(1, num_steps + 1, dtype=jnp.int32)
-    x, hist = jax.lax.scan(step, x, (steps, jax.random.split(rng, num_steps)))
-    return (x, hist) if return_history else x
+    init = (x, jnp.zeros(x.shape, jnp.float32))
+    (x, sc), hist = jax.lax.scan(step, init, (steps, jax.random.split(rng, num_steps)))
+    return _outputs(x, hist, sc, None, return_history, return_scores, False)
 
 
 def iterative_refinement_sample(
@@ -271,15 +302,6 @@ def iterative_refinement_sample(
     return tokens, best_scores
 
 
-def _outputs(x, hist, calls, return_history, return_num_calls):
-    out = (x,)
-    if return_history:
-        out += (hist,)
-    if return_num_calls:
-        out += (calls,)
-    return out[0] if len(out) == 1 else out
-
-
 def threshold_unmask_sample(
     logits_fn: LogitsFn,
     x_init: jax.Array,
@@ -294,6 +316,7 @@ def threshold_unmask_sample(
     greedy: bool = True,
     top_p: Optional[float] = None,
     return_history: bool = False,
+    return_scores: bool = False,
     return_num_calls: bool = False,
 ):
     """Confidence-threshold parallel decoding (as Fast-dLLM / LLaDA's "low-confidence remasking with a
@@ -309,9 +332,10 @@ def threshold_unmask_sample(
     Args: as ``topk_unmask_sample``; ``num_steps`` is the maximum number of steps (model calls);
       ``threshold`` in [0, 1] (1.0 never fires: then it is a linear-count confidence decoder).
       return_history: also [num_steps, B, L] int32 (steps not run repeat the final state);
+      return_scores: also the decode-time scores [B, L] float32 (log p of each token when unmasked);
       return_num_calls: also [B] int32, the steps each row took (model calls while it had a mask).
 
-    Returns: tokens [B, L] int32 [, history] [, num_calls].
+    Returns: tokens [B, L] int32 [, history] [, scores] [, num_calls].
     """
     _check(x_init, num_steps)
     B, L = x_init.shape
@@ -321,11 +345,11 @@ def threshold_unmask_sample(
     hist = jnp.zeros((num_steps if return_history else 0, B, L), jnp.int32)
 
     def cond(c):
-        i, x, _, _ = c
+        i, x = c[0], c[1]
         return (i < num_steps) & jnp.any(gen & (x == mask_id))
 
     def body(c):
-        i, x, hist, calls = c
+        i, x, hist, calls, sc = c
         still = gen & (x == mask_id)
         remaining = jnp.sum(still, axis=-1)
         t = remaining.astype(jnp.float32) / n_gen
@@ -337,13 +361,13 @@ def threshold_unmask_sample(
         x_new = jnp.where(unmask, tok, x)
         if return_history:
             hist = hist.at[i].set(x_new)
-        return i + 1, x_new, hist, calls + (remaining > 0).astype(jnp.int32)
+        return i + 1, x_new, hist, calls + (remaining > 0).astype(jnp.int32), jnp.where(unmask, logp, sc)
 
-    init = (jnp.zeros((), jnp.int32), x, hist, jnp.zeros((B,), jnp.int32))
-    n_run, x, hist, calls = jax.lax.while_loop(cond, body, init)
+    init = (jnp.zeros((), jnp.int32), x, hist, jnp.zeros((B,), jnp.int32), jnp.zeros(x.shape, jnp.float32))
+    n_run, x, hist, calls, sc = jax.lax.while_loop(cond, body, init)
     if return_history:
         hist = jnp.where((jnp.arange(num_steps) < n_run)[:, None, None], hist, x[None])
-    return _outputs(x, hist, calls, return_history, return_num_calls)
+    return _outputs(x, hist, sc, calls, return_history, return_scores, return_num_calls)
 
 
 def block_unmask_sample(
@@ -358,6 +382,7 @@ def block_unmask_sample(
     corruptible: Optional[jax.Array] = None,
     valid: Optional[jax.Array] = None,
     return_history: bool = False,
+    return_scores: bool = False,
     return_num_calls: bool = False,
     **inner_kwargs,
 ):
@@ -371,7 +396,8 @@ def block_unmask_sample(
     decoded earlier blocks and the still-masked later ones; it changes only its own block. The model
     is called ``num_blocks * num_steps`` times (fewer with "threshold", which stops early per block).
 
-    Returns: tokens [B, L] int32 [, history [num_blocks * num_steps, B, L]] [, num_calls [B] int32].
+    Returns: tokens [B, L] int32 [, history [num_blocks * num_steps, B, L]] [, scores [B, L] float32:
+    the inner decoder's decode-time scores] [, num_calls [B] int32].
     """
     _check(x_init, num_steps)
     if not isinstance(num_blocks, int) or num_blocks < 1:
@@ -387,21 +413,23 @@ def block_unmask_sample(
     fn = DECODERS[inner]
     extra = {"return_num_calls": True} if inner == "threshold" else {}
 
-    def step(x, inp):
+    def step(carry, inp):
+        x, sc = carry
         b, key = inp
         out = fn(logits_fn, x, key, mask_id=mask_id, num_steps=num_steps, corruptible=gen & (block_id == b),
-                 return_history=return_history, **extra, **inner_kwargs)
-        out = out if isinstance(out, tuple) else (out,)
+                 return_history=return_history, return_scores=True, **extra, **inner_kwargs)
         x_new = out[0]
         hist = out[1] if return_history else None
+        sc_new = jnp.where(block_id == b, out[1 + int(return_history)], sc)
         calls = out[-1] if inner == "threshold" else jnp.full((B,), num_steps, jnp.int32)
-        return x_new, (hist, calls)
+        return (x_new, sc_new), (hist, calls)
 
     blocks = jnp.arange(num_blocks, dtype=jnp.int32)
-    x, (hist, calls) = jax.lax.scan(step, x, (blocks, jax.random.split(rng, num_blocks)))
+    init = (x, jnp.zeros(x.shape, jnp.float32))
+    (x, sc), (hist, calls) = jax.lax.scan(step, init, (blocks, jax.random.split(rng, num_blocks)))
     if return_history:
         hist = hist.reshape((-1,) + hist.shape[2:])
-    return _outputs(x, hist, jnp.sum(calls, axis=0), return_history, return_num_calls)
+    return _outputs(x, hist, sc, jnp.sum(calls, axis=0), return_history, return_scores, return_num_calls)
 
 
 DECODERS = {
@@ -416,7 +444,7 @@ def unmask_sample(name: str, logits_fn: LogitsFn, x_init: jax.Array, rng: jax.Ar
     """``DECODERS[name](logits_fn, x_init, rng, **kwargs)`` with a readable error for an unknown name.
 
     Every decoder takes ``mask_id``, ``num_steps``, ``corruptible``, ``valid``, ``temperature``,
-    ``greedy``, ``top_p`` and ``return_history`` (block decoding passes the token-choice ones to its
+    ``greedy``, ``top_p``, ``return_history`` and ``return_scores`` (block decoding passes the token-choice ones to its
     inner decoder); see each one for its own options.
     """
     if name not in DECODERS:

@@ -26,6 +26,7 @@ from diffjax.data.text.cache import tokenize
 from diffjax.data.text.files import read_inputs as read_text_inputs
 from diffjax.data.text.packing import Packer, PackingFormat
 from diffjax.ood.deploy import InputError
+from diffjax.tasks.fields import ConfigError
 
 
 @dataclasses.dataclass
@@ -123,6 +124,13 @@ def id_splits(data, tok, buckets) -> tuple[dict, list]:
     read = lambda split, n=None: read_text(data.id, max_examples=n, data_dir=data.data_dir,  # noqa: E731
                                            label_field=data.label_field, split=split)
     pool = read(data.id_train_split)
+    carved = {key: int(n) for key, split, n in (("heldout", data.id_heldout_split, data.n_heldout),
+                                                  ("test", data.id_test_split, data.n_test)) if not split}
+    if len(pool) < sum(carved.values()) + 1:
+        counts = " + ".join(f"task.data.n_{k}={n}" for k, n in carved.items())
+        raise ConfigError(f"the ID set {data.id!r} (split {data.id_train_split!r}) has {len(pool)} examples; {counts} "
+                          f"carved from it and at least 1 to train on need {sum(carved.values()) + 1}: lower "
+                          f"--config.task.data.n_heldout / n_test or use a larger ID set")
     order = list(np.random.default_rng([int(data.seed), 0]).permutation(len(pool)))
     parts = {}
     for key, split, n in (("heldout", data.id_heldout_split, data.n_heldout), ("test", data.id_test_split, data.n_test)):
@@ -134,6 +142,12 @@ def id_splits(data, tok, buckets) -> tuple[dict, list]:
                                  f"shuffled {data.id_train_split!r})")
             parts[key], order = subset(pool, order[:int(n)]), order[int(n):]
     parts["train"] = subset(pool, order[:cap(data.n_train)])
+    for key, part in parts.items():
+        if not len(part):
+            split = data.id_heldout_split if key == "heldout" else data.id_test_split
+            raise ConfigError(f"the ID {key} split {split!r} of {data.id!r} holds no examples: set "
+                              f"--config.task.data.id_{key}_split to a split with examples, or '' to carve "
+                              f"task.data.n_{key} examples from {data.id_train_split!r}")
     names = sorted(set(parts["train"].prompts)) if data.label_field else None
     return {k: pack_labelled(k, v, tok, buckets, names) for k, v in parts.items()}, names or []
 

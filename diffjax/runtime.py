@@ -14,13 +14,21 @@ The trainer (``diffjax.train``) builds one ``RuntimeContext`` per run and hands 
   output is independent of the batch size, the mesh and the process count;
 * ``to_host(x)``: a (possibly multi-process) global array -> numpy on every host.
 
+``Progress`` is the one rate / ETA line of the library: the trainer's ``step 300/3000 loss 0.41 |
+85.1 steps/s | ETA 0:00:31`` and, through ``Progress.update``, the long loops over examples
+(``map_batches``: scoring, generation, feature extraction) on stderr, process 0 only, at most one
+line every ``PROGRESS_EVERY_S`` seconds and only once a loop has run that long.
+
 Same code on 1 CPU, a 2x2 mesh of fake devices in tests, 8 TPU cores or several hosts.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import datetime
 import math
+import sys
+import time
 from typing import Any, Callable, Mapping
 
 import jax
@@ -29,6 +37,81 @@ from jax.experimental import multihost_utils
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 PyTree = Any
+PROGRESS_EVERY_S = 5.0  # seconds between progress lines of a long loop (Progress.update)
+
+
+def fmt_duration(seconds: float) -> str:
+    """``93.4`` -> ``"0:01:33"``; ``"?"`` when not finite."""
+    if not math.isfinite(seconds):
+        return "?"
+    return str(datetime.timedelta(seconds=int(round(seconds))))
+
+
+class Progress:
+    """Rate and ETA of a loop from ``start`` to ``total`` (training steps, or examples of a long loop).
+
+    The trainer: ``rate(step)`` (over the last reporting window) and ``report(step, scalars, rate)``
+    -> ``step 300/3000 loss 0.41 | 85.1 steps/s | ETA 0:00:31`` (stdout). A loop over examples:
+    ``update(done)`` after each piece -> ``score: 4096/20000 examples | 85.1 examples/s | ETA
+    0:03:07`` on ``stream`` (stderr) once ``every_s`` seconds have passed since the last line (the
+    first after ``every_s`` of work, so short loops stay silent), and a last line at ``total`` when
+    any was printed. ``active=False`` (processes other than 0) prints nothing.
+    """
+
+    def __init__(self, start_step: int, num_steps: int, *, active: bool = True, stream=None, desc: str = "step",
+                 unit: str = "steps", every_s: float | None = None):
+        self.num_steps = int(num_steps)
+        self.active = active
+        self.stream = stream or sys.stdout
+        self.desc, self.unit = desc, unit
+        self.every_s = PROGRESS_EVERY_S if every_s is None else float(every_s)
+        self._t0 = time.perf_counter()
+        self._last_t = self._t0
+        self._last_step = int(start_step)
+        self._start = int(start_step)
+        self._printed = False
+
+    @classmethod
+    def loop(cls, total: int, desc: str, *, unit: str = "examples", active: bool = True) -> "Progress":
+        """A rate-limited progress of a long loop over ``total`` items, on stderr (see ``update``)."""
+        return cls(0, total, active=active, stream=sys.stderr, desc=desc, unit=unit)
+
+    def reset(self, step: int) -> None:
+        """Restart the rate window at ``step`` (e.g. after the compile of the first step)."""
+        self._last_t, self._last_step = time.perf_counter(), int(step)
+
+    def rate(self, step: int) -> float:
+        now = time.perf_counter()
+        dt = now - self._last_t
+        rate = (step - self._last_step) / dt if dt > 0 else float("nan")
+        self._last_t, self._last_step = now, int(step)
+        return rate
+
+    def line(self, step: int, scalars: Mapping[str, Any], rate: float) -> str:
+        eta = (self.num_steps - step) / rate if rate and rate > 0 else float("nan")
+        shown = " ".join(f"{k} {float(scalars[k]):.4g}" for k in ("loss", "grad_norm", "learning_rate")
+                         if k in scalars)
+        return f"step {step}/{self.num_steps} {shown} | {rate:.1f} steps/s | ETA {fmt_duration(eta)}"
+
+    def report(self, step: int, scalars: Mapping[str, Any], rate: float) -> None:
+        if self.active:
+            print(self.line(step, scalars, rate), file=self.stream, flush=True)
+
+    def update(self, done: int) -> None:
+        """``done`` of ``total`` items finished: a line with the mean rate since the start and the ETA,
+        rate-limited (class docstring)."""
+        if not self.active:
+            return
+        now = time.perf_counter()
+        last = done >= self.num_steps
+        if not (now - self._last_t >= self.every_s or (last and self._printed)):
+            return
+        elapsed = now - self._t0
+        rate = (done - self._start) / elapsed if elapsed > 0 else float("nan")
+        eta = (self.num_steps - done) / rate if rate and rate > 0 else float("nan")
+        print(f"{self.desc}: {done}/{self.num_steps} {self.unit} | {rate:.1f} {self.unit}/s | ETA {fmt_duration(eta)}",
+              file=self.stream, flush=True)
+        self._last_t, self._printed = now, True
 
 
 def path_str(path) -> str:
@@ -116,7 +199,8 @@ class RuntimeContext:
             return multihost_utils.process_allgather(tree, tiled=True)
         return jax.tree_util.tree_map(lambda x: np.asarray(jax.device_get(x)), tree)
 
-    def map_batches(self, fn: Callable[[PyTree, jax.Array], PyTree], inputs: PyTree, *, batch_size: int) -> PyTree:
+    def map_batches(self, fn: Callable[[PyTree, jax.Array], PyTree], inputs: PyTree, *, batch_size: int,
+                    progress: str | None = "progress") -> PyTree:
         """Applies ``fn(batch, index)`` to all of ``inputs`` in global batches on the mesh.
 
         Args:
@@ -127,6 +211,8 @@ class RuntimeContext:
           inputs: pytree of host arrays ``[N, ...]``, the same on every process.
           batch_size: examples per global batch, rounded up by ``round_batch_size``. The last batch
             is padded by repeating the last example (index ``N + j``); its outputs are dropped.
+          progress: the label of the rate / ETA line a long run prints (``Progress.update``, on
+            process 0); None: no line.
 
         Returns: the outputs as numpy ``[N, ...]`` on every host, in input order.
         """
@@ -143,6 +229,7 @@ class RuntimeContext:
         per = bs // self.process_count
         lo = self.process_index * per
         outputs = []
+        bar = Progress.loop(n, progress, active=self.is_main) if progress else None
         for start in range(0, n, bs):
             idx = np.arange(start, start + bs)
             take = np.minimum(idx, n - 1)[lo:lo + per]
@@ -152,4 +239,6 @@ class RuntimeContext:
             g_batch, g_index = global_batch(tree, batch_shardings(tree, self.mesh), bs)
             out = self.to_host(fn(g_batch, g_index))
             outputs.append(jax.tree_util.tree_map(lambda y: np.asarray(y)[: min(bs, n - start)], out))
+            if bar is not None:
+                bar.update(min(start + bs, n))
         return jax.tree_util.tree_map(lambda *ys: np.concatenate(ys, axis=0), *outputs)

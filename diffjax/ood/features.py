@@ -18,8 +18,6 @@ fitted on the same numbers:
 
 from __future__ import annotations
 
-import sys
-import time
 from typing import Callable, Sequence
 
 import jax
@@ -27,6 +25,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from diffjax.data.images import check_images
+from diffjax.runtime import Progress
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -131,21 +130,18 @@ def extract_features(feature_fn: Callable[[jax.Array], jax.Array], images: np.nd
     """Runs ``feature_fn`` over ``images [N, H, W, 3]`` in fixed-size batches -> [N, D] float32 numpy.
 
     The last batch is padded (by repeating the last image) so that one compilation serves the
-    whole set; progress with img/s and ETA goes to stderr.
+    whole set; a long run prints images/s and ETA on stderr (``runtime.Progress``, process 0).
     """
     check_images(images)
     n = images.shape[0]
-    out, t0, last = [], time.time(), 0.0
+    out = []
+    bar = Progress.loop(n, desc, unit="images", active=jax.process_index() == 0) if progress else None
     for start in range(0, n, batch_size):
         batch = images[start:start + batch_size]
         m = batch.shape[0]
         if m < batch_size and n > batch_size:
             batch = np.concatenate([batch, np.repeat(batch[-1:], batch_size - m, axis=0)])
         out.append(np.asarray(feature_fn(jnp.asarray(batch)))[:m])
-        done, now = start + m, time.time()
-        if progress and (now - last > 5 or done == n):
-            rate = done / max(now - t0, 1e-9)
-            print(f"  {desc}: {done}/{n} images, {rate:.0f} img/s, ETA {(n - done) / max(rate, 1e-9):.0f}s",
-                  file=sys.stderr, flush=True)
-            last = now
+        if bar is not None:
+            bar.update(start + m)
     return np.concatenate(out, axis=0).astype(np.float32)

@@ -31,7 +31,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from diffjax.ood import report, scores
-from diffjax.runtime import RuntimeContext
+from diffjax.runtime import Progress, RuntimeContext
 
 # kept here for existing callers; defined once, in report
 seed_mean = report.seed_mean
@@ -130,7 +130,7 @@ def num_examples(inputs) -> int:
 
 def sweep_chunked(sweep_fn: Callable, params, inputs, ts: Sequence[int], keys: jax.Array, *,
                   chunk: int | None = None, context: RuntimeContext | None = None,
-                  ids: np.ndarray | None = None) -> dict[str, np.ndarray]:
+                  ids: np.ndarray | None = None, progress: str | None = "scoring") -> dict[str, np.ndarray]:
     """Runs ``sweep_fn`` over examples in chunks (padded to one static size) -> {name: [n_t, n_s, ..., N]}.
 
     ``inputs``: a pytree of arrays with a leading example axis N (``[N, D]``, or
@@ -143,6 +143,8 @@ def sweep_chunked(sweep_fn: Callable, params, inputs, ts: Sequence[int], keys: j
     ``ids``: optional ``[N]`` int32 example ids to fold into the noise keys instead of the
     positions 0..N-1 (e.g. a hash of a sentence's tokens, so that the same input gets the same
     noise wherever it sits in a file); None = positions (the default, unchanged).
+
+    ``progress``: the label of the rate / ETA line a long run prints (``runtime.Progress``); None: none.
     """
     inputs = jax.tree_util.tree_map(
         lambda a: np.asarray(a, np.float32) if np.asarray(a).dtype == np.float64 else np.asarray(a), inputs)
@@ -160,9 +162,10 @@ def sweep_chunked(sweep_fn: Callable, params, inputs, ts: Sequence[int], keys: j
             return {k: jnp.moveaxis(v, -1, 0) for k, v in sweep_fn(params, batch, ts, keys, index).items()}
 
         tree = inputs if ids is None else {"inputs": inputs, "ids": ids}
-        out = context.map_batches(one_batch, tree, batch_size=chunk)
+        out = context.map_batches(one_batch, tree, batch_size=chunk, progress=progress)
         return {k: np.moveaxis(v, 0, -1) for k, v in out.items()}
     parts: dict[str, list] = {}
+    bar = Progress.loop(n, progress, active=jax.process_index() == 0) if progress else None
     for start in range(0, n, chunk):
         pos = np.arange(start, min(start + chunk, n))
         m = len(pos)
@@ -172,4 +175,6 @@ def sweep_chunked(sweep_fn: Callable, params, inputs, ts: Sequence[int], keys: j
         out = sweep_fn(params, x, ts, keys, jnp.asarray(take if ids is None else ids[take], jnp.int32))
         for k, v in out.items():
             parts.setdefault(k, []).append(np.asarray(v)[..., :m])
+        if bar is not None:
+            bar.update(start + m)
     return {k: np.concatenate(v, axis=-1) for k, v in parts.items()}

@@ -1,16 +1,14 @@
-"""Run outputs: ``metrics.jsonl``, TensorBoard event files, a progress line with steps/s and ETA.
+"""Run outputs: ``metrics.jsonl`` and TensorBoard event files (the progress line with steps/s and
+ETA is ``diffjax.runtime.Progress``, shared with scoring, generation and feature extraction).
 
 Only process 0 writes (``MetricsWriter(..., active=jax.process_index() == 0)``).
 """
 
 from __future__ import annotations
 
-import datetime
 import json
-import math
 import os
 import sys
-import time
 from typing import Any, Mapping
 
 import numpy as np
@@ -113,42 +111,3 @@ def _read_rows(path: str) -> list[dict]:
 def read_metrics(workdir: str) -> list[dict]:
     """All rows of ``workdir/metrics.jsonl`` (a torn last line is dropped with a warning)."""
     return _read_rows(os.path.join(workdir, "metrics.jsonl"))
-
-
-def _fmt_duration(seconds: float) -> str:
-    if not math.isfinite(seconds):
-        return "?"
-    return str(datetime.timedelta(seconds=int(round(seconds))))
-
-
-class Progress:
-    """Steps/s (over the last reporting window) and ETA: ``step 300/3000 loss 0.41 | 85.1 steps/s | ETA 0:00:31``."""
-
-    def __init__(self, start_step: int, num_steps: int, *, active: bool = True, stream=None):
-        self.num_steps = int(num_steps)
-        self.active = active
-        self.stream = stream or sys.stdout
-        self._t0 = time.perf_counter()
-        self._last_t = self._t0
-        self._last_step = int(start_step)
-
-    def reset(self, step: int) -> None:
-        """Restart the rate window at ``step`` (e.g. after the compile of the first step)."""
-        self._last_t, self._last_step = time.perf_counter(), int(step)
-
-    def rate(self, step: int) -> float:
-        now = time.perf_counter()
-        dt = now - self._last_t
-        rate = (step - self._last_step) / dt if dt > 0 else float("nan")
-        self._last_t, self._last_step = now, int(step)
-        return rate
-
-    def line(self, step: int, scalars: Mapping[str, Any], rate: float) -> str:
-        eta = (self.num_steps - step) / rate if rate and rate > 0 else float("nan")
-        shown = " ".join(f"{k} {float(scalars[k]):.4g}" for k in ("loss", "grad_norm", "learning_rate")
-                         if k in scalars)
-        return f"step {step}/{self.num_steps} {shown} | {rate:.1f} steps/s | ETA {_fmt_duration(eta)}"
-
-    def report(self, step: int, scalars: Mapping[str, Any], rate: float) -> None:
-        if self.active:
-            print(self.line(step, scalars, rate), file=self.stream, flush=True)

@@ -30,7 +30,7 @@ import numpy as np
 import optax
 
 from diffjax.checkpoints import orbax as ckpt_lib
-from diffjax.runtime import RuntimeContext
+from diffjax.runtime import Progress, RuntimeContext
 from diffjax.tasks.base import Task, build_task
 from diffjax.train import init_from as init_from_lib
 from diffjax.train import metrics as metrics_lib
@@ -275,7 +275,7 @@ def _train_locked(config, workdir: str, task: Task | None) -> TrainState:
         snapshots = _snapshot_steps(task)
         ckpt_every, log_every = int(tc.checkpoint_every), max(int(tc.log_every), 1)
         eval_every = int(tc.eval_every)
-        progress = metrics_lib.Progress(start, num_steps, active=is_main)
+        progress = Progress(start, num_steps, active=is_main)
         batches = task.train_batches(start, global_batch_size=gbs, process_index=jax.process_index(),
                                      process_count=jax.process_count())
         if 0 in snapshots and start == 0:

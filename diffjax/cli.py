@@ -97,13 +97,22 @@ def parse_args(argv: list[str]):
 
 
 def _prompts(fv) -> list[str] | None:
+    """``--prompt`` values, then the non-blank lines of ``--prompts_file`` (read by ``data.text.lines``:
+    UTF-8, split on "\\n" only; a line that is not UTF-8 is a ``UsageError`` naming the file and line)."""
+    from diffjax.data.text.lines import file_lines
+    from diffjax.ood.deploy import InputError
+
     prompts = list(fv.prompt or [])
     if fv.prompts_file:
         path = fv.prompts_file
         if not os.path.isfile(path):
             raise UsageError(f"--prompts_file={path}: no such file")
-        with open(path, encoding="utf-8") as f:
-            prompts += [line.rstrip("\n") for line in f if line.strip()]
+        try:
+            prompts += [line for _, line in file_lines(path)]
+        except InputError as e:
+            raise UsageError(f"--prompts_file: {e}") from e
+        except OSError as e:  # e.g. no permission to read it
+            raise UsageError(f"--prompts_file={path}: cannot be read ({type(e).__name__}: {e.strerror or e})") from e
         if not prompts:
             raise UsageError(f"--prompts_file={path} holds no prompt (one prompt a line)")
     return prompts or None
@@ -207,10 +216,12 @@ def _user_errors() -> tuple[type[BaseException], ...]:
     """Errors whose message is the whole story (missing files, config/checkpoint mismatches, NaN)."""
     from diffjax.checkpoints import orbax as ckpt_lib
     from diffjax.checkpoints.errors import CheckpointFormatError, CheckpointMismatchError
+    from diffjax.ood.deploy import InputError, ThresholdError
     from diffjax.train import trainer, validate, workdir
 
-    return (FileNotFoundError, workdir.WorkdirConfigMismatch, workdir.WorkdirLocked, validate.ConfigError,
-            trainer.NonFiniteError,
+    # InputError (a FileNotFoundError) also covers the readers' subclasses (e.g. data.text.lines.TextInputError)
+    return (FileNotFoundError, InputError, ThresholdError, workdir.WorkdirConfigMismatch, workdir.WorkdirLocked,
+            validate.ConfigError, trainer.NonFiniteError,
             CheckpointMismatchError, CheckpointFormatError, ckpt_lib.CheckpointCorruptError)
 
 

@@ -40,6 +40,11 @@ Trainer hooks (``diffjax/train/trainer.py``):
   pretrained weights from disk (they are then ``device_put`` onto their shardings).
 * ``batch_spec()``: ``{field: spec}`` for batch fields not sharded as ``("data",)`` on the leading
   axis (spec: tuple of mesh axis names / None per dim, as in ``config.sharding_rules``).
+* Every method also gets ``step=``: the training step of the params (e.g. recorded in the OOD
+  tasks' ``threshold.json``).
+* ``@register_prepare_call(name)`` on ``prepare_call(task_config, workdir, method, kwargs) -> kwargs``:
+  the CLI's cheap checks of a method's arguments before the task is built or a checkpoint restored
+  (paths, file formats, files the method needs in ``workdir``); it may pass what it read on.
 """
 
 from __future__ import annotations
@@ -150,3 +155,32 @@ def build_task(task_config) -> Task:
         raise ValueError(f"unknown task {name!r}; known tasks: {known}. A task module "
                          f"diffjax/tasks/{name}.py must call @register_task({name!r}).")
     return _REGISTRY[name](task_config)
+
+
+_PREPARE_CALLS: dict[str, Callable[..., dict]] = {}
+
+
+def register_prepare_call(name: str):
+    """Decorator: ``@register_prepare_call("dlsr")`` on ``prepare_call(task_config, workdir, method, kwargs)
+    -> kwargs`` (see the module docstring)."""
+
+    def wrap(fn):
+        _PREPARE_CALLS[name] = fn
+        return fn
+
+    return wrap
+
+
+def prepare_call(task_config, workdir: str, method: str, kwargs: dict) -> dict:
+    """Runs task ``task_config.name``'s ``prepare_call`` (no task is built); ``kwargs`` unchanged if it has none
+    (or the task is unknown: ``build_task`` then says so)."""
+    name = task_config.name
+    if name not in _REGISTRY:
+        import importlib
+
+        try:
+            importlib.import_module(name if "." in name else f"diffjax.tasks.{name}")
+        except ModuleNotFoundError:
+            pass
+    fn = _PREPARE_CALLS.get(name)
+    return fn(task_config, workdir, method, dict(kwargs)) if fn is not None else dict(kwargs)

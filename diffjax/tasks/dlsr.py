@@ -38,7 +38,7 @@ from diffjax.diffusion import gaussian
 from diffjax.diffusion.schedules import gaussian_schedule
 from diffjax.models.lfdn import LFDN
 from diffjax.ood import baselines, deploy, features as feat, metrics, report, scores as scores_lib, sweep as sweep_lib
-from diffjax.tasks.base import Task, register_task
+from diffjax.tasks.base import Task, register_prepare_call, register_task
 
 
 def _cfg_to_dict(c) -> dict:
@@ -324,7 +324,7 @@ class DLSRTask(Task):
                                 context=context)
                 for k in self.sets() if k != "train"}
 
-    def evaluate(self, params, rng, workdir, *, context, snapshots=None, **kwargs):
+    def evaluate(self, params, rng, workdir, *, context, snapshots=None, step=None, **kwargs):
         del rng, kwargs
         t0 = time.time()
         c = self.c
@@ -358,13 +358,14 @@ class DLSRTask(Task):
                                    per_layer=results["per_layer"],
                                    per_layer_title=f"per-layer AUROC (layers of {len(self.dims)} stages, "
                                                    f"channels {tuple(self.dims)}):")
+        fitted = deploy.fitted_on(params, step)  # on every process (params may span hosts)
         if jax.process_index() == 0:
             print(text, flush=True)
             os.makedirs(workdir, exist_ok=True)
             # the deployed flag (`score`): threshold accepting 95% of the held-out ID test scores
             deploy.save_threshold(workdir, score=c.deploy_score, heldout_id_scores=id_s[c.deploy_score],
                                   heldout="ID test (not trained on)", score_t=int(c.score_t),
-                                  num_seeds=int(c.num_seeds), score_seed=int(c.score_seed))
+                                  num_seeds=int(c.num_seeds), score_seed=int(c.score_seed), **fitted)
             with open(os.path.join(workdir, "results_table.txt"), "w") as f:
                 f.write(text + "\n")
             report.plot_rocs(fused(id_s), {o: fused(s) for o, s in ood_s.items()}, os.path.join(workdir, "roc.png"),
@@ -398,15 +399,20 @@ class DLSRTask(Task):
             print(report.format_best_t(res), flush=True)
         return res
 
-    def score(self, params, rng, workdir, *, context, inputs, output=None, snapshots=None, **kwargs):
+    def score(self, params, rng, workdir, *, context, inputs, output=None, snapshots=None, step=None,
+              read_inputs=None, **kwargs):
         """Scores a folder of images / an image file / a .npy array with the trained detector: one row per
-        image (id = path relative to the folder, or row number; score; OOD = score > the saved threshold)."""
+        image (id = path relative to the folder, or row number; score; OOD = score > the saved threshold).
+        The output path and the threshold's params are checked first (``deploy``); ``read_inputs``: the
+        images as ``prepare_call`` read them before the model was built."""
         del rng, kwargs
-        thr = deploy.load_threshold(workdir)
         c = self.c
-        images = load_user_images(inputs, resize_to=int(c.data.user_image_size) or self._image_size())
+        out = deploy.check_output(output or deploy.default_output(workdir), inputs)
+        thr = deploy.load_threshold(workdir)
+        deploy.check_fitted_on(thr, workdir, params=params, step=step)
+        images = read_inputs if read_inputs is not None else load_user_images(inputs, resize_to=user_image_size(c))
         raw = feat.extract_features(self._feature_fn(), images.images, batch_size=int(c.encoder.batch_size),
-                                    desc="score inputs")
+                                    desc="score: features")
         if "_normalize_jit" not in self.__dict__:
             self._normalize_jit = jax.jit(self.normalize)
         z = np.asarray(self._normalize_jit(jnp.asarray(raw), params))
@@ -417,8 +423,7 @@ class DLSRTask(Task):
         grids = self._scores(params, z, [int(thr["score_t"])], int(thr["num_seeds"]), False, early,
                              chunk=int(c.score_chunk), context=context)
         scores = report.seed_mean(grids[name])[0]
-        out = output or deploy.default_output(workdir)
-        summary = {**deploy.write_rows(out, images.row_ids(), scores, thr["threshold"]), "score": name,
+        summary = {**deploy.write_rows(out, images.row_ids(), scores, thr["threshold"], inputs=inputs), "score": name,
                    "score_t": int(thr["score_t"]), "inputs": os.path.abspath(inputs)}
         if jax.process_index() == 0:
             print(f"scored {summary['num_inputs']} images from {inputs}: {summary['num_ood']} flagged OOD ({name} > "
@@ -428,6 +433,28 @@ class DLSRTask(Task):
 
 
 BASELINES = ("mahalanobis", "knn")
+
+
+def user_image_size(c) -> int:
+    """The size a user's images are resized to: ``data.user_image_size``, else the encoder's input size."""
+    from diffjax.models import efficientnet as en
+
+    enc = c.encoder
+    return (int(c.data.user_image_size) or int(enc.image_size)
+            or int(en.efficientnet_config(en.canonical_name(enc.name)).resolution))
+
+
+@register_prepare_call("dlsr")
+def prepare_call(task_config, workdir: str, method: str, kwargs: dict) -> dict:
+    """``score``, before the model is built: the output path (``deploy.check_output``), the inputs (read
+    here, passed on as ``read_inputs``) and ``threshold.json`` (readable, complete) are checked."""
+    if method != "score":
+        return kwargs
+    inputs = kwargs["inputs"]
+    deploy.check_output(kwargs.get("output") or deploy.default_output(workdir), inputs)
+    images = load_user_images(inputs, resize_to=user_image_size(task_config))
+    deploy.load_threshold(workdir)
+    return {**kwargs, "read_inputs": images}
 
 
 def _table_header(results: dict) -> str:

@@ -33,7 +33,7 @@ from diffjax.diffusion.schedules import gaussian_schedule
 from diffjax.ood import baselines, deploy, metrics, report, sweep as sweep_lib
 from diffjax.tasks import text_ood_data as tdata
 from diffjax.tasks import text_ood_model as tm
-from diffjax.tasks.base import Task, register_task
+from diffjax.tasks.base import Task, register_prepare_call, register_task
 
 BASELINES = ("maha_pretrained", "knn_pretrained", "maha_finetuned", "knn_finetuned", "msp", "energy")
 
@@ -228,7 +228,7 @@ class TextOODTask(Task):
                     out[k]["energy"] = -lse  # energy = -logsumexp(logits); higher = more OOD
         return out
 
-    def evaluate(self, params, rng, workdir, *, context, **kwargs):
+    def evaluate(self, params, rng, workdir, *, context, step=None, **kwargs):
         del rng, kwargs
         t0, c, sets = time.time(), self.c, self.sets()
         keys = ["heldout", "test"] + [f"ood/{o}" for o in self.ood_names]
@@ -245,10 +245,11 @@ class TextOODTask(Task):
                    "num_seeds": int(c.num_seeds), "score_seed": int(c.score_seed), "backbone": c.backbone,
                    "metrics": table["metrics"], "average": table["average"],
                    "num_examples": {k: len(v) for k, v in sets.items()}}
+        fitted = deploy.fitted_on(params, step)  # on every process (params may span hosts)
         if jax.process_index() == 0:
             thr = deploy.save_threshold(workdir, score=c.deploy_score, heldout_id_scores=score["heldout"][c.deploy_score],
                                         heldout=f"{c.data.id} {c.data.id_heldout_split}", score_t=int(c.score_t),
-                                        num_seeds=int(c.num_seeds), score_seed=int(c.score_seed))
+                                        num_seeds=int(c.num_seeds), score_seed=int(c.score_seed), **fitted)
             results["threshold"] = thr
         results["eval_seconds"] = time.time() - t0
         header = (f"Text OOD (paper 000) ID {c.data.id}: diffusion scores at t={c.score_t} (one x0 prediction, mean of "
@@ -284,10 +285,14 @@ class TextOODTask(Task):
             print(report.format_best_t(res), flush=True)
         return res
 
-    def score(self, params, rng, workdir, *, context, inputs, output=None, **kwargs):
+    def score(self, params, rng, workdir, *, context, inputs, output=None, step=None, read_inputs=None, **kwargs):
+        """One row per text of ``inputs`` (.txt / .jsonl) -> ``output``; the output path and the threshold's
+        params are checked first (``deploy``); ``read_inputs``: (ids, texts) as ``prepare_call`` read them."""
         del rng, kwargs
+        out = deploy.check_output(output or deploy.default_output(workdir), inputs)
         thr = deploy.load_threshold(workdir)
-        ids, texts = tdata.read_inputs(inputs, self.c.score_text_field)
+        deploy.check_fitted_on(thr, workdir, params=params, step=step)
+        ids, texts = read_inputs if read_inputs is not None else tdata.read_inputs(inputs, self.c.score_text_field)
         from diffjax.data.text import TextExamples
 
         s = tdata.pack_examples("inputs", TextExamples(inputs, [""] * len(texts), texts), self.tok,
@@ -295,8 +300,7 @@ class TextOODTask(Task):
         g = self.diffusion_scores(params, s.inputs(), s.ids, [int(thr["score_t"])], int(thr["num_seeds"]), context,
                                   seed=int(thr["score_seed"]))
         scores = report.seed_mean(g[thr["score"]])[0]
-        out = output or deploy.default_output(workdir)
-        summary = {**deploy.write_rows(out, ids, scores, thr["threshold"]), "score": thr["score"],
+        summary = {**deploy.write_rows(out, ids, scores, thr["threshold"], inputs=inputs), "score": thr["score"],
                    "score_t": int(thr["score_t"]), "inputs": os.path.abspath(inputs)}
         if jax.process_index() == 0:
             print(f"scored {summary['num_inputs']} inputs from {inputs}: {summary['num_ood']} flagged OOD "
@@ -317,3 +321,15 @@ class TextOODTask(Task):
 def from_config(task_config) -> TextOODTask:
     return TextOODTask(task_config)
 
+
+@register_prepare_call("text_ood")
+def prepare_call(task_config, workdir: str, method: str, kwargs: dict) -> dict:
+    """``score``, before the model is built: the output path (``deploy.check_output``), the inputs (read
+    here, passed on as ``read_inputs``) and ``threshold.json`` (readable, complete) are checked."""
+    if method != "score":
+        return kwargs
+    inputs = kwargs["inputs"]
+    deploy.check_output(kwargs.get("output") or deploy.default_output(workdir), inputs)
+    read = tdata.read_inputs(inputs, task_config.score_text_field)
+    deploy.load_threshold(workdir)
+    return {**kwargs, "read_inputs": read}

@@ -31,7 +31,7 @@ import optax
 
 from diffjax.checkpoints import orbax as ckpt_lib
 from diffjax.runtime import Progress, RuntimeContext
-from diffjax.tasks.base import Task, build_task
+from diffjax.tasks.base import Task, build_task, prepare_call
 from diffjax.train import init_from as init_from_lib
 from diffjax.train import metrics as metrics_lib
 from diffjax.train import sharding as sh
@@ -359,11 +359,13 @@ def _load_snapshots(setup: Setup, workdir: str) -> dict:
 
 
 def call_task_method(setup: Setup, method: str, state: TrainState, workdir: str, **method_kwargs) -> dict:
-    """``task.<method>(eval params, rng = fold_in(seed, 2), workdir, context=..., [snapshots], **method_kwargs)``."""
+    """``task.<method>(eval params, rng = fold_in(seed, 2), workdir, context=..., step=state's step,
+    [snapshots], **method_kwargs)``."""
     rng = jax.random.fold_in(jax.random.PRNGKey(int(setup.config.seed)), 2)
     fn = {"evaluate": setup.task.evaluate, "sweep": setup.task.sweep, "generate": setup.task.generate,
           "score": setup.task.score}[method]
     kwargs = {"snapshots": _load_snapshots(setup, workdir)} if _snapshot_steps(setup.task) else {}
+    kwargs["step"] = int(jax.device_get(state.step))
     return fn(state.eval_params(), rng, workdir, context=setup.context, **kwargs, **method_kwargs) or {}
 
 
@@ -395,6 +397,8 @@ def run_task_method(config, workdir: str, method: str, *, task: Task | None = No
     task's method with the (EMA) params, the run's context and ``method_kwargs`` (e.g. ``prompts``
     for generate, ``inputs`` for score) and writes results.json / sweep.json / generate.json / score.json."""
     workdir = os.path.abspath(workdir)
+    # the method's own checks (paths, formats, files it needs), before anything is built or restored
+    method_kwargs = prepare_call(config.task, workdir, method, method_kwargs)
     setup, state = restore_latest(config, workdir, task=task)
     t0 = time.perf_counter()
     res = call_task_method(setup, method, state, workdir, **method_kwargs)

@@ -9,8 +9,10 @@ Set the paths on the command line (nothing is downloaded; tfds data must be prep
         --set task.stage2.data_dir=/data/tfds --set task.stage3.data_dir=/data/tfds
 
 Stage 1 = the HF checkpoint itself (0 steps; ``model_source`` seeds stage 2); stage 2 = N = 10k steps
-of diffusion continued pretraining on C4-style text (tfds ``c4/en``, prefix-LM split in half), with
-DiffuLLaMA attention annealing over 1k steps and logit shift; stage 3 = finetuning (paper 001: lr 1e-4).
+of diffusion continued pretraining on C4-style text (tfds ``c4/en``, prefix-LM split in half), switched
+straight to bidirectional attention as paper 001 does; stage 3 = finetuning (paper 001: lr 1e-4).
+DiffuLLaMA's options stay available: ``--set task.logit_shift=True --set task.anneal_steps=1000``
+(attention-mask annealing over 1k steps and the logit shift of HKUNLP/DiffuLLaMA, not paper 001's).
 Batch 64 x 256 tokens (SQuAD: 512), bf16-friendly remat, Megatron rules over the "model" axis.
 """
 
@@ -41,7 +43,8 @@ def get_config(arg=None):
         name="ar2diff", stage=3, arch="decoder", model_source="", model=ml_collections.ConfigDict({}),
         remat=True, tokenizer="", style="llama", cache_dir="~/.cache/diffjax/ar2diff", buckets=(length,), seed=0,
         target_length=128, objective="sundae", normalize="sequence", unroll_steps=2, mask_id=-1,
-        logit_shift=True, anneal_steps=1000, ar_attention="prefix",
+        logit_shift=False, anneal_steps=0,  # DiffuLLaMA's options (see above), off: paper 001's plain switch
+        ar_attention="prefix",
         decoder="", num_steps=10, temperature=0.2, num_samples=8, greedy=False, max_new_tokens=length // 2,
         min_target_slots=64, eval_examples=1000, eval_batch_size=64, eval_decode=True, num_generate=8,
         stage1=stage(task.data, "", 0, 1e-4, task.prompt_field, task.target_field),

@@ -62,10 +62,13 @@ def get_config(arg=None):
         remat=False,
         tokenizer=gguf, style="llama", cache_dir="~/.cache/diffjax/ar2diff", buckets=(32,), seed=0,
         target_length=16,  # encoder-decoder only: decoder slots
-        # Objective of stages 2/3 and DiffuLLaMA options.
+        # Objective of stages 2/3.
         objective="masked" if masked else "sundae", normalize="token", unroll_steps=2,
         mask_id=0 if masked else -1,
-        logit_shift=True, anneal_steps=0 if tiny else 5, ar_attention="prefix",
+        # DiffuLLaMA's options (HKUNLP/DiffuLLaMA), off for paper 001's plain switch to bidirectional
+        # attention: logit_shift=True predicts slot i from the output at i - 1 (reuses the next-token head);
+        # anneal_steps > 0 anneals the attention mask from prefix-LM to full over that many steps.
+        logit_shift=False, anneal_steps=0, ar_attention="prefix",
         # Decoding: "" = ar (stage 1) / refine (sundae) / topk (masked).
         decoder="", num_steps=4 if tiny else 8, temperature=0.2, num_samples=2, greedy=False, max_new_tokens=12,
         min_target_slots=8,

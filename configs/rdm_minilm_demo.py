@@ -41,7 +41,12 @@ def task_config(model_dir: str) -> ml_collections.ConfigDict:
         decoder="topk", num_steps=50, greedy=True, temperature=1.0, top_p=0.0, remask=True,
         unmask_schedule="linear", threshold=0.9, num_blocks=4, block_inner="topk",
         length_mode="head", length_beam=3, gen_length=48,
+        # the length beam's choice: "decode_scores" = the authors' (mean log-prob of each token when it was
+        # predicted from [MASK]) | "rescore" = one more pass on the finished candidates, nothing masked
+        length_select="decode_scores",
         eval_max_examples=100, eval_batch_size=50, num_generate=4, show_steps_shown=8,
+        # BLEU convention of paper 002's authors: sacrebleu 13a after lower-casing hypotheses and references
+        bleu_tokenizer="13a", bleu_lowercase=True,
     ))
 
 

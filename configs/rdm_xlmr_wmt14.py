@@ -8,7 +8,8 @@
 
 Recipe (papers.md 002): [source ; target] in one bidirectional stack, masks on the target only,
 T = 50, reciprocal weighting, AdamW lr 5e-5, max target 128 tokens, length head (CE weight 0.1)
-with a length beam of 3, 50-step top-k decoding. ``arg``: None, or "base" / "large" (lr 1e-4 / 5e-5).
+with a length beam of 3 chosen by the mean decode-time log-prob (the authors' ``score_select``), 50-step
+top-k decoding; BLEU as the authors: sacrebleu 13a after lower-casing. ``arg``: None, or "base" / "large" (lr 1e-4 / 5e-5).
 """
 
 
@@ -27,7 +28,8 @@ def get_config(arg=None):
         data="tfds:wmt14_translate/de-en", data_dir="", prompt_field="en", target_field="de", prompt_template="",
         split="train", eval_split="test", buckets=(64, 128, 256), gen_length=256, length_max=130,
         weighting="reciprocal", normalize="token", num_timesteps=50, length_loss_weight=0.1, dropout=True,
-        decoder="topk", num_steps=50, length_mode="head", length_beam=3, eval_max_examples=3003, eval_batch_size=64,
+        decoder="topk", num_steps=50, length_mode="head", length_beam=3, length_select="decode_scores",
+        bleu_tokenizer="13a", bleu_lowercase=True, eval_max_examples=3003, eval_batch_size=64,
         cache_dir="~/.cache/diffjax/text"))
     c.task = t
     c.init_from = ""  # set to the XLM-R dir (its MLM head is loaded, only the length head is fresh)

@@ -39,17 +39,29 @@ def task_fields():
             buckets=(16, 32, 64, 128), seed=0)),
         # Diffusion (papers.md 000): linear betas 1e-4..0.02, T = 1000; loss = ld_weight L_d + lc_weight L_c.
         num_diffusion_steps=1000, ld_weight=1.0, lc_weight=1.0,
-        time_mult=4,  # timestep MLP D -> time_mult D -> D
+        # x_0 = E[w] scaled to x0_std per dimension before noising (Diffusion-LM / CDCD / Plaid practice;
+        # pretrained E is tiny next to N(0, I) noise); 0 = the paper's raw embeddings (scale unstated).
+        x0_std=1.0,
+        # rounding logits k (x0_hat E^T) with a learnt scalar k (init 1); False = the paper's fixed tied logits
+        lc_learnt_scale=True,
+        time_mult=4,  # timestep MLP D -> time_mult D -> D, then a zero-initialised Dense(D)
         dropout=0.0,  # encoder dropout while training (0 = off)
         # Scores: one x0 prediction from x_t at score_t, averaged over num_seeds fixed noise draws.
-        score_t=200, num_seeds=5, score_seed=0, score_chunk=32,
+        # score_t = 0: chosen on held-out ID only, the first grid t where the held-out ID deploy loss has
+        # risen by score_t_rise of its rise over the grid (never from OOD data).
+        score_t=0, score_t_rise=0.1, num_seeds=5, score_seed=0, score_chunk=32,
         lc_row_batch=8,  # rows per lax.map step of the rounding CE (bounds the [rows, L, V] logits)
         deploy_score="ld_lc",  # the score whose threshold (95% of held-out ID accepted) `score` uses
         score_text_field="",  # .jsonl inputs of `score`: the text field ("" = text / target / sentence)
         # Baselines: any of "maha", "knn" (pretrained and finetuned features), "msp", "energy".
         baselines=("maha", "knn", "msp", "energy"), knn_k=10, feature_batch=64,
-        # Sweep: timesteps, noise draws (0 = num_seeds), examples per set (0 = all).
-        sweep_ts=(50, 100, 200, 300, 400, 500, 600, 700, 800, 900, 1000), sweep_num_seeds=0, sweep_max_examples=0,
+        # Controls beside the score: token_norm, unigram (model-free) and the untrained denoiser's score.
+        controls=True,
+        # Timestep grid (sweep, by_t, auto score_t): sweep_ts, or () = sweep_num_ts steps evenly spaced in
+        # log SNR from t = 1 to the first t whose rounding accuracy of x_t on held-out ID is below
+        # sweep_min_rounding_acc (past it the input carries nothing). Noise draws (0 = num_seeds),
+        # examples per set (0 = all) for the sweep and by_t.
+        sweep_ts=(), sweep_num_ts=10, sweep_min_rounding_acc=0.01, sweep_num_seeds=0, sweep_max_examples=0,
     ))
 
 
@@ -62,7 +74,6 @@ def get_config(arg=None):
     # sentences to train on, 200 held-out (threshold), 300 test, 300 per OOD set; 200 steps of 16.
     d.n_train, d.n_heldout, d.n_test, d.n_ood = 2000, 200, 300, 300
     d.buckets = (32,)
-    t.sweep_ts = (10, 50, 100, 200, 400, 700, 1000)
     t.sweep_num_seeds, t.sweep_max_examples = 1, 100
     c.optimizer.name = "adamw"
     c.optimizer.learning_rate = 1e-4
@@ -82,7 +93,7 @@ def get_config(arg=None):
         t.score_chunk = 16
         t.feature_batch = 16
         t.knn_k = 3
-        t.sweep_ts = (50, 500)
+        t.sweep_num_ts = 3
         t.sweep_num_seeds, t.sweep_max_examples = 0, 8
         c.optimizer.warmup_steps = 1
         c.train.num_steps = 3

@@ -139,6 +139,8 @@ def test_generate_show_steps_and_evaluate(small_dir, task_and_params, capsys):
     for k in ("bleu", "exact_match", "length", "decoder_calls_per_token", "samples"):
         assert k in ev
     assert 0 <= ev["length"]["accuracy"] <= 1
+    assert ev["bleu_convention"] == {"tokenizer": "13a", "lowercase": True}  # paper 002's authors' convention
+    assert ev["length_select"] == "decode_scores"
 
 
 def test_instruction_jsonl_with_template_and_per_task_zero_shot(small_dir, tmp_path):
@@ -190,3 +192,85 @@ def test_fixed_length_training_makes_the_padding_tail_a_target():
     assert out["segment_ids"][0].tolist() == [0, 0, 0, 1, 1, 1, 1, 1]
     assert not out["corruptible"][1].any() and not out["valid"][1].any()
     assert out["tokens"] is batch["tokens"]
+
+
+# ----------------------------------------------------------------------------- the length beam (papers.md 002)
+from tests.test_decoders import _topk_authors_reference  # noqa: E402  (the authors' decoding loop in numpy)
+from tests.test_discrete_sampling import MASK as TOY_MASK  # noqa: E402
+
+TOY_V, TOY_L, TOY_PAD, TOY_CLS, TOY_SEP = TOY_MASK + 1, 12, 0, 1, 2
+TOY_PROMPT = np.array([TOY_CLS, 5, 6, TOY_SEP] + [TOY_PAD] * (TOY_L - 4), np.int32)
+
+
+def _toy_model(seed):
+    """Input- and attention-dependent logits (a candidate's length changes every prediction); [MASK] and the
+    special ids are excluded by decode_one / the port alike."""
+    k1, k2, k3 = jax.random.split(jax.random.PRNGKey(seed), 3)
+    W, W2, P = (jax.random.normal(k, s) for k, s in ((k1, (TOY_V, TOY_V)), (k2, (TOY_V, TOY_V)), (k3, (TOY_L, TOY_V))))
+
+    def model_fn(x, att, seg):
+        ctx = jnp.sum(jnp.where(att[..., None], W2[x], 0.0), 1, keepdims=True) / jnp.sum(att, -1)[:, None, None]
+        return 2.0 * W[x] + 2.0 * ctx + P[None] + 1.5 * W2[jnp.roll(x, 1, axis=1)]
+
+    return model_fn
+
+
+def _authors_length_beam(model_fn, lengths, T):
+    """The authors' length beam as a numpy port (yegcjs/DiffusionLLM): each candidate m - 1 [MASK]s + [EOS]
+    after the source is decoded (``_topk_authors_reference``, linear schedule); ``finalized_hypos`` keeps the
+    positions that are not pad / bos / eos / source and scores a candidate by the mean of its
+    ``output_scores`` there; ``score_select`` takes the argmax. Returns (tokens [L] of the choice, index)."""
+    banned = [TOY_PAD, TOY_CLS, TOY_SEP]
+    hyps = []
+    for m in lengths:
+        end = 4 + m - 1
+        x_init = np.where(np.arange(TOY_L) == end, TOY_SEP, TOY_PROMPT)[None]
+        att = jnp.asarray(np.arange(TOY_L) <= end)[None]
+        gen = ((np.arange(TOY_L) >= 4) & (np.arange(TOY_L) < end))[None]
+        fn = lambda x, t: model_fn(x, att, att.astype(jnp.int32)).at[..., jnp.asarray(banned)].set(-jnp.inf)
+        hist, out_scores = _topk_authors_reference(fn, x_init, gen, T, "linear")
+        tokens = hist[-1][0]
+        partial = np.arange(TOY_L) < 4
+        cut = (tokens != TOY_PAD) & (tokens != TOY_CLS) & (tokens != TOY_SEP) & ~partial
+        hyps.append({"tokens": tokens, "score": out_scores[0][cut].mean()})
+    index = int(np.argmax([h["score"] for h in hyps]))  # score_select
+    return hyps[index]["tokens"], index
+
+
+def _decode(model_fn, length_logits, T, length_select):
+    from diffjax.tasks import masked_lm_decode as dec
+
+    length_fn = lambda x, att: jnp.asarray(length_logits)[None]
+    return jax.jit(lambda tokens: dec.decode_one(
+        model_fn, length_fn, tokens, jnp.asarray(4), jax.random.PRNGKey(0), mask_id=TOY_MASK, sep_id=TOY_SEP,
+        pad_id=TOY_PAD, decoder="topk", decoder_kwargs={"num_steps": T}, length_mode="head", length_beam=3,
+        length_max=7, return_history=False, banned_ids=(TOY_PAD, TOY_CLS, TOY_SEP), length_select=length_select))(
+        jnp.asarray(TOY_PROMPT))
+
+
+def test_length_beam_picks_by_decode_time_scores_as_the_authors():
+    """decode_one's default length_select="decode_scores" keeps the candidate the authors' score_select keeps;
+    "rescore" (one more pass with nothing masked, K more calls) is another rule that picks differently here."""
+    length_logits = np.full(8, -5.0, np.float32)
+    length_logits[[6, 3, 7]] = [3.0, 2.0, 1.0]  # the beam: lengths 6, 3, 7 (in that order)
+    T, differ = 5, 0
+    for seed in range(6):
+        model_fn = _toy_model(seed)
+        want_tokens, want_index = _authors_length_beam(model_fn, [6, 3, 7], T)
+        got = _decode(model_fn, length_logits, T, "decode_scores")
+        np.testing.assert_array_equal(np.asarray(got["tokens"]), want_tokens)
+        assert int(got["decoder_calls"]) == 3 * T and int(got["length_pred"]) == 6
+        re = _decode(model_fn, length_logits, T, "rescore")
+        assert int(re["decoder_calls"]) == 3 * T + 3  # the rescoring pass is counted
+        differ += not np.array_equal(np.asarray(re["tokens"]), want_tokens)
+    assert differ > 0  # the two rules disagree on some toy models: the test tells them apart
+
+
+def test_length_select_is_a_checked_field(small_dir):
+    from diffjax.tasks import masked_lm_decode as dec
+
+    task = make_task(small_dir, length_select="best")
+    with pytest.raises(ValueError, match="length_select"):
+        task._decode_kw(False)
+    assert make_task(small_dir)._decode_kw(False)["length_select"] == "decode_scores"
+    assert dec.LENGTH_SELECT == ("decode_scores", "rescore")

@@ -70,7 +70,11 @@ def test_folder_as_ood_set_then_score_rows_with_saved_threshold(tmp_path, capsys
     # JSONL output and a .npy array
     np.save(tmp_path / "arr.npy", np.random.default_rng(1).integers(0, 255, (3, 28, 28), dtype=np.uint8))
     out2 = str(tmp_path / "rows.jsonl")
-    assert cli.main(args + [f"--inputs={tmp_path / 'arr.npy'}", f"--output={out2}"]) == 0
+    # (3, 28, 28) reads two ways: refused naming both, then scored with the layout spelled out
+    assert cli.main(args + [f"--inputs={tmp_path / 'arr.npy'}", f"--output={out2}"]) == 1
+    err = capsys.readouterr().err
+    assert "reads two ways" in err and "#layout=NHW" in err and not os.path.exists(out2)
+    assert cli.main(args + [f"--inputs={tmp_path / 'arr.npy'}#layout=NHW", f"--output={out2}"]) == 0
     recs = [json.loads(line) for line in open(out2)]
     assert [r["id"] for r in recs] == [0, 1, 2] and all(isinstance(r["ood"], bool) for r in recs)
 

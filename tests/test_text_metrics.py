@@ -16,6 +16,28 @@ def test_bleu_matches_sacrebleu_and_bounds():
         tm.corpus_bleu(["a", "b"], ["a"])
 
 
+def test_bleu_conventions_match_sacrebleu_and_the_authors():
+    """lowercase=True is paper 002's convention (yegcjs/DiffusionLLM: decode(...).lower() on both sides, then
+    sacrebleu.corpus_bleu(hyps, [refs], tokenize="13a")); the convention is written next to the BLEU."""
+    sacrebleu = pytest.importorskip("sacrebleu")
+    hyp = ["The Cat sat on the mat.", "A dog RAN home", "Hello, World"]
+    ref = ["the cat sat on a mat.", "a dog ran home", "Goodbye, world"]
+    authors = sacrebleu.corpus_bleu([h.lower() for h in hyp], [[r.lower() for r in ref]], tokenize="13a").score
+    assert tm.corpus_bleu(hyp, ref, lowercase=True) == pytest.approx(authors)
+    assert tm.corpus_bleu(hyp, ref, lowercase=True) == pytest.approx(
+        sacrebleu.corpus_bleu(hyp, [ref], lowercase=True, tokenize="13a").score)
+    cased = tm.corpus_bleu(hyp, ref)
+    assert cased == pytest.approx(sacrebleu.corpus_bleu(hyp, [ref], tokenize="13a").score) and cased < authors
+    assert tm.corpus_bleu(hyp, ref, tokenizer="char") == pytest.approx(
+        sacrebleu.corpus_bleu(hyp, [ref], tokenize="char").score)
+    row = tm.generation_metrics(hyp, ref, bleu_lowercase=True)
+    assert row["bleu"] == pytest.approx(authors)
+    assert row["bleu_convention"] == {"tokenizer": "13a", "lowercase": True}
+    assert tm.generation_metrics(hyp, ref)["bleu_convention"] == {"tokenizer": "13a", "lowercase": False}
+    with pytest.raises(ValueError, match="BLEU tokenizer"):
+        tm.corpus_bleu(hyp, ref, tokenizer="13b")
+
+
 def test_exact_match_and_squad_f1():
     assert tm.exact_match([" Paris ", "Rome"], ["Paris", "rome"]) == 0.5
     assert tm.exact_match(["The Paris!", "Rome"], ["paris", "rome"], normalize="squad") == 1.0

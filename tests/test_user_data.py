@@ -71,10 +71,20 @@ def test_text_file_as_ood_set_and_score(tmp_path):
         for s in ("ld", "lc", "ld_lc", "maha_pretrained", "knn_pretrained", "maha_finetuned", "knn_finetuned",
                   "msp", "energy"):
             assert 0 <= res["metrics"][o][s]["auroc"] <= 1, (o, s)
+    for o in res["metrics"]:  # the model-free controls and the untrained denoiser, in the table and in "controls"
+        assert set(res["controls"][o]) == {"token_norm", "unigram", "untrained"}
+        for n, v in res["controls"][o].items():
+            assert v == res["metrics"][o][n]["auroc"]
+    ts = [r["t"] for r in res["by_t"]]
+    assert ts == sorted(ts) and ts[0] == 1 and res["score_t"] in ts  # score_t picked on the grid (held-out ID)
+    for r in res["by_t"]:
+        assert set(r) == {"t", "cos_x0", "rounding_acc", "id_loss", "ood_loss"}
+        assert sorted(r["ood_loss"]) == sorted(res["metrics"]) and -1 <= r["cos_x0"] <= 1
+    assert res["by_t"][0]["rounding_acc"] == 1.0 and res["by_t"][-1]["rounding_acc"] < 0.5  # the signal fades
     assert "ID-95% convention" in open(os.path.join(wd, "results_table.txt")).read()
     assert os.path.getsize(os.path.join(wd, "roc.png")) > 0
     thr = json.load(open(os.path.join(wd, "threshold.json")))
-    assert thr["score"] == "ld_lc" and thr["num_heldout"] == 16
+    assert thr["score"] == "ld_lc" and thr["num_heldout"] == 16 and thr["score_t"] == res["score_t"]
 
     run = load_run(wd)  # the notebook API: same call as `python -m diffjax score`
     out = str(tmp_path / "rows.csv")

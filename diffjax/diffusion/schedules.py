@@ -139,6 +139,30 @@ def gaussian_schedule(kind: str, num_steps: int, **kw) -> GaussianSchedule:
     return schedule_from_betas(betas)
 
 
+def log_snr(schedule: GaussianSchedule, signal_var: float = 1.0) -> np.ndarray:
+    """``log SNR_t = log(signal_var * abar_t / (1 - abar_t))`` for t = 1..T -> ``[T]`` float64
+    (decreasing in t; ``signal_var``: the per-dimension variance of x_0)."""
+    abar = np.asarray(schedule.alpha_bars, np.float64)[1:]
+    return np.log(signal_var) + np.log(abar) - np.log1p(-abar)
+
+
+def log_snr_timesteps(schedule: GaussianSchedule, num: int, t_min: int = 1, t_max: int | None = None) -> list[int]:
+    """About ``num`` timesteps in ``[t_min, t_max]`` evenly spaced in log SNR (both ends kept).
+
+    Each target log SNR is mapped to the nearest integer step and duplicates are dropped, so fewer
+    than ``num`` steps come back where the schedule is coarse (near t_min). -> sorted list of ints.
+    """
+    T = schedule.num_steps
+    t_max = T if t_max is None else int(t_max)
+    if not 1 <= int(t_min) <= t_max <= T or num < 1:
+        raise ValueError(f"log_snr_timesteps: need 1 <= t_min <= t_max <= T={T} and num >= 1; "
+                         f"got t_min={t_min}, t_max={t_max}, num={num}")
+    ls = log_snr(schedule)
+    targets = np.linspace(ls[int(t_min) - 1], ls[t_max - 1], int(num))
+    ts = {int(np.argmin(np.abs(ls - x))) + 1 for x in targets}
+    return sorted(ts | {int(t_min), t_max})
+
+
 # ----------------------------------------------------------------------------------------------
 # Continuous-time masking schedules.
 

@@ -1,8 +1,12 @@
 """Generation metrics shared by the text tasks (papers 001 and 002): corpus BLEU, exact match,
 SQuAD-style EM / F1, length accuracy. Host-side, on decoded strings.
 
-* ``corpus_bleu(hypotheses, references)``: sacrebleu's corpus BLEU (13a tokenisation, exponential
-  smoothing: sacrebleu's defaults, the number papers report as "SacreBLEU"), 0..100.
+* ``corpus_bleu(hypotheses, references, tokenizer="13a", lowercase=False)``: sacrebleu's corpus BLEU
+  (exponential smoothing; 13a tokenisation and case kept are sacrebleu's defaults, the number papers
+  report as "SacreBLEU"), 0..100. ``lowercase=True`` lower-cases hypotheses and references first, as
+  paper 002's authors do (yegcjs/DiffusionLLM ``DiscreteDiffusionGenerator.decode`` then
+  ``sacrebleu.corpus_bleu(..., tokenize="13a")``). Every BLEU a task writes carries its convention,
+  ``bleu_convention(tokenizer, lowercase) = {"tokenizer": ..., "lowercase": ...}``.
 * ``exact_match(hypotheses, references, normalize=...)``: fraction of exact string matches after
   ``normalize`` ("strip": surrounding whitespace; "squad": lower-case, no punctuation, no articles,
   single spaces, as the SQuAD v1.1 evaluation script).
@@ -22,6 +26,7 @@ from typing import Sequence
 import numpy as np
 
 NORMALIZATIONS = ("none", "strip", "squad")
+BLEU_TOKENIZERS = ("13a", "intl", "zh", "char", "none")  # sacrebleu tokenizers that need no extra package
 
 
 def _check_pairs(hypotheses: Sequence[str], references: Sequence[str]) -> None:
@@ -45,12 +50,25 @@ def normalize_text(text: str, normalize: str = "strip") -> str:
     raise ValueError(f"normalize={normalize!r}; expected one of {NORMALIZATIONS}")
 
 
-def corpus_bleu(hypotheses: Sequence[str], references: Sequence[str]) -> float:
-    """Corpus BLEU (0..100) of N hypotheses against one reference each (sacrebleu defaults)."""
+def bleu_convention(tokenizer: str = "13a", lowercase: bool = False) -> dict:
+    """The convention stored next to a BLEU: ``{"tokenizer": sacrebleu tokenizer, "lowercase": bool}``."""
+    if tokenizer not in BLEU_TOKENIZERS:
+        raise ValueError(f"BLEU tokenizer {tokenizer!r}; expected one of {BLEU_TOKENIZERS}")
+    return {"tokenizer": str(tokenizer), "lowercase": bool(lowercase)}
+
+
+def corpus_bleu(hypotheses: Sequence[str], references: Sequence[str], *, tokenizer: str = "13a",
+                lowercase: bool = False) -> float:
+    """Corpus BLEU (0..100) of N hypotheses against one reference each: sacrebleu with ``tokenizer``,
+    after lower-casing both sides if ``lowercase`` (paper 002's convention: "13a", lowercase)."""
     import sacrebleu
 
     _check_pairs(hypotheses, references)
-    return float(sacrebleu.corpus_bleu(list(hypotheses), [list(references)]).score)
+    bleu_convention(tokenizer, lowercase)
+    hyps, refs = list(hypotheses), list(references)
+    if lowercase:
+        hyps, refs = [h.lower() for h in hyps], [r.lower() for r in refs]
+    return float(sacrebleu.corpus_bleu(hyps, [refs], tokenize=tokenizer).score)
 
 
 def exact_match(hypotheses: Sequence[str], references: Sequence[str], *, normalize: str = "strip") -> float:
@@ -86,9 +104,11 @@ def length_accuracy(predicted: Sequence[int], true: Sequence[int]) -> dict:
     return {"accuracy": float(np.mean(p == t)), "mae": float(np.mean(np.abs(p - t)))}
 
 
-def generation_metrics(hypotheses: Sequence[str], references: Sequence[str]) -> dict:
-    """The usual table row: BLEU, exact match (strip), SQuAD EM and F1."""
-    return {"bleu": corpus_bleu(hypotheses, references),
+def generation_metrics(hypotheses: Sequence[str], references: Sequence[str], *, bleu_tokenizer: str = "13a",
+                       bleu_lowercase: bool = False) -> dict:
+    """The usual table row: BLEU with its ``bleu_convention``, exact match (strip), SQuAD EM and F1."""
+    return {"bleu": corpus_bleu(hypotheses, references, tokenizer=bleu_tokenizer, lowercase=bleu_lowercase),
+            "bleu_convention": bleu_convention(bleu_tokenizer, bleu_lowercase),
             "exact_match": exact_match(hypotheses, references),
             "squad_em": exact_match(hypotheses, references, normalize="squad"),
             "squad_f1": mean_token_f1(hypotheses, references),

@@ -48,12 +48,14 @@ import numpy as np
 
 from diffjax.data.text import PackingFormat, load_text_batcher, load_tokenizer
 from diffjax.diffusion import discrete_sampling
-from diffjax.diffusion.masked import masked_diffusion_elbo, token_log_probs
+from diffjax.diffusion.masked import NORMALIZATIONS, masked_diffusion_elbo, token_log_probs
 from diffjax.diffusion.uniform import unrolled_denoising_loss
 from diffjax.evaluation.text_metrics import generation_metrics
 from diffjax.models import llama as llama_lib
 from diffjax.models import t5 as t5_lib
-from diffjax.tasks.ar2diff_data import prepare_split
+from diffjax.tasks import fields as F
+from diffjax.tasks import prompts as prompt_lib
+from diffjax.tasks.ar2diff_data import DERIVE_KINDS, prepare_split
 from diffjax.tasks.base import Task, register_task
 
 OBJECTIVES = ("sundae", "masked")
@@ -105,6 +107,58 @@ def cut_at(ids, stop_ids) -> list[int]:
             break
         out.append(int(i))
     return out
+
+
+def _decoders() -> tuple[str, ...]:
+    """Valid ``task.decoder`` values: "" (the stage's default), "ar", "refine" and the unmask samplers."""
+    suffix = "_unmask_sample"
+    return ("", "ar", "refine") + tuple(sorted(n[:-len(suffix)] for n in dir(discrete_sampling) if n.endswith(suffix)))
+
+
+def _derive(value) -> bool:
+    name, _, k = value.partition(":") if isinstance(value, str) else ("?", "", "")
+    return name in DERIVE_KINDS and (k.isdigit() and int(k) >= 1 if name.endswith("_words") else not k)
+
+
+def validate_task_config(c) -> None:
+    """The valid range of every ``config.task`` field (``fields.ConfigError``); reads no data or weights."""
+    F.check_fields(c, (
+        ("stage", F.integer(1, 3, what="1 AR, 2 diffusion pretraining, 3 diffusion finetuning")),
+        ("arch", F.choice(*ARCHS)), ("model_source", F.text()), ("model", F.mapping()), ("remat", F.boolean()),
+        ("tokenizer", F.text()), ("style", F.choice("auto", "bert", "llama", "none")), ("cache_dir", F.text()),
+        ("buckets", F.lengths(4)), ("seed", F.integer(0)), ("target_length", F.integer(1)),
+        ("objective", F.choice(*OBJECTIVES)), ("normalize", F.choice(*NORMALIZATIONS)),
+        ("unroll_steps", F.integer(1)), ("mask_id", F.integer(-1, what="-1 = the tokenizer's mask token")),
+        ("logit_shift", F.boolean()), ("anneal_steps", F.integer(0, what="0 = off")),
+        ("ar_attention", F.choice("prefix", "causal")), ("decoder", F.choice(*_decoders())),
+        ("num_steps", F.integer(1)), ("temperature", F.number(0.0, low_open=True)), ("num_samples", F.integer(1)),
+        ("greedy", F.boolean()), ("max_new_tokens", F.integer(1)), ("min_target_slots", F.integer(1)),
+        ("eval_examples", F.integer(1)), ("eval_batch_size", F.integer(1)), ("eval_decode", F.boolean()),
+        ("num_generate", F.integer(1)),
+    ))
+    for st in ("stage1", "stage2", "stage3"):
+        F.check_fields(c, (
+            (f"{st}.data", F.text(nonempty=True)),
+            (f"{st}.derive", F.Check(_derive, "'', 'split_half', 'last_words:K' or 'first_words:K' (K >= 1)")),
+            (f"{st}.steps", F.integer(0)), (f"{st}.learning_rate", F.number(0.0, low_open=True)),
+            (f"{st}.max_examples", F.integer(0, what="0 = all")), (f"{st}.max_words", F.integer(1)),
+            (f"{st}.prompt_field", F.text()), (f"{st}.target_field", F.text()), (f"{st}.data_dir", F.text()),
+            (f"{st}.split", F.text(nonempty=True)),
+        ))
+        derive, max_words = F.get(c, f"{st}.derive"), F.get(c, f"{st}.max_words")
+        name, _, k = derive.partition(":") if isinstance(derive, str) else ("", "", "")
+        if name.endswith("_words") and k.isdigit() and max_words is not None:
+            k = int(k)
+            F.require(max_words >= k + 2, f"task.{st}.max_words", max_words,
+                      f"an integer >= {k + 2} ({st}.derive={derive!r} keeps texts of K + 2 .. max_words words)")
+    buckets, slots = F.get(c, "buckets"), F.get(c, "min_target_slots")
+    if buckets and slots is not None:
+        F.require(slots <= buckets[-1] - 3, "task.min_target_slots", slots,
+                  f"an integer in [1, {buckets[-1] - 3}] (the row of task.buckets[-1]={buckets[-1]} slots keeps a start "
+                  f"token, a prompt token and a separator)")
+    if F.get(c, "decoder") not in ("", "ar", "refine", None):
+        F.require(F.get(c, "objective") == "masked", "task.decoder", F.get(c, "decoder"),
+                  "'', 'ar' or 'refine' with task.objective='sundae' (the unmask samplers need objective='masked')")
 
 
 @functools.lru_cache(maxsize=2)
@@ -372,13 +426,29 @@ class AR2DiffTask(Task):
                 "prompt_ids": prompt_ids, "prompt_mask": prompt_mask}
 
     def _encode_prompts(self, prompts: list[str]) -> list[list[int]]:
-        out, budget = [], self.length - max(2, int(self.cfg.min_target_slots))
-        for ids in self.tok.encode(prompts):
-            head = [i for i in (self.fmt.start_id,) if i is not None]
+        return self._fit_prompts(prompts)[0]
+
+    def _fit_prompts(self, prompts: list[str]) -> tuple[list[list[int]], list[dict | None]]:
+        """User prompts -> (row ids: start + the prompt's last tokens + sep, per prompt the cut record of
+        ``tasks.prompts.truncation``). A prompt keeps at most ``buckets[-1] - min_target_slots`` slots (specials
+        included), so ``min_target_slots`` are left for the output; a cut is reported, never silent, and a
+        row that would leave the prompt no token is an error naming the prompt."""
+        slots = max(2, int(self.cfg.min_target_slots))
+        budget = self.length - slots
+        out, cuts = [], []
+        for i, (text, ids) in enumerate(zip(prompts, self.tok.encode(prompts))):
+            head = [j for j in (self.fmt.start_id,) if j is not None]
             sep = [self.fmt.sep_id] if self.fmt.sep_id is not None and ids else []
-            ids = ids[-(budget - len(head) - len(sep)):] if budget - len(head) - len(sep) > 0 else []
-            out.append(head + ids + sep)
-        return out
+            room = budget - len(head) - len(sep)
+            if ids and room < 1:
+                raise prompt_lib.no_room(i, text, len(ids), (
+                    f"config.task.buckets={tuple(self.cfg.buckets)} with task.min_target_slots={slots} output slots "
+                    f"leaves {room} slot(s) for it; lower --config.task.min_target_slots or raise the row length "
+                    f"(the last of --config.task.buckets)"))
+            kept = ids[len(ids) - room:] if len(ids) > room else list(ids)
+            out.append(head + kept + sep)
+            cuts.append(prompt_lib.truncation(len(ids), len(kept)))
+        return out, cuts
 
     def _eval_set(self):
         """Prompts (ids and text), references and the packed eval rows of the held-out split."""
@@ -443,15 +513,16 @@ class AR2DiffTask(Task):
         if prompts is None:
             prompt_ids = self._eval_set()[0][: int(self.cfg.num_generate)]
             prompts = [self.tok.decode(p, skip_special_tokens=True) for p in prompt_ids]
+            cuts = [None] * len(prompt_ids)
         else:
-            prompt_ids = self._encode_prompts(list(prompts))
+            prompt_ids, cuts = self._fit_prompts(list(prompts))
         inputs = self._host_inputs(prompt_ids)
         show = bool(show_steps) and self.decoder != "ar"
         out = self._decode(params, rng, inputs, context, show=show)
         texts = self._texts(inputs, out["tokens"])
         samples = []
         for i, (p, t) in enumerate(zip(prompts, texts)):
-            s = {"prompt": p, "output": t}
+            s = {"prompt": p, "output": t, "prompt_truncated": cuts[i]}
             if "score" in out:
                 s["log_prob"] = float(out["score"][i])
             if show:
@@ -471,10 +542,14 @@ class AR2DiffTask(Task):
             samples.append(s)
         if context.is_main:
             for s in samples:
-                print(f"{s['prompt']!r} -> {s['output']!r}", flush=True)
-        return {"decoder": self.decoder, "samples": samples}
+                cut = s["prompt_truncated"]
+                note = "" if cut is None else "  " + prompt_lib.note(cut, (
+                    f"lower --config.task.min_target_slots (now {self.cfg.min_target_slots}) or raise the row length "
+                    f"(the last of --config.task.buckets={tuple(self.cfg.buckets)}) to keep more"))
+                print(f"{s['prompt']!r} -> {s['output']!r}{note}", flush=True)
+        return {"decoder": self.decoder, "prompts_truncated": sum(c is not None for c in cuts), "samples": samples}
 
 
-@register_task("ar2diff")
+@register_task("ar2diff", validate=validate_task_config)
 def from_config(cfg):
     return AR2DiffTask(cfg)

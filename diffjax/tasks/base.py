@@ -120,29 +120,31 @@ class Task(abc.ABC):
 
 
 _REGISTRY: dict[str, Callable[[Any], Task]] = {}
+_VALIDATORS: dict[str, Callable[[Any], None]] = {}
 
 
-def register_task(name: str):
-    """Decorator: ``@register_task("dlsr")`` on a ``from_config(task_config) -> Task`` factory."""
+def register_task(name: str, *, validate: Callable[[Any], None] | None = None):
+    """Decorator: ``@register_task("dlsr", validate=validate_task_config)`` on a ``from_config(task_config)
+    -> Task`` factory. ``validate(task_config)`` raises ``diffjax.tasks.fields.ConfigError`` for a field
+    outside its range; it reads no data and no weights (``build_task`` and the trainer's config check run it)."""
 
     def wrap(factory):
         if name in _REGISTRY and _REGISTRY[name] is not factory:
             raise ValueError(f"task {name!r} registered twice")
         _REGISTRY[name] = factory
+        if validate is not None:
+            _VALIDATORS[name] = validate
         return factory
 
     return wrap
 
 
-def build_task(task_config) -> Task:
-    """Builds the task named ``task_config.name``, importing ``diffjax.tasks.<name>`` on demand.
-
-    A dotted name (``"my_package.my_task"``) names a task module outside diffjax: that module is
-    imported and must register the same name with ``@register_task("my_package.my_task")``.
-    """
+def _import_task(name: str) -> None:
+    """Imports the module of task ``name`` (``diffjax.tasks.<name>``, or a dotted module) so it registers."""
     import importlib
 
-    name = task_config.name
+    from diffjax.tasks.fields import ConfigError
+
     module = name if "." in name else f"diffjax.tasks.{name}"
     if name not in _REGISTRY:
         try:
@@ -152,9 +154,27 @@ def build_task(task_config) -> Task:
                 raise
     if name not in _REGISTRY:
         known = ", ".join(sorted(_REGISTRY)) or "(none imported)"
-        raise ValueError(f"unknown task {name!r}; known tasks: {known}. A task module "
-                         f"diffjax/tasks/{name}.py must call @register_task({name!r}).")
-    return _REGISTRY[name](task_config)
+        raise ConfigError(f"config.task.name={name!r} is invalid: unknown task; known tasks: {known}. A task module "
+                          f"diffjax/tasks/{name}.py must call @register_task({name!r}).")
+
+
+def validate_task_config(task_config) -> None:
+    """Checks every field of ``task_config`` against its task's ranges (``ConfigError``); loads nothing."""
+    name = task_config.name
+    _import_task(name)
+    if name in _VALIDATORS:
+        _VALIDATORS[name](task_config)
+
+
+def build_task(task_config) -> Task:
+    """Builds the task named ``task_config.name``, importing ``diffjax.tasks.<name>`` on demand, after
+    checking its fields (``validate_task_config``).
+
+    A dotted name (``"my_package.my_task"``) names a task module outside diffjax: that module is
+    imported and must register the same name with ``@register_task("my_package.my_task")``.
+    """
+    validate_task_config(task_config)
+    return _REGISTRY[task_config.name](task_config)
 
 
 _PREPARE_CALLS: dict[str, Callable[..., dict]] = {}

@@ -35,9 +35,10 @@ import numpy as np
 
 from diffjax.data.images import ImageSet, load_user_images
 from diffjax.diffusion import gaussian
-from diffjax.diffusion.schedules import gaussian_schedule
+from diffjax.diffusion.schedules import GAUSSIAN_KINDS, gaussian_schedule
 from diffjax.models.lfdn import LFDN
 from diffjax.ood import baselines, deploy, features as feat, metrics, report, scores as scores_lib, sweep as sweep_lib
+from diffjax.tasks import fields as F
 from diffjax.tasks.base import Task, register_prepare_call, register_task
 
 
@@ -136,6 +137,61 @@ def _random_variables(model, size: int, seed: int) -> dict:
         return np.full(x.shape, 1.0 if name in ("scale", "var") else 0.0, x.dtype)
 
     return jax.tree_util.tree_map_with_path(leaf, shapes)
+
+
+# ----------------------------------------------------------------------------------------------
+# Fields
+
+
+def _encoder_name(v) -> bool:
+    from diffjax.models import efficientnet as en
+
+    try:
+        en.canonical_name(v)
+        return True
+    except (ValueError, AttributeError, TypeError):
+        return False
+
+
+def validate_task_config(c) -> None:
+    """The valid range of every ``config.task`` field (``fields.ConfigError``); reads no images or weights."""
+    F.check_fields(c, (
+        ("data.kind", F.choice("mnist_demo", "tfds", "files")), ("data.data_dir", F.text()),
+        ("data.id_name", F.text()), ("data.id_train_split", F.text()), ("data.id_test_split", F.text()),
+        ("data.id_train", F.text()), ("data.id_test", F.text()), ("data.image_key", F.text()),
+        ("data.n_train", F.integer(0, what="0 = all")), ("data.n_test", F.integer(0, what="0 = all")),
+        ("data.n_ood", F.integer(0, what="0 = all")), ("data.patch_size", F.integer(1)),
+        ("data.resize_to", F.integer(0, what="0 = as stored")), ("data.seed", F.integer(0)),
+        ("data.user_image_size", F.integer(0, what="0 = the encoder's")), ("data.ood", F.texts()),
+        ("data.user_ood", F.texts()),
+        ("encoder.name", F.Check(_encoder_name, "an EfficientNet variant, e.g. 'efficientnet-lite0' or 'b4'")),
+        ("encoder.weights", F.text()), ("encoder.dtype", F.choice("float32", "bfloat16", "float16")),
+        ("encoder.image_size", F.integer(0, what="0 = the variant's resolution")),
+        ("encoder.batch_size", F.integer(1)), ("encoder.random_seed", F.integer(0)),
+        ("model.width", F.integer(0)), ("model.mid_width", F.integer(0)), ("model.emb_dim", F.integer(0)),
+        ("model.num_blocks", F.integer(1)), ("model.dropout", F.number(0.0, 1.0, high_open=True)),
+        ("normalize", F.choice("per_sample", "dataset", "none")), ("zscore_ddof", F.integer(0, 1)),
+        ("schedule", F.choice(*GAUSSIAN_KINDS)), ("num_diffusion_steps", F.integer(1)),
+        ("ddim_steps", F.integer(0, what="0 = one x0 prediction")), ("ddim_eta", F.number(0.0, 1.0)),
+        ("mfsim_skip_first", F.boolean()), ("num_seeds", F.integer(1)), ("score_seed", F.integer(0)),
+        ("score_chunk", F.integer(1)), ("lr_snapshot_step", F.integer(-1, what="-1 = no LR score")),
+        ("deploy_score", F.choice("mse", "mfsim", "lr_mse", "lr_mfsim")),
+        ("baselines", F.texts(("mahalanobis", "knn"))), ("knn_k", F.integer(1)),
+        ("feature_cache_dir", F.text()), ("sweep_num_seeds", F.integer(0, what="0 = num_seeds")),
+        ("sweep_chunk", F.integer(0, what="0 = score_chunk")), ("sweep_max_examples", F.integer(0, what="0 = all")),
+        ("sweep_t_batch", F.integer(0, what="0 = every t at once")),
+    ))
+    T = F.get(c, "num_diffusion_steps")
+    F.check_fields(c, (("score_t", F.integer(1, T)), ("sweep_ts", F.timesteps(T)),
+                       ("ddim_steps", F.integer(0, T, what="0 = one x0 prediction"))))
+    if F.get(c, "data.kind") == "files":
+        for f in ("data.id_train", "data.id_test"):
+            F.require(bool(F.get(c, f, "x")), f"task.{f}", F.get(c, f),
+                      "an image folder or .npy array with task.data.kind='files'")
+    if str(F.get(c, "deploy_score", "")).startswith("lr_"):
+        step = F.get(c, "lr_snapshot_step")
+        F.require(step is None or step >= 0, "task.lr_snapshot_step", step,
+                  f"an integer >= 0 with task.deploy_score={F.get(c, 'deploy_score')!r} (the LR score needs the snapshot)")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -467,6 +523,6 @@ def _table_header(results: dict) -> str:
             f"{n.get('test', '?')} ID test examples; trainer's eval params, EMA when ema_decay > 0{lr}).")
 
 
-@register_task("dlsr")
+@register_task("dlsr", validate=validate_task_config)
 def from_config(task_config) -> DLSRTask:
     return DLSRTask(task_config)

@@ -18,9 +18,10 @@ import numpy as np
 
 from diffjax.diffusion import gaussian
 from diffjax.diffusion.gaussian_sampling import ddim_sample
-from diffjax.diffusion.schedules import gaussian_schedule
+from diffjax.diffusion.schedules import GAUSSIAN_KINDS, gaussian_schedule
 from diffjax.models.mlp import MLPDenoiser
 from diffjax.runtime import RuntimeContext
+from diffjax.tasks import fields as F
 from diffjax.tasks.base import Task, register_task
 
 
@@ -46,6 +47,21 @@ def rbf_mmd2(x: jax.Array, y: jax.Array, bandwidths=(0.1, 0.3, 1.0, 3.0)) -> jax
         return sum(jnp.exp(-d2 / (2 * s * s)) for s in bandwidths)
 
     return jnp.mean(k(x, x)) + jnp.mean(k(y, y)) - 2 * jnp.mean(k(x, y))
+
+
+def validate_task_config(c) -> None:
+    """The valid range of every ``config.task`` field (``fields.ConfigError``), before anything runs."""
+    F.check_fields(c, (
+        ("num_components", F.integer(1)), ("radius", F.number(0.0)), ("component_std", F.number(0.0, low_open=True)),
+        ("data_seed", F.integer(0)), ("schedule", F.choice(*GAUSSIAN_KINDS)), ("num_diffusion_steps", F.integer(1)),
+        ("prediction", F.choice("eps", "x0")), ("model.hidden", F.integer(1)), ("model.depth", F.integer(1)),
+        ("model.time_embed_dim", F.integer(2)), ("eval_num_samples", F.integer(2, what="a covariance needs 2")),
+        ("sample_batch_size", F.integer(1)), ("ddim_eta", F.number(0.0, 1.0)),
+        ("clip_x0", F.number(0.0, what="0 = off")),
+    ))
+    T = F.get(c, "num_diffusion_steps")
+    F.check_fields(c, (("ddim_steps", F.integer(1, T if isinstance(T, int) and T >= 1 else None,
+                                                 what="at most task.num_diffusion_steps")),))
 
 
 class Gaussian2DTask(Task):
@@ -160,6 +176,6 @@ class Gaussian2DTask(Task):
         plt.close(fig)
 
 
-@register_task("gaussian2d")
+@register_task("gaussian2d", validate=validate_task_config)
 def from_config(task_config) -> Gaussian2DTask:
     return Gaussian2DTask(task_config)

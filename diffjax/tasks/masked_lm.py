@@ -18,13 +18,19 @@ Config (``config.task``; the configs ``configs/rdm_*.py`` document every field):
 * generation: ``decoder`` ("topk" | "ancestral" | "threshold" | "block"), ``num_steps``, ``greedy``,
   ``temperature``, ``top_p`` (0 = off), ``remask``, ``unmask_schedule``, ``threshold``,
   ``num_blocks``, ``block_inner``, ``length_mode`` ("head" | "fixed"), ``length_beam``,
-  ``gen_length`` (static sequence length of the generation program), ``eval_max_examples``,
+  ``length_select`` ("decode_scores": the authors' choice among the length beam by the mean decode-time
+  log-prob | "rescore": one more pass with nothing masked; ``masked_lm_decode``), ``gen_length`` (static sequence length of the generation program), ``eval_max_examples``,
   ``eval_batch_size``, ``show_steps_shown``.
+* metrics: ``bleu_tokenizer`` (sacrebleu, "13a"), ``bleu_lowercase`` (paper 002's authors: True); the
+  convention is written next to every BLEU in results.json (``bleu_convention``).
 
 The prompt/source is never masked and carries no loss (``corruptible`` of the packed batch: the
 target and its closing [SEP]). ``evaluate`` writes BLEU (sacrebleu), exact match and length-head
 accuracy (and the same per instruction task); references are the targets as the tokenizer writes
-them back (lower case for an uncased model), so an exact copy scores 100.
+them back (lower case for an uncased model), so an exact copy scores 100. ``generate``'s prompts keep at
+most half the ``gen_length`` row (their last tokens: training's truncation policy for a long target), so the
+output always has room; a cut is printed and recorded per prompt (``prompt_truncated``, ``tasks/prompts.py``).
+Every field has a range (``validate_task_config``), checked before anything loads.
 """
 
 from __future__ import annotations
@@ -40,9 +46,14 @@ from diffjax.checkpoints import hf_bert
 from diffjax.checkpoints.hf import read_hf_config
 from diffjax.data import instructions
 from diffjax.data.text import Packer, PackingFormat, TextBatcher, TextExamples, load_tokenizer, parse_source, tokenize_cached
-from diffjax.diffusion.masked import masked_diffusion_elbo, rdm_loss
+from diffjax.data.text.cache import RaggedTokens, TokenizedExamples, tokenize
+from diffjax.data.text.packing import plan_lengths
+from diffjax.diffusion import discrete_sampling
+from diffjax.diffusion.masked import NORMALIZATIONS, RDM_WEIGHTINGS, masked_diffusion_elbo, rdm_loss
 from diffjax.evaluation import text_metrics
+from diffjax.tasks import fields as F
 from diffjax.tasks import masked_lm_decode as dec
+from diffjax.tasks import prompts as prompt_lib
 from diffjax.tasks.base import Task, register_task
 
 DECODER_OPTIONS = {  # decoder -> the config fields it takes
@@ -68,6 +79,45 @@ def decoder_kwargs(cfg) -> dict:
         if cfg.block_inner == "topk":
             kw["remask"], kw["unmask_schedule"] = bool(cfg.remask), cfg.unmask_schedule
     return kw
+
+
+MIN_LENGTH = 5  # [CLS] prompt [SEP] target [SEP]: a bucket / gen_length holds one prompt and one target token
+
+
+def validate_task_config(c) -> None:
+    """The valid range of every ``config.task`` field (``fields.ConfigError``); reads no data or weights."""
+    F.check_fields(c, (
+        ("model_dir", F.text()), ("tokenizer", F.text()), ("model", F.mapping()),
+        ("length_max", F.integer(0, what="0 = no length head")), ("dropout", F.boolean()),
+        ("data", F.text()), ("data_dir", F.text()), ("split", F.text(nonempty=True)),
+        ("eval_split", F.text(nonempty=True)), ("prompt_field", F.text()), ("target_field", F.text()),
+        ("prompt_template", F.text()), ("max_words", F.integer(4, what="instruction headlines have 4..max_words words")),
+        ("max_per_task", F.integer(0, what="0 = all")), ("max_examples", F.integer(0, what="0 = all")),
+        ("zero_shot_tasks", F.texts()), ("buckets", F.lengths(MIN_LENGTH)), ("cache_dir", F.text()),
+        ("seed", F.integer(0)),
+        ("loss", F.choice("rdm", "elbo")), ("weighting", F.choice(*RDM_WEIGHTINGS)), ("num_timesteps", F.integer(1)),
+        ("normalize", F.choice(*NORMALIZATIONS)), ("length_loss_weight", F.number(0.0)),
+        ("decoder", F.choice(*DECODER_OPTIONS)), ("num_steps", F.integer(1)), ("greedy", F.boolean()),
+        ("temperature", F.number(0.0, low_open=True)), ("top_p", F.number(0.0, 1.0, what="0 = off")),
+        ("remask", F.boolean()),
+        ("unmask_schedule", F.choice(*getattr(discrete_sampling, "UNMASK_SCHEDULES", ("linear", "cosine")))),
+        ("threshold", F.number(0.0, 1.0)), ("num_blocks", F.integer(1)),
+        ("block_inner", F.choice("topk", "ancestral", "threshold")), ("length_mode", F.choice("head", "fixed")),
+        ("length_beam", F.integer(1)), ("gen_length", F.integer(MIN_LENGTH)),
+        ("length_select", F.choice(*dec.LENGTH_SELECT)),
+        ("eval_max_examples", F.integer(1)), ("eval_batch_size", F.integer(1)), ("num_generate", F.integer(1)),
+        ("show_steps_shown", F.integer(1)), ("bleu_tokenizer", F.choice(*text_metrics.BLEU_TOKENIZERS)),
+        ("bleu_lowercase", F.boolean()),
+    ))
+    mode, length_max = F.get(c, "length_mode"), F.get(c, "length_max")
+    if mode == "head" and length_max is not None:
+        F.require(length_max >= 2, "task.length_max", length_max,
+                  "an integer >= 2 with task.length_mode='head' (the length head predicts 2..length_max; "
+                  "or --config.task.length_mode=fixed)")
+        beam = F.get(c, "length_beam")
+        if beam is not None:
+            F.require(beam <= length_max - 1, "task.length_beam", beam,
+                      f"an integer in [1, {length_max - 1}] (the length head's candidates 2..task.length_max={length_max})")
 
 
 def padding_as_target(batch: dict) -> dict:
@@ -202,6 +252,8 @@ class MaskedLMTask(Task):
             raise ValueError(f"task.length_mode={mode!r}: use 'head' or 'fixed'")
         if mode == "head" and not c.length_max:
             raise ValueError("task.length_mode='head' needs task.length_max > 0 (a length head)")
+        if c.length_select not in dec.LENGTH_SELECT:
+            raise ValueError(f"task.length_select={c.length_select!r}: use one of {dec.LENGTH_SELECT}")
         # Special tokens the target never holds inside its text (PAD, CLS / BOS, UNK; and SEP when the
         # length head fixes where the closing SEP goes) are not generated.
         # In fixed mode the slots after the closing SEP are trained to hold PAD (padding_as_target), so PAD
@@ -212,7 +264,7 @@ class MaskedLMTask(Task):
         banned = tuple(sorted(int(i) for i in specials if i is not None and i != self.mask_id))
         return dict(mask_id=self.mask_id, sep_id=self.sep_id, pad_id=self.pad_id, decoder=c.decoder, banned_ids=banned,
                     decoder_kwargs=decoder_kwargs(c), length_mode=mode, length_beam=int(c.length_beam),
-                    length_max=int(c.length_max), return_history=return_history)
+                    length_select=c.length_select, length_max=int(c.length_max), return_history=return_history)
 
     @functools.lru_cache(maxsize=4)
     def _program(self, return_history: bool):
@@ -226,8 +278,25 @@ class MaskedLMTask(Task):
         return jax.jit(run)
 
     def _pack_prompts(self, examples: TextExamples) -> dict:
-        packer = Packer(tokenize_cached(examples, self.tokenizer, cache_dir=None), self.fmt, (int(self.cfg.gen_length),))
-        return packer.pack(np.arange(len(examples)), int(self.cfg.gen_length))
+        """Prompts (``examples.prompts``) packed into rows of ``gen_length`` slots -> the packed fields plus
+        ``prompt_tokens_in`` / ``prompt_tokens_kept`` [N]. A prompt keeps what training's truncation policy
+        (``data.text.packing``) keeps of the prompt of an example whose target fills the row: at most
+        half the row, its last tokens; the rest of the row is the output's. A row left with fewer than 2
+        output slots is an error naming the prompt."""
+        L, n = int(self.cfg.gen_length), len(examples)
+        tokenized = tokenize(TextExamples(examples.name, list(examples.prompts), [""] * n), self.tokenizer)
+        lp = tokenized.prompt.lengths
+        keep = plan_lengths(lp, np.full(n, L, np.int64), self.fmt, L)[0]
+        kept = RaggedTokens.from_lists([tokenized.prompt[i][len(tokenized.prompt[i]) - int(keep[i]):] for i in range(n)])
+        packed = Packer(TokenizedExamples(kept, tokenized.target, "", examples.name), self.fmt, (L,)).pack(np.arange(n), L)
+        for i in range(n):
+            room = L - int(packed["prompt_length"][i])
+            if room < 2:
+                raise prompt_lib.no_room(i, examples.prompts[i], lp[i], (
+                    f"it leaves {room} of config.task.gen_length={L} slots for the output (needs >= 2); shorten the "
+                    f"prompt or raise --config.task.gen_length"))
+        packed["prompt_tokens_in"], packed["prompt_tokens_kept"] = lp.astype(np.int64), keep.astype(np.int64)
+        return packed
 
     def _generate_packed(self, params, rng, packed, context, return_history=False):
         prog = self._program(bool(return_history))
@@ -253,10 +322,12 @@ class MaskedLMTask(Task):
         texts = self._texts(out, packed)
         rows = []
         for i, (p, t) in enumerate(zip(prompts, texts)):
+            cut = prompt_lib.truncation(packed["prompt_tokens_in"][i], packed["prompt_tokens_kept"][i])
             row = {"prompt": p, "output": t, "length_pred": int(out["length_pred"][i]),
-                   "decoder_calls": int(out["decoder_calls"][i])}
+                   "decoder_calls": int(out["decoder_calls"][i]), "prompt_truncated": cut}
             if context.is_main:
-                print(f"[{i}] {p}\n  -> {t}", flush=True)
+                note = "" if cut is None else f"\n  {prompt_lib.note(cut, f'raise --config.task.gen_length (now {int(c.gen_length)}) to keep more')}"
+                print(f"[{i}] {p}{note}\n  -> {t}", flush=True)
             if show_steps:
                 stop = {self.sep_id, self.pad_id, self.mask_id}
                 lines = dec.show_steps(self.tokenizer, out["history"][i], int(packed["prompt_length"][i]),
@@ -266,9 +337,14 @@ class MaskedLMTask(Task):
                     print("\n".join("     " + s for s in lines), flush=True)
             rows.append(row)
         return {"decoder": c.decoder, "decoder_options": decoder_kwargs(c), "length_mode": c.length_mode,
-                "seconds": seconds, "samples": rows}
+                "seconds": seconds, "prompts_truncated": sum(r["prompt_truncated"] is not None for r in rows),
+                "samples": rows}
 
     # ------------------------------------------------------------------ evaluation
+    def _bleu_kw(self) -> dict:
+        """The BLEU convention of the config (paper 002's configs: sacrebleu 13a after lower-casing)."""
+        return {"bleu_tokenizer": self.cfg.bleu_tokenizer, "bleu_lowercase": bool(self.cfg.bleu_lowercase)}
+
     def evaluate(self, params, rng, workdir, *, context, **kwargs):
         c = self.cfg
         packer, tasks = self._packer(c.eval_split, (int(c.gen_length),))
@@ -285,7 +361,8 @@ class MaskedLMTask(Task):
         prompts = [self.tokenizer.decode(t[1:max(int(p) - 1, 1)], skip_special_tokens=True)
                    for t, p in zip(packed["tokens"], packed["prompt_length"])]
         res = {"decoder": c.decoder, "decoder_options": decoder_kwargs(c), "length_mode": c.length_mode,
-               "length_beam": int(c.length_beam), **text_metrics.generation_metrics(hyps, refs),
+               "length_beam": int(c.length_beam), "length_select": c.length_select,
+               **text_metrics.generation_metrics(hyps, refs, **self._bleu_kw()),
                "decoder_calls_per_example": float(np.mean(out["decoder_calls"])),
                "decoder_calls_per_token": float(np.sum(out["decoder_calls"]) / max(np.sum(out["generated"]), 1)),
                "seconds": seconds}
@@ -294,7 +371,7 @@ class MaskedLMTask(Task):
         per_task = {}
         for name in sorted(set(tasks)):
             sel = [i for i, t in enumerate(tasks) if t == name]
-            m = text_metrics.generation_metrics([hyps[i] for i in sel], [refs[i] for i in sel])
+            m = text_metrics.generation_metrics([hyps[i] for i in sel], [refs[i] for i in sel], **self._bleu_kw())
             m["zero_shot"] = name in tuple(c.zero_shot_tasks)
             per_task[name] = m
         if len(per_task) > 1:
@@ -304,6 +381,6 @@ class MaskedLMTask(Task):
         return res
 
 
-@register_task("masked_lm")
+@register_task("masked_lm", validate=validate_task_config)
 def from_config(cfg):
     return MaskedLMTask(cfg)

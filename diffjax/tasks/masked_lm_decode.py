@@ -8,8 +8,16 @@ followed by the target region:
 * ``length_mode="head"`` (papers.md 002 "Length"): the length head reads the prompt alone
   (``length_inputs``) and the ``length_beam`` most likely target lengths m (counting the closing
   [SEP], 2 <= m <= min(length_max, L - prompt_length)) are decoded side by side: m - 1 [MASK]s then a
-  fixed [SEP]. The candidate with the best average log-prob of its tokens (one more forward pass on
-  the decoded sequence) is kept — the authors' length beam.
+  fixed [SEP]. ``length_select`` picks the candidate kept:
+
+  - ``"decode_scores"`` (default; the authors' length beam, yegcjs/DiffusionLLM ``score_select`` over
+    ``finalized_hypos``): the best mean of the *decode-time* scores, the log-prob each generated token
+    had when it was predicted from [MASK] (the decoder's ``return_scores``). No extra model call.
+  - ``"rescore"``: the best mean log-prob of the finished sequence re-scored with nothing masked (one
+    more forward pass per candidate, counted in ``decoder_calls``). The RDM loss never trains
+    predictions at unmasked inputs, so this is a diffjax option, not the paper's rule.
+
+  Ties go to the more likely length (the first candidate), as ``np.argmax`` in the authors' code.
 * ``length_mode="fixed"``: every position after the prompt is generated (the closing [SEP] too) and
   the text is cut at the first [SEP] / [PAD] (instruction tasks, papers.md 002).
 
@@ -29,6 +37,16 @@ from diffjax.diffusion import discrete_sampling as ds
 from diffjax.diffusion.masked import exclude_token_logit, token_log_probs
 
 
+LENGTH_SELECT = ("decode_scores", "rescore")
+
+
+def select_candidate(scores, gen):
+    """The length beam's choice: argmax over candidates of the mean of ``scores`` [K, L] over the generated
+    positions ``gen`` [K, L] (first on ties) -> [] int32 index."""
+    mean = jnp.sum(jnp.where(gen, scores, 0.0), -1) / jnp.maximum(jnp.sum(gen, -1), 1)
+    return jnp.argmax(mean).astype(jnp.int32)
+
+
 def length_inputs(tokens, prompt_length, pad_id):
     """The prompt alone: tokens [.., L] with pads after ``prompt_length`` and its attention mask."""
     pos = jnp.arange(tokens.shape[-1])
@@ -38,9 +56,12 @@ def length_inputs(tokens, prompt_length, pad_id):
 
 def decode_one(model_fn: Callable, length_fn: Callable | None, tokens, prompt_length, key, *, mask_id: int,
                sep_id: int, pad_id: int, decoder: str, decoder_kwargs: dict, length_mode: str, length_beam: int,
-               length_max: int, return_history: bool, banned_ids: tuple = ()):
+               length_max: int, return_history: bool, banned_ids: tuple = (), length_select: str = "decode_scores"):
     """One example: tokens [L] (prompt part used), prompt_length [] -> dict (see ``decode_batch``).
-    ``banned_ids``: token ids never generated (their logits are -inf at every position)."""
+    ``banned_ids``: token ids never generated (their logits are -inf at every position);
+    ``length_select``: "decode_scores" | "rescore" (module docstring)."""
+    if length_select not in LENGTH_SELECT:
+        raise ValueError(f"length_select={length_select!r}: choose one of {LENGTH_SELECT}")
     L = tokens.shape[-1]
     pos = jnp.arange(L)
     room = L - prompt_length
@@ -72,14 +93,18 @@ def decode_one(model_fn: Callable, length_fn: Callable | None, tokens, prompt_le
     kw = dict(decoder_kwargs)
     want_calls = decoder in ("threshold", "block")
     out = ds.unmask_sample(decoder, logits_fn, x_init.astype(jnp.int32), key, mask_id=mask_id, corruptible=gen,
-                           return_history=return_history, **({"return_num_calls": True} if want_calls else {}), **kw)
-    out = out if isinstance(out, tuple) else (out,)
+                           return_history=return_history, return_scores=True,
+                           **({"return_num_calls": True} if want_calls else {}), **kw)
     x = out[0]
+    decode_scores = out[1 + int(return_history)]  # [K, L]: log-prob of each token when it was unmasked
     calls = out[-1] if want_calls else jnp.full((K,), int(kw.get("num_steps", 1)), jnp.int32)
-    if K > 1:  # length beam: best average log-prob of the decoded tokens
-        logp = token_log_probs(exclude_token_logit(logits_fn(x, jnp.zeros((K,))), mask_id), x)
-        score = jnp.sum(jnp.where(gen, logp, 0.0), -1) / jnp.maximum(jnp.sum(gen, -1), 1)
-        best = jnp.argmax(score)
+    if K > 1:  # length beam
+        if length_select == "rescore":  # one more pass per candidate, nothing masked
+            scores = token_log_probs(exclude_token_logit(logits_fn(x, jnp.zeros((K,))), mask_id), x)
+            calls = calls + 1
+        else:
+            scores = decode_scores
+        best = select_candidate(scores, gen)
     else:
         best = jnp.zeros((), jnp.int32)
     res = {"tokens": x[best], "length_pred": length_pred.astype(jnp.int32),
@@ -92,7 +117,8 @@ def decode_one(model_fn: Callable, length_fn: Callable | None, tokens, prompt_le
 def decode_batch(model_fn, length_fn, batch, index, rng, **kw):
     """batch: tokens [B, L], prompt_length [B]; index [B] global example ids -> dict of [B, ...]:
     tokens [B, L], length_pred [B] (length head argmax, or the room left), decoder_calls [B] (model
-    calls of the decoder summed over the length beam), generated [B] (positions generated) and, with
+    calls of the decoder summed over the length beam, plus one per candidate with
+    ``length_select="rescore"``; the length head's call is not counted), generated [B] (positions generated) and, with
     ``return_history``, history [B, steps, L]."""
     keys = jax.vmap(lambda i: jax.random.fold_in(rng, i))(index)
     return jax.vmap(lambda t, p, k: decode_one(model_fn, length_fn, t, p, k, **kw))(

@@ -1,20 +1,34 @@
 """Paper 000's embedding-diffusion denoiser, its losses and its OOD score (papers.md §1).
 
-* ``TextDenoiser``: a BERT-family encoder (``diffjax.models.bert.BertEncoder``) that takes the
-  noised token embeddings ``x_t [B, L, D]`` through ``inputs_embeds`` (position / token-type
-  embeddings kept), a timestep embedding ``sinusoidal(t, D) -> Dense(mult D) -> SiLU -> Dense(D)``
-  added to every token's input (``cond``), and an x0 head ``Dense(D)`` on the last hidden state.
-  Params: ``{"encoder": BertEncoder params, "time_mlp": ..., "x0_head": ...}``; the word-embedding
-  matrix ``E`` (``encoder/embeddings/word_embeddings/embedding [V, D]``) gives x_0 = E[w] and the
-  tied rounding logits.
-* ``l_d``: ``||x0_hat - x_0||^2`` summed over D, averaged over the masked-in tokens
+* **Noising space.** x_0 = s E[w] with ``s = embedding_scale(E, x0_std)`` = ``x0_std / std(E)``
+  (stop-gradient; ``x0_std = 0``: s = 1, the paper's raw embeddings). Pretrained word embeddings
+  are small (MiniLM: per-element std 0.056, token norm ~1.1) against eps ~ N(0, I) (norm sqrt(D)):
+  at the raw scale nearest-embedding rounding of x_t keeps 95% of tokens at t = 50 and none from
+  t = 500, so most of 1..T would be pure noise. Diffusion-LM / CDCD / Plaid scale x_0 to a known
+  per-dimension variance first; ``x0_std = 1`` makes x_0 unit-variance per dimension.
+* ``TextDenoiser``: a BERT-family encoder (``diffjax.models.bert.BertEncoder``) reads
+  ``x_t / s [B, L, D]`` through ``inputs_embeds`` (at t = 0 exactly the pretrained E[w]; position /
+  token-type embeddings kept) plus a timestep conditioning ``time_proj(time_mlp(t))`` added to every
+  token before the embedding LayerNorm: ``sinusoidal(t, D) -> Dense(mult D) -> SiLU -> Dense(D)``
+  then a **zero-initialised** ``Dense(D)`` (adaLN-zero practice: at init t contributes nothing, so
+  the timestep cannot drown the token signal; it grows only as training finds it useful). The x0
+  head ``Dense(D)`` predicts x0_hat / s; the module returns x0_hat in the noising space.
+  Params: ``{"encoder", "time_mlp", "time_proj", "x0_head", "rounding_log_scale"}``; the word
+  embeddings ``E`` (``encoder/embeddings/word_embeddings/embedding [V, D]``) give x_0 and the tied
+  rounding logits.
+* ``l_d``: ``||x0_hat - x_0||^2`` summed over D (noising space), averaged over the masked-in tokens
   (``gaussian.per_example_error(..., "sum_last_mean_tokens")``).
-* ``l_c``: the rounding cross-entropy ``-(1/n) sum_i log softmax(x0_hat_i E^T)[w_i]`` over the
-  masked-in tokens (``row_batch`` bounds the ``[rows, L, V]`` logits with a ``lax.map``).
+* ``l_c``: the rounding cross-entropy ``-(1/n) sum_i log softmax(k (x0_hat_i / s) E^T)[w_i]`` with
+  k = exp(``rounding_log_scale``), a learnt scalar initialised at 0 (k = 1 is the paper's tied
+  logits: with them even a perfect x0_hat gets ~9 nats on MiniLM, so L_c is mostly a token prior);
+  ``lc_learnt_scale=False`` keeps k = 1.
 * ``make_score_fn``: the score ``score_fn(params, {"tokens", "mask"}, t [B], keys [B]) ->
-  {"ld", "lc", "ld_lc"}`` for ``diffjax.ood.sweep.make_score_sweep``. The noise of token position
-  l of a row is ``normal(fold_in(key, l), [D])``: a row's score depends neither on the other rows
-  nor on how far it is padded (the attention mask hides the pads).
+  {"ld", "lc", "ld_lc"}`` (+ ``"cos_x0"``, ``"rounding_acc"`` with ``diagnostics=True``) for
+  ``diffjax.ood.sweep.make_score_sweep``. The noise of token position l of a row is
+  ``normal(fold_in(key, l), [D])``: a row's score depends neither on the other rows nor on how far
+  it is padded (the attention mask hides the pads).
+* Model-free controls (no denoiser): ``token_norm_score`` (mean ||E[w]||^2) and ``UnigramModel``
+  (mean negative log unigram probability under the ID train counts).
 
 Pure functions of params and arrays; the task (``text_ood.py``) binds them to data and config.
 """
@@ -24,29 +38,43 @@ from __future__ import annotations
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from diffjax.diffusion import gaussian
 from diffjax.models.bert import BertConfig, BertEncoder, mean_pool
 from diffjax.models.embeddings import TimestepMLP
 
 SCORE_NAMES = ("ld", "lc", "ld_lc")
+DIAGNOSTIC_NAMES = ("cos_x0", "rounding_acc")
 
 
 class TextDenoiser(nn.Module):
-    """``(x_t [B, L, D], t [B] int32, mask [B, L] bool) -> x0_hat [B, L, D]`` (see module docstring)."""
+    """``(x_t [B, L, D], t [B] int32, mask [B, L] bool, scale) -> x0_hat [B, L, D]`` (module docstring).
+
+    ``x_t`` and the output are in the noising space (x_0 = scale * E[w]); ``scale``: a scalar.
+    """
 
     config: BertConfig
     time_mult: int = 4
 
-    @nn.compact
-    def __call__(self, x_t, t, mask, deterministic: bool = True):
+    def setup(self):
         d = self.config.hidden_size
-        cond = TimestepMLP(embed_dim=d, hidden_dim=self.time_mult * d, out_dim=d, name="time_mlp")(t)
-        enc = BertEncoder(self.config, name="encoder")
+        self.time_mlp = TimestepMLP(embed_dim=d, hidden_dim=self.time_mult * d, out_dim=d)
+        self.time_proj = nn.Dense(d, kernel_init=nn.initializers.zeros, bias_init=nn.initializers.zeros)
+        self.encoder = BertEncoder(self.config)
+        self.x0_head = nn.Dense(d, kernel_init=nn.initializers.normal(0.02))
+        self.rounding_log_scale = self.param("rounding_log_scale", nn.initializers.zeros, ())
+
+    def time_cond(self, t) -> jax.Array:
+        """t [B] -> [B, D]: the conditioning added to every token's input (0 at init)."""
+        return self.time_proj(self.time_mlp(t))
+
+    def __call__(self, x_t, t, mask, scale=1.0, deterministic: bool = True):
         if self.is_initializing():  # create E (only read through params afterwards: x_0 = E[w], tied logits)
-            enc.embed_tokens(jnp.zeros((1, 1), jnp.int32))
-        h = enc(attention_mask=mask, inputs_embeds=x_t, cond=cond, deterministic=deterministic)["last_hidden_state"]
-        return nn.Dense(d, kernel_init=nn.initializers.normal(0.02), name="x0_head")(h)
+            self.encoder.embed_tokens(jnp.zeros((1, 1), jnp.int32))
+        h = self.encoder(attention_mask=mask, inputs_embeds=x_t / scale, cond=self.time_cond(t),
+                         deterministic=deterministic)["last_hidden_state"]
+        return self.x0_head(h) * scale
 
 
 def embedding_matrix(params) -> jax.Array:
@@ -54,25 +82,69 @@ def embedding_matrix(params) -> jax.Array:
     return params["encoder"]["embeddings"]["word_embeddings"]["embedding"]
 
 
+def embedding_scale(emb: jax.Array, x0_std: float) -> jax.Array:
+    """The scalar s of x_0 = s E[w]: ``x0_std / std(E)`` (stop-gradient), or 1 when ``x0_std == 0``."""
+    if not x0_std:
+        return jnp.float32(1.0)
+    return jax.lax.stop_gradient(jnp.float32(x0_std) / jnp.std(emb.astype(jnp.float32)))
+
+
+def rounding_logit_scale(params, learnt: bool = True) -> jax.Array:
+    """k = exp(``rounding_log_scale``) of the rounding logits (1 when not ``learnt``: the paper's tied logits)."""
+    if not learnt or "rounding_log_scale" not in params:
+        return jnp.float32(1.0)
+    return jnp.exp(params["rounding_log_scale"].astype(jnp.float32))
+
+
 def l_d(x0_hat: jax.Array, x0: jax.Array, mask: jax.Array) -> jax.Array:
     """[B, L, D] x2, mask [B, L] -> [B]: sum over D of the squared error, mean over masked-in tokens."""
     return gaussian.per_example_error(jnp.square(x0_hat - x0), mask, "sum_last_mean_tokens")
 
 
-def l_c(x0_hat: jax.Array, emb: jax.Array, tokens: jax.Array, mask: jax.Array, *,
-        row_batch: int | None = None) -> jax.Array:
-    """Rounding CE: x0_hat [B, L, D], emb [V, D], tokens [B, L] int, mask [B, L] -> [B] (mean over tokens)."""
+def _per_row(one, args, row_batch):
+    """``one`` over the rows of ``args`` (a tuple of [B, ...]): a vmap, or a ``lax.map`` of row_batch rows."""
+    if row_batch:
+        return jax.lax.map(lambda a: one(*a), args, batch_size=int(row_batch))
+    return jax.vmap(one)(*args)
 
-    def one(args):  # [L, D], [L], [L] -> scalar
-        x, w, m = args
-        logits = (x @ emb.T).astype(jnp.float32)
+
+def l_c(x0_hat: jax.Array, emb: jax.Array, tokens: jax.Array, mask: jax.Array, *,
+        row_batch: int | None = None, logit_scale=1.0) -> jax.Array:
+    """Rounding CE: x0_hat [B, L, D] (embedding scale), emb [V, D], tokens [B, L], mask [B, L] -> [B].
+
+    ``-(1/n) sum_i log softmax(k x0_hat_i E^T)[w_i]`` over the n masked-in tokens; k = ``logit_scale``.
+    ``row_batch`` bounds the ``[rows, L, V]`` logits with a ``lax.map``.
+    """
+
+    def one(x, w, m):  # [L, D], [L], [L] -> scalar
+        logits = logit_scale * (x @ emb.T).astype(jnp.float32)
         nll = jax.nn.logsumexp(logits, axis=-1) - jnp.take_along_axis(logits, w[:, None], axis=-1)[:, 0]
         m = m.astype(jnp.float32)
         return jnp.sum(nll * m) / jnp.maximum(jnp.sum(m), 1.0)
 
-    if row_batch:
-        return jax.lax.map(one, (x0_hat, tokens, mask), batch_size=int(row_batch))
-    return jax.vmap(lambda *a: one(a))(x0_hat, tokens, mask)
+    return _per_row(one, (x0_hat, tokens, mask), row_batch)
+
+
+def rounding_accuracy(x: jax.Array, emb: jax.Array, tokens: jax.Array, mask: jax.Array, *,
+                      row_batch: int | None = None) -> jax.Array:
+    """Nearest-embedding rounding: x [B, L, D] (embedding scale), emb [V, D] -> [B] fraction of the
+    masked-in tokens whose nearest row of E (Euclidean) is the token itself."""
+    half_sq = 0.5 * jnp.sum(jnp.square(emb.astype(jnp.float32)), axis=-1)  # [V]
+
+    def one(xr, w, m):  # argmin_v ||x - e_v||^2 = argmax_v (x . e_v - ||e_v||^2 / 2)
+        nearest = jnp.argmax((xr @ emb.T).astype(jnp.float32) - half_sq, axis=-1)
+        m = m.astype(jnp.float32)
+        return jnp.sum((nearest == w) * m) / jnp.maximum(jnp.sum(m), 1.0)
+
+    return _per_row(one, (x, tokens, mask), row_batch)
+
+
+def token_cosine(x0_hat: jax.Array, x0: jax.Array, mask: jax.Array) -> jax.Array:
+    """Mean over masked-in tokens of cos(x0_hat_i, x0_i): [B, L, D] x2, [B, L] -> [B]."""
+    a, b = x0_hat.astype(jnp.float32), x0.astype(jnp.float32)
+    cos = jnp.sum(a * b, -1) / jnp.maximum(jnp.linalg.norm(a, axis=-1) * jnp.linalg.norm(b, axis=-1), 1e-12)
+    m = mask.astype(jnp.float32)
+    return jnp.sum(cos * m, -1) / jnp.maximum(jnp.sum(m, -1), 1.0)
 
 
 def position_noise(key: jax.Array, length: int, dim: int) -> jax.Array:
@@ -81,40 +153,56 @@ def position_noise(key: jax.Array, length: int, dim: int) -> jax.Array:
 
 
 def diffusion_loss(model: TextDenoiser, params, tokens, mask, rng, *, schedule, ld_weight: float = 1.0,
-                   lc_weight: float = 1.0, dropout: bool = False):
+                   lc_weight: float = 1.0, x0_std: float = 0.0, lc_learnt_scale: bool = True,
+                   dropout: bool = False):
     """Training loss ``ld_weight * L_d + lc_weight * L_c`` with t ~ U{1..T} (papers.md 000).
 
-    tokens, mask: [B, L]. Returns ``(loss, {"loss", "l_d", "l_c"})``.
+    tokens, mask: [B, L]. Returns ``(loss, {"loss", "l_d", "l_c", "rounding_scale"})``.
     """
     drop_rng, loss_rng = jax.random.split(rng)
     emb = embedding_matrix(params)
-    x0 = emb[tokens]
+    scale = embedding_scale(emb, x0_std)
+    x0 = emb[tokens] * scale
 
     def denoise(x_t, t):
-        return model.apply({"params": params}, x_t, t, mask, deterministic=not dropout,
+        return model.apply({"params": params}, x_t, t, mask, scale, deterministic=not dropout,
                            rngs={"dropout": drop_rng} if dropout else None)
 
     _, aux = gaussian.x0_loss(denoise, x0, loss_rng, schedule=schedule, prediction="x0", mask=mask,
                               reduction="sum_last_mean_tokens")
     ld = jnp.mean(aux["per_example"])
-    lc = jnp.mean(l_c(aux["x0_hat"], emb, tokens, mask))
+    k = rounding_logit_scale(params, lc_learnt_scale)
+    lc = jnp.mean(l_c(aux["x0_hat"] / scale, emb, tokens, mask, logit_scale=k))
     loss = ld_weight * ld + lc_weight * lc
-    return loss, {"loss": loss, "l_d": ld, "l_c": lc}
+    return loss, {"loss": loss, "l_d": ld, "l_c": lc, "rounding_scale": k}
 
 
-def make_score_fn(model: TextDenoiser, schedule, *, row_batch: int | None = None):
+def make_score_fn(model: TextDenoiser, schedule, *, x0_std: float = 0.0, lc_learnt_scale: bool = True,
+                  row_batch: int | None = None, diagnostics: bool = False):
     """``score_fn(params, {"tokens": [B, L] int32, "mask": [B, L] bool}, t [B], keys [B]) ->
-    {"ld", "lc", "ld_lc": [B]}`` (one x0 prediction from x_t; see module docstring)."""
+    {"ld", "lc", "ld_lc": [B]}`` (one x0 prediction from x_t; see module docstring). With
+    ``diagnostics``: also ``"cos_x0"`` (``token_cosine(x0_hat, x0)``) and ``"rounding_acc"``
+    (nearest-embedding rounding of ``x_t / sqrt(abar_t)``, model-free: how much of the input
+    survives at t)."""
 
     def score_fn(params, inputs, t, keys):
         tokens, mask = inputs["tokens"], inputs["mask"].astype(bool)
         emb = embedding_matrix(params)
-        x0 = emb[tokens]
+        scale = embedding_scale(emb, x0_std)
+        x0 = emb[tokens] * scale
         noise = jax.vmap(lambda k: position_noise(k, x0.shape[1], x0.shape[2]))(keys).astype(x0.dtype)
         x_t = gaussian.q_sample(schedule, x0, t, noise)
-        x0_hat = model.apply({"params": params}, x_t, t, mask)
-        ld, lc = l_d(x0_hat, x0, mask), l_c(x0_hat, emb, tokens, mask, row_batch=row_batch)
-        return {"ld": ld, "lc": lc, "ld_lc": ld + lc}
+        x0_hat = model.apply({"params": params}, x_t, t, mask, scale)
+        k = rounding_logit_scale(params, lc_learnt_scale)
+        ld = l_d(x0_hat, x0, mask)
+        lc = l_c(x0_hat / scale, emb, tokens, mask, row_batch=row_batch, logit_scale=k)
+        out = {"ld": ld, "lc": lc, "ld_lc": ld + lc}
+        if diagnostics:
+            abar = gaussian.coef_at(schedule.alpha_bars, t, x_t)
+            out["cos_x0"] = token_cosine(x0_hat, x0, mask)
+            out["rounding_acc"] = rounding_accuracy(x_t / (jnp.sqrt(abar) * scale), emb, tokens, mask,
+                                                    row_batch=row_batch)
+        return out
 
     return score_fn
 
@@ -123,3 +211,29 @@ def pooled_features(encoder: BertEncoder, enc_params, tokens, mask, cond=None) -
     """Mean-pooled last hidden states of a BERT encoder on clean tokens: [B, L] -> [B, D] float32."""
     h = encoder.apply({"params": enc_params}, tokens, mask, cond=cond)["last_hidden_state"]
     return mean_pool(h.astype(jnp.float32), mask.astype(bool))
+
+
+# ----------------------------------------------------------------------------------------------
+# Model-free controls: scores from the same tokens without the denoiser (higher = more OOD).
+
+
+def token_norm_score(emb: np.ndarray, tokens: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """Mean ||E[w]||^2 over a sentence's masked-in tokens: E [V, D], tokens / mask [N, L] -> [N]."""
+    sq = np.sum(np.square(np.asarray(emb, np.float64)), axis=-1)[np.asarray(tokens)]
+    m = np.asarray(mask, np.float64)
+    return np.sum(sq * m, -1) / np.maximum(np.sum(m, -1), 1.0)
+
+
+class UnigramModel:
+    """Add-one unigram LM of the ID train tokens: ``score`` = mean -log p(w) over a sentence's tokens.
+
+    ``tokens`` / ``mask``: [N, L] (the packed sets; special tokens count like any other token).
+    """
+
+    def __init__(self, tokens: np.ndarray, mask: np.ndarray, vocab_size: int):
+        counts = np.bincount(np.asarray(tokens)[np.asarray(mask, bool)], minlength=vocab_size).astype(np.float64)
+        self.log_p = np.log(counts + 1.0) - np.log(counts.sum() + vocab_size)
+
+    def score(self, tokens: np.ndarray, mask: np.ndarray) -> np.ndarray:
+        m = np.asarray(mask, np.float64)
+        return -np.sum(self.log_p[np.asarray(tokens)] * m, -1) / np.maximum(np.sum(m, -1), 1.0)

@@ -396,6 +396,7 @@ def run_task_method(config, workdir: str, method: str, *, task: Task | None = No
     """``eval`` / ``sweep`` / ``generate`` / ``score`` on the latest checkpoint of ``workdir``: calls the
     task's method with the (EMA) params, the run's context and ``method_kwargs`` (e.g. ``prompts``
     for generate, ``inputs`` for score) and writes results.json / sweep.json / generate.json / score.json."""
+    validate_config(config)  # the task's settings (e.g. generate's, overridden on the command line) before a restore
     workdir = os.path.abspath(workdir)
     # the method's own checks (paths, formats, files it needs), before anything is built or restored
     method_kwargs = prepare_call(config.task, workdir, method, method_kwargs)

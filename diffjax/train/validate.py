@@ -1,14 +1,16 @@
 """Config values checked before anything runs: one ``ConfigError`` naming the field, its value and
 the valid range (design.md convention 10). ``validate_config(config)`` covers the trainer's fields
-(``diffjax/train/config.py``); tasks check their own fields at construction."""
+(``diffjax/train/config.py``) and then the task's (its ``validate_task_config``, see
+``diffjax/tasks/fields.py``, where ``ConfigError`` lives so that tasks raise the same class)."""
 
 from __future__ import annotations
 
 import math
 
+from diffjax.tasks.base import validate_task_config
+from diffjax.tasks.fields import ConfigError, require
 
-class ConfigError(ValueError):
-    """A config field holds a value outside its valid range."""
+__all__ = ["ConfigError", "validate_config"]
 
 
 def _number(config, field: str):
@@ -18,13 +20,12 @@ def _number(config, field: str):
     return node
 
 
-def _require(ok: bool, field: str, value, expected: str) -> None:
-    if not ok:
-        raise ConfigError(f"config.{field}={value!r} is invalid: expected {expected} (--config.{field}=...)")
+_require = require
 
 
 def validate_config(config) -> None:
-    """Raises ``ConfigError`` for the first trainer field outside its valid range."""
+    """Raises ``ConfigError`` for the first trainer field, then task field, outside its valid range.
+    Reads no data and no weights (a task's validation imports its module only)."""
     def int_at_least(field, low):
         v = _number(config, field)
         _require(isinstance(v, int) and not isinstance(v, bool) and v >= low, field, v, f"an integer >= {low}")
@@ -56,3 +57,4 @@ def validate_config(config) -> None:
     _require(len(shape) == 2 and all(isinstance(s, int) and (s >= 1 or s == -1) for s in shape)
              and shape.count(-1) <= 1, "mesh_shape", shape,
              "two integers (data, model), each >= 1 or -1 (at most one -1 = all remaining devices)")
+    validate_task_config(config.task)

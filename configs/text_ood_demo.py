@@ -42,8 +42,13 @@ def task_fields():
         # x_0 = E[w] scaled to x0_std per dimension before noising (Diffusion-LM / CDCD / Plaid practice;
         # pretrained E is tiny next to N(0, I) noise); 0 = the paper's raw embeddings (scale unstated).
         x0_std=1.0,
-        # rounding logits k (x0_hat E^T) with a learnt scalar k (init 1); False = the paper's fixed tied logits
+        # rounding logits k x0_hat (s E)^T (tied, in the noising space) with a learnt scalar k (init 1); False = k = 1
         lc_learnt_scale=True,
+        # What the network outputs; L_d is always on x0_hat (paper 000). "v": x0_hat = sqrt(abar) x_t -
+        # sqrt(1 - abar) v_hat (Salimans & Ho 2022; with x0_std = 1 it is EDM's c_skip / c_out
+        # preconditioning: the skip carries x_t, the network learns the correction) | "x0": the network
+        # outputs x0_hat itself (paper 000's wording) | "eps".
+        prediction="v",
         time_mult=4,  # timestep MLP D -> time_mult D -> D, then a zero-initialised Dense(D)
         dropout=0.0,  # encoder dropout while training (0 = off)
         # Scores: one x0 prediction from x_t at score_t, averaged over num_seeds fixed noise draws.

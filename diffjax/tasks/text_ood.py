@@ -188,7 +188,7 @@ class TextOODTask(Task):
         loss, m = tm.diffusion_loss(self.model, params["denoiser"], batch["tokens"], batch["mask"], d_rng,
                                     schedule=self.schedule, ld_weight=float(c.ld_weight), lc_weight=float(c.lc_weight),
                                     x0_std=float(c.x0_std), lc_learnt_scale=bool(c.lc_learnt_scale),
-                                    dropout=float(c.dropout) > 0)
+                                    prediction=c.prediction, dropout=float(c.dropout) > 0)
         if self.cls_model is not None:
             drop = float(c.dropout) > 0
             logits = self.cls_model.apply({"params": params["classifier"]}, batch["tokens"], batch["mask"],
@@ -220,7 +220,7 @@ class TextOODTask(Task):
         if key not in self._fns:
             c = self.c
             score_fn = tm.make_score_fn(self.model, self.schedule, x0_std=float(c.x0_std),
-                                        lc_learnt_scale=bool(c.lc_learnt_scale),
+                                        lc_learnt_scale=bool(c.lc_learnt_scale), prediction=c.prediction,
                                         row_batch=int(c.lc_row_batch) or None, diagnostics=diagnostics)
             self._fns[key] = sweep_lib.make_score_sweep(score_fn, t_batch_size=1)
         return self._fns[key]

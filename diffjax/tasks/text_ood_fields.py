@@ -20,6 +20,7 @@ def validate_task_config(c) -> None:
         ("num_diffusion_steps", F.integer(1)),
         ("ld_weight", F.number(0.0)), ("lc_weight", F.number(0.0)),
         ("x0_std", F.number(0.0, what="0 = raw embeddings")), ("lc_learnt_scale", F.boolean()),
+        ("prediction", F.choice("x0", "v", "eps")),
         ("time_mult", F.integer(1)),
         ("score_t_rise", F.number(0.0, 1.0)),
         ("num_seeds", F.integer(1)), ("score_seed", F.integer(0)), ("score_chunk", F.integer(1)),

@@ -12,16 +12,22 @@
   token before the embedding LayerNorm: ``sinusoidal(t, D) -> Dense(mult D) -> SiLU -> Dense(D)``
   then a **zero-initialised** ``Dense(D)`` (adaLN-zero practice: at init t contributes nothing, so
   the timestep cannot drown the token signal; it grows only as training finds it useful). The x0
-  head ``Dense(D)`` predicts x0_hat / s; the module returns x0_hat in the noising space.
+  head ``Dense(D)`` reads the LayerNormed hidden states (per-element ~1) and predicts x0_hat directly
+  in the noising space (per-element std x0_std): no factor s on the output. (Predicting x0_hat / s
+  and multiplying by s ~ 18 made the random head's output ~8x the data at init, L_d 3109 against
+  388 for the mean embedding; the first updates then shrank the head to the mean, cos(x0_hat, x0)
+  0.22 at every t after 25 steps: the collapse measured in issue 23.)
   Params: ``{"encoder", "time_mlp", "time_proj", "x0_head", "rounding_log_scale"}``; the word
   embeddings ``E`` (``encoder/embeddings/word_embeddings/embedding [V, D]``) give x_0 and the tied
   rounding logits.
 * ``l_d``: ``||x0_hat - x_0||^2`` summed over D (noising space), averaged over the masked-in tokens
   (``gaussian.per_example_error(..., "sum_last_mean_tokens")``).
-* ``l_c``: the rounding cross-entropy ``-(1/n) sum_i log softmax(k (x0_hat_i / s) E^T)[w_i]`` with
-  k = exp(``rounding_log_scale``), a learnt scalar initialised at 0 (k = 1 is the paper's tied
-  logits: with them even a perfect x0_hat gets ~9 nats on MiniLM, so L_c is mostly a token prior);
-  ``lc_learnt_scale=False`` keeps k = 1.
+* ``l_c``: the rounding cross-entropy ``-(1/n) sum_i log softmax(k x0_hat_i (s E)^T)[w_i]``: tied logits
+  taken in the noising space, where x_0 = s E[w] lives (= ``k s^2 (x0_hat_i / s) E^T``; at ``x0_std = 0``,
+  s = 1, the paper's tied logits). k = exp(``rounding_log_scale``), a learnt scalar initialised at 0;
+  ``lc_learnt_scale=False`` keeps k = 1. (At the raw scale even a perfect x0_hat gets ~9 nats on MiniLM
+  against log V = 10.3: the logits E[w] E^T are too flat to identify the token, so L_c is mostly a token
+  prior; at x0_std = 1 (s ~ 18) a perfect x0_hat rounds with near-zero loss.)
 * ``make_score_fn``: the score ``score_fn(params, {"tokens", "mask"}, t [B], keys [B]) ->
   {"ld", "lc", "ld_lc"}`` (+ ``"cos_x0"``, ``"rounding_acc"`` with ``diagnostics=True``) for
   ``diffjax.ood.sweep.make_score_sweep``. The noise of token position l of a row is
@@ -74,7 +80,7 @@ class TextDenoiser(nn.Module):
             self.encoder.embed_tokens(jnp.zeros((1, 1), jnp.int32))
         h = self.encoder(attention_mask=mask, inputs_embeds=x_t / scale, cond=self.time_cond(t),
                          deterministic=deterministic)["last_hidden_state"]
-        return self.x0_head(h) * scale
+        return self.x0_head(h)
 
 
 def embedding_matrix(params) -> jax.Array:
@@ -94,6 +100,14 @@ def rounding_logit_scale(params, learnt: bool = True) -> jax.Array:
     if not learnt or "rounding_log_scale" not in params:
         return jnp.float32(1.0)
     return jnp.exp(params["rounding_log_scale"].astype(jnp.float32))
+
+
+def predict_x0(model: TextDenoiser, params, schedule, x_t, t, mask, scale, prediction: str = "x0",
+               **kwargs) -> jax.Array:
+    """x0_hat [B, L, D] from x_t [B, L, D] at t [B] (>= 1): the denoiser's output read as ``prediction``
+    ("x0": x0_hat itself, paper 000; "v": x0_hat = sqrt(abar) x_t - sqrt(1 - abar) v_hat, or "eps")."""
+    pred = model.apply({"params": params}, x_t, t, mask, scale, **kwargs)
+    return gaussian.x0_eps_from_prediction(schedule, x_t, t, pred, prediction)[0]
 
 
 def l_d(x0_hat: jax.Array, x0: jax.Array, mask: jax.Array) -> jax.Array:
@@ -154,8 +168,9 @@ def position_noise(key: jax.Array, length: int, dim: int) -> jax.Array:
 
 def diffusion_loss(model: TextDenoiser, params, tokens, mask, rng, *, schedule, ld_weight: float = 1.0,
                    lc_weight: float = 1.0, x0_std: float = 0.0, lc_learnt_scale: bool = True,
-                   dropout: bool = False):
-    """Training loss ``ld_weight * L_d + lc_weight * L_c`` with t ~ U{1..T} (papers.md 000).
+                   prediction: str = "x0", dropout: bool = False):
+    """Training loss ``ld_weight * L_d + lc_weight * L_c`` with t ~ U{1..T} (papers.md 000), L_d on the
+    x0_hat of the network's ``prediction`` (module docstring).
 
     tokens, mask: [B, L]. Returns ``(loss, {"loss", "l_d", "l_c", "rounding_scale"})``.
     """
@@ -168,17 +183,17 @@ def diffusion_loss(model: TextDenoiser, params, tokens, mask, rng, *, schedule, 
         return model.apply({"params": params}, x_t, t, mask, scale, deterministic=not dropout,
                            rngs={"dropout": drop_rng} if dropout else None)
 
-    _, aux = gaussian.x0_loss(denoise, x0, loss_rng, schedule=schedule, prediction="x0", mask=mask,
+    _, aux = gaussian.x0_loss(denoise, x0, loss_rng, schedule=schedule, prediction=prediction, mask=mask,
                               reduction="sum_last_mean_tokens")
     ld = jnp.mean(aux["per_example"])
     k = rounding_logit_scale(params, lc_learnt_scale)
-    lc = jnp.mean(l_c(aux["x0_hat"] / scale, emb, tokens, mask, logit_scale=k))
+    lc = jnp.mean(l_c(aux["x0_hat"] / scale, emb, tokens, mask, logit_scale=k * scale ** 2))
     loss = ld_weight * ld + lc_weight * lc
     return loss, {"loss": loss, "l_d": ld, "l_c": lc, "rounding_scale": k}
 
 
 def make_score_fn(model: TextDenoiser, schedule, *, x0_std: float = 0.0, lc_learnt_scale: bool = True,
-                  row_batch: int | None = None, diagnostics: bool = False):
+                  prediction: str = "x0", row_batch: int | None = None, diagnostics: bool = False):
     """``score_fn(params, {"tokens": [B, L] int32, "mask": [B, L] bool}, t [B], keys [B]) ->
     {"ld", "lc", "ld_lc": [B]}`` (one x0 prediction from x_t; see module docstring). With
     ``diagnostics``: also ``"cos_x0"`` (``token_cosine(x0_hat, x0)``) and ``"rounding_acc"``
@@ -192,10 +207,10 @@ def make_score_fn(model: TextDenoiser, schedule, *, x0_std: float = 0.0, lc_lear
         x0 = emb[tokens] * scale
         noise = jax.vmap(lambda k: position_noise(k, x0.shape[1], x0.shape[2]))(keys).astype(x0.dtype)
         x_t = gaussian.q_sample(schedule, x0, t, noise)
-        x0_hat = model.apply({"params": params}, x_t, t, mask, scale)
+        x0_hat = predict_x0(model, params, schedule, x_t, t, mask, scale, prediction)
         k = rounding_logit_scale(params, lc_learnt_scale)
         ld = l_d(x0_hat, x0, mask)
-        lc = l_c(x0_hat / scale, emb, tokens, mask, row_batch=row_batch, logit_scale=k)
+        lc = l_c(x0_hat / scale, emb, tokens, mask, row_batch=row_batch, logit_scale=k * scale ** 2)
         out = {"ld": ld, "lc": lc, "ld_lc": ld + lc}
         if diagnostics:
             abar = gaussian.coef_at(schedule.alpha_bars, t, x_t)

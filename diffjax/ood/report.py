@@ -176,16 +176,19 @@ def sweep_curves(sweep: Mapping, id_label: str = "ID test") -> dict:
     return {f"{id_label} vs {o}": dict(d) for o, d in sweep["auroc"].items()}
 
 
-def plot_sweep(ts: Sequence[int], curves: Mapping, path: str, title: str = "") -> None:
+def plot_sweep(ts: Sequence[int], curves: Mapping, path: str, title: str = "", log_t: bool = False) -> None:
     """AUROC vs t -> PNG at ``path``. ``curves``: {label: [n_t]} (one panel) or
-    {panel: {label: [n_t]}} (one panel each, e.g. one per OOD set: ``sweep_curves``)."""
+    {panel: {label: [n_t]}} (one panel each, e.g. one per OOD set: ``sweep_curves``). ``log_t``: a log
+    t axis (for grids spaced in log SNR, t >= 1)."""
     plt = _pyplot()
     panels = curves if all(isinstance(v, Mapping) for v in curves.values()) else {"": curves}
     fig, axes = plt.subplots(1, len(panels), figsize=(4.6 * len(panels) + 0.6, 4.2), squeeze=False)
     for ax, (name, panel) in zip(axes[0], panels.items()):
         for label, y in panel.items():
             ax.plot(list(ts), np.asarray(y), marker="o", ms=2.5, lw=1.2, label=label)
-        ax.set_xlabel("timestep t")
+        if log_t:
+            ax.set_xscale("log")
+        ax.set_xlabel("timestep t" + (" (log scale)" if log_t else ""))
         ax.set_ylabel("AUROC (OOD positive)")
         ax.set_title(name, fontsize=9)
         ax.grid(alpha=0.3)

@@ -430,7 +430,7 @@ class TextOODTask(Task):
                 panel["cos(x0_hat, x0) (ID)"] = [r["cos_x0"] for r in res["by_t"]]
             report.plot_sweep(ts, curves, os.path.join(workdir, "sweep.png"),
                               title=f"Text OOD (paper 000) AUROC vs t (mean of {k_s} noise draws), "
-                                    "with held-out ID rounding accuracy and cos(x0_hat, x0)")
+                                    "with held-out ID rounding accuracy and cos(x0_hat, x0)", log_t=min(ts) >= 1)
             print(report.format_best_t(res), flush=True)
         return res
 

@@ -2,8 +2,10 @@
 jitted vmapped sweep) vs a PyTorch implementation of the same scoring loop with the same weights
 (transformers' BertModel fed ``inputs_embeds``, the same timestep MLP and x0 head, L_d + L_c).
 
-The denoiser is the real all-MiniLM-L6-v2 encoder with a freshly initialised timestep MLP and x0
-head (weights copied to torch), sentences of the embedded movie reviews packed to 32 tokens. Both
+The denoiser is the real all-MiniLM-L6-v2 encoder with a freshly initialised timestep MLP, timestep
+projection (random here, zero in training's init, so that the parity covers it) and x0 head (weights
+copied to torch), scored as the demo config does (x_0 rescaled to unit per-dimension std, v-prediction,
+rounding logits tied in the noising space), sentences of the embedded movie reviews packed to 32 tokens. Both
 sides score the same noised inputs (the JAX noise is passed to torch) and the scores are checked
 to agree before timing. Prints the machine (``benchmarks/_machine.py``) and one JSON line, and writes
 benchmarks/results/text_ood_scoring.json (``--json`` / ``--out``) with the machine block. Torch gets as
@@ -75,8 +77,10 @@ def main():
     d = enc_model.config.hidden_size
     fresh = model.init(jax.random.PRNGKey(0), jnp.zeros((1, 4, d)), jnp.ones((1,), jnp.int32), jnp.ones((1, 4), bool))
     params = {**fresh["params"], "encoder": enc}
+    params["time_proj"] = {"kernel": 0.02 * jax.random.normal(jax.random.PRNGKey(1), (d, d)), "bias": jnp.zeros((d,))}
     sched = gaussian_schedule("linear", 1000)
-    score_fn = tm.make_score_fn(model, sched, row_batch=8)
+    x0_std, prediction = 1.0, "v"  # configs/text_ood_demo.py
+    score_fn = tm.make_score_fn(model, sched, x0_std=x0_std, prediction=prediction, row_batch=8)
     fn = sweep_lib.make_score_sweep(score_fn, t_batch_size=1)
     keys = sweep_lib.seed_keys(0, args.seeds)
     inputs = s.inputs()
@@ -86,7 +90,10 @@ def main():
     tp = {k: torch.tensor(np.asarray(v), device=dev) for k, v in
           {"w0": params["time_mlp"]["dense_0"]["kernel"], "b0": params["time_mlp"]["dense_0"]["bias"],
            "w1": params["time_mlp"]["dense_1"]["kernel"], "b1": params["time_mlp"]["dense_1"]["bias"],
+           "wp": params["time_proj"]["kernel"], "bp": params["time_proj"]["bias"],
            "wx": params["x0_head"]["kernel"], "bx": params["x0_head"]["bias"]}.items()}
+    scale = float(tm.embedding_scale(tm.embedding_matrix(params), x0_std))
+    k = float(tm.rounding_logit_scale(params))
     abar = torch.tensor(np.asarray(sched.alpha_bars), dtype=torch.float64, device=dev)
     E = hf.embeddings.word_embeddings.weight
     half = d // 2
@@ -94,20 +101,21 @@ def main():
 
     @torch.no_grad()
     def torch_scores(tokens, mask, t, noise):  # [B, L], [B, L], [B], [B, L, D] -> L_d + L_c [B]
-        x0 = E[tokens]
+        x0 = E[tokens] * scale
         a = abar[t].float()[:, None, None]
         x_t = a.sqrt() * x0 + (1 - a).sqrt() * noise
         args_ = t.float()[:, None] * freqs[None]
         temb = torch.cat([torch.cos(args_), torch.sin(args_)], -1)
-        cond = torch.nn.functional.silu(temb @ tp["w0"] + tp["b0"]) @ tp["w1"] + tp["b1"]
+        cond = (torch.nn.functional.silu(temb @ tp["w0"] + tp["b0"]) @ tp["w1"] + tp["b1"]) @ tp["wp"] + tp["bp"]
         # BertEmbeddings adds position + token type to inputs_embeds, then LayerNorm; diffjax adds cond
         # before that LayerNorm: feed inputs_embeds + cond (the sum is the same).
-        h = hf(inputs_embeds=x_t + cond[:, None, :], attention_mask=mask.long()).last_hidden_state
-        x0_hat = h @ tp["wx"] + tp["bx"]
+        h = hf(inputs_embeds=x_t / scale + cond[:, None, :], attention_mask=mask.long()).last_hidden_state
+        v_hat = h @ tp["wx"] + tp["bx"]
+        x0_hat = a.sqrt() * x_t - (1 - a).sqrt() * v_hat
         m = mask.float()
         n = m.sum(1).clamp(min=1)
         ld = (((x0_hat - x0) ** 2).sum(-1) * m).sum(1) / n
-        logits = x0_hat @ E.T
+        logits = k * scale * (x0_hat @ E.T)  # k (x0_hat) (s E)^T
         nll = torch.logsumexp(logits, -1) - logits.gather(-1, tokens[..., None])[..., 0]
         return ld + (nll * m).sum(1) / n
 

@@ -273,6 +273,11 @@ def test_rescaled_x0_round_trips_at_t0(x0_task):
     np.testing.assert_array_equal(np.asarray(x_t), np.asarray(x0))
     np.testing.assert_allclose(np.asarray(x_t / s), np.asarray(emb[tokens]), rtol=1e-6, atol=1e-7)
     np.testing.assert_array_equal(np.asarray(tm.rounding_accuracy(x_t / s, emb, tokens, mask)), 1.0)
+    # L_c of a perfect x0_hat: tied logits in the noising space identify the token (~0 nats at x0_std = 1);
+    # at the raw scale (s = 1, the paper's tied logits E[w] E^T) they are nearly flat: ~9 nats of log V = 10.3
+    lc_scaled = float(jnp.mean(tm.l_c(x0 / s, emb, tokens, mask, logit_scale=s ** 2)))
+    lc_raw = float(jnp.mean(tm.l_c(emb[tokens], emb, tokens, mask)))
+    assert lc_scaled < 0.01 and 8.5 < lc_raw < 9.5, (lc_scaled, lc_raw)
     # and the rounding accuracy of x_t falls with t (what the timestep grid follows)
     accs = task.rounding_curve([1, 300, 1000])
     assert accs[0] == 1.0 and accs[0] >= accs[1] >= accs[2] and accs[2] < 0.05

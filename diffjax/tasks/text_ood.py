@@ -419,7 +419,9 @@ class TextOODTask(Task):
         res = report.sweep_results(ts, scores_only["test"], {o: scores_only[f"ood/{o}"] for o in self.ood_names})
         res.update({"num_seeds": k_s, "sweep_seconds": time.time() - t0, "by_t": by_t_rows(ts, grids, c.deploy_score),
                     "num_examples_per_set": {k: int(v["ld"].shape[-1]) for k, v in grids.items()}})
-        at = report.at_t(res, int(c.score_t))
+        # the deploy t: fixed, or the same held-out-ID rule as evaluate (the same grid and by_t sample)
+        score_t = int(c.score_t) or choose_score_t(ts, [r["id_loss"] for r in res["by_t"]], float(c.score_t_rise))
+        at = report.at_t(res, score_t)
         if at is not None:
             res["at_score_t"] = at
         if jax.process_index() == 0:

@@ -100,7 +100,7 @@ def _prompts(fv) -> list[str] | None:
     """``--prompt`` values, then the non-blank lines of ``--prompts_file`` (read by ``data.text.lines``:
     UTF-8, split on "\\n" only; a line that is not UTF-8 is a ``UsageError`` naming the file and line)."""
     from diffjax.data.text.lines import file_lines
-    from diffjax.ood.deploy import InputError
+    from diffjax.errors import InputError
 
     prompts = list(fv.prompt or [])
     if fv.prompts_file:
@@ -216,7 +216,8 @@ def _user_errors() -> tuple[type[BaseException], ...]:
     """Errors whose message is the whole story (missing files, config/checkpoint mismatches, NaN)."""
     from diffjax.checkpoints import orbax as ckpt_lib
     from diffjax.checkpoints.errors import CheckpointFormatError, CheckpointMismatchError
-    from diffjax.ood.deploy import InputError, ThresholdError
+    from diffjax.errors import InputError
+    from diffjax.ood.deploy import ThresholdError
     from diffjax.train import trainer, validate, workdir
 
     # InputError (a FileNotFoundError) also covers the readers' subclasses (e.g. data.text.lines.TextInputError)

@@ -149,6 +149,12 @@ def global_batch(local_batch: PyTree, shardings, global_batch_size: int) -> PyTr
     return jax.tree_util.tree_map(one, local_batch, shardings)
 
 
+
+def example_keys(rng: jax.Array, example_ids: jax.Array) -> jax.Array:
+    """One key per example, ``fold_in(rng, id)``: ``example_ids [N] int -> keys [N]``. With the global
+    example index ``map_batches`` provides, per-example randomness does not depend on the mesh or batching."""
+    return jax.vmap(lambda i: jax.random.fold_in(rng, i))(example_ids)
+
 @dataclasses.dataclass(frozen=True)
 class RuntimeContext:
     """The mesh and process layout a task computes on (see the module docstring).

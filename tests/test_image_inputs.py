@@ -60,7 +60,7 @@ ONE_HWC = RNG.integers(0, 256, size=(28, 28, 3), dtype=np.uint8)
 def test_ambiguous_3d_arrays_are_refused_with_both_readings(shape, readings, tmp_path):
     """Issue 24 item 3: one unbatched HWC image was read as 28 grayscale images, silently."""
     from diffjax.data.images import load_user_images
-    from diffjax.ood.deploy import InputError
+    from diffjax.errors import InputError
 
     for x in (RNG.integers(0, 256, size=shape, dtype=np.uint8), RNG.random(shape)):
         for path in ("to_rgb_uint8", "preprocess", "feature_fn", "extract_features"):
@@ -97,7 +97,7 @@ def test_ambiguous_3d_arrays_are_refused_with_both_readings(shape, readings, tmp
 def test_feature_fn_refuses_0_255_floats_like_the_npy_path(tmp_path):
     """Issue 24 item 3: make_feature_fn read float 0..255 images as 0..1 (features off by up to 2.99)."""
     from diffjax.data.images import load_user_images
-    from diffjax.ood.deploy import InputError
+    from diffjax.errors import InputError
 
     fn = features.make_feature_fn(lambda z: [z], image_size=8)
     ref = np.asarray(fn(jnp.asarray(RGB)))
@@ -118,7 +118,7 @@ def test_16_bit_images_are_read_at_their_bit_depth(tmp_path):
     from PIL import Image
 
     from diffjax.data.images import load_user_images
-    from diffjax.ood.deploy import InputError
+    from diffjax.errors import InputError
 
     g16 = (np.arange(16 * 20).reshape(16, 20) * 200).astype(np.uint16)  # 0 .. 63800
     want = np.repeat(np.round(g16 * (255.0 / 65535)).astype(np.uint8)[..., None], 3, -1)

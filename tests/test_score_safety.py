@@ -12,7 +12,8 @@ import pytest
 
 from diffjax import cli, runtime
 from diffjax.ood import deploy
-from diffjax.ood.deploy import InputError, ThresholdError
+from diffjax.errors import InputError
+from diffjax.ood.deploy import ThresholdError
 from diffjax.train import trainer
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

@@ -120,7 +120,7 @@ def _jsonl_readers(tmp_path):
 
 def test_jsonl_values_that_are_not_strings_are_refused_naming_file_line_field(tmp_path):
     """Issue 24 item 7: null / list / dict / number values were read as text ("None", "[1, 2]")."""
-    from diffjax.ood.deploy import InputError
+    from diffjax.errors import InputError
 
     for name, read, template, field in _jsonl_readers(tmp_path):
         good = template.replace("FIELD", '"ok"')

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from diffjax.data.images import load_user_images
-from diffjax.ood.deploy import InputError
+from diffjax.errors import InputError
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

@@ -232,7 +232,7 @@ IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".
 
 
 def _input_error(msg: str):
-    from diffjax.ood.deploy import InputError  # the one error class for bad user inputs
+    from diffjax.errors import InputError  # the one error class for bad user inputs
 
     return InputError(msg)
 

@@ -36,6 +36,7 @@ import jax
 import numpy as np
 from jax.experimental import multihost_utils
 
+from diffjax.errors import InputError
 from diffjax.ood import metrics
 
 THRESHOLD_FILE = "threshold.json"
@@ -44,11 +45,6 @@ CSV_HEADER = ("id", "score", "ood")
 # what score must reproduce (written by the tasks' evaluate) and what the params check needs
 THRESHOLD_FIELDS = {"score": str, "threshold": (int, float), "score_t": int, "num_seeds": int, "score_seed": int}
 FITTED_ON_FIELDS = ("params_step", "params_fingerprint")
-
-
-class InputError(FileNotFoundError):
-    """An input to score or an OOD set given as a path is missing, empty or unreadable, or a score
-    output path that would overwrite something other than a previous score output."""
 
 
 class ThresholdError(ValueError):

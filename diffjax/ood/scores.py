@@ -25,13 +25,9 @@ import jax.numpy as jnp
 
 from diffjax.diffusion import reconstruction
 from diffjax.ood.features import split_layers
+from diffjax.runtime import example_keys  # noqa: F401 (scores.example_keys: the keys reconstruct takes)
 
 SCORE_NAMES = ("mse", "mfsim")
-
-
-def example_keys(rng: jax.Array, example_ids: jax.Array) -> jax.Array:
-    """One key per example: fold_in(rng, id). example_ids: [N] int -> keys [N]."""
-    return jax.vmap(lambda i: jax.random.fold_in(rng, i))(example_ids)
 
 
 def reconstruct(denoise_fn: Callable, schedule, z0: jax.Array, t, keys: jax.Array, *,

@@ -16,9 +16,7 @@ from typing import Any, Callable, NamedTuple
 
 import numpy as np
 
-
-class ConfigError(ValueError):
-    """A config field holds a value outside its valid range."""
+from diffjax.errors import ConfigError  # noqa: F401 (raised here; importers use F.ConfigError)
 
 
 class Check(NamedTuple):

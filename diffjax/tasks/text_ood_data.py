@@ -25,7 +25,7 @@ from diffjax.data.text import TextExamples, read_examples
 from diffjax.data.text.cache import tokenize
 from diffjax.data.text.files import read_inputs as read_text_inputs
 from diffjax.data.text.packing import Packer, PackingFormat
-from diffjax.ood.deploy import InputError
+from diffjax.errors import InputError
 from diffjax.tasks.fields import ConfigError
 
 

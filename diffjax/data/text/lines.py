@@ -23,7 +23,7 @@ import json
 import os
 from typing import Iterator
 
-from diffjax.ood.deploy import InputError
+from diffjax.errors import InputError
 
 _KINDS = {type(None): "null", bool: "a boolean", int: "a number", float: "a number", list: "a list",
           dict: "an object", str: "a string"}

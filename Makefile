@@ -5,6 +5,8 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 WORKDIR ?= workdirs/demo
 PYTEST_ARGS ?=
+# Test files run on this many processes (pytest-xdist, whole files per worker so module fixtures build once).
+PYTEST_WORKERS ?= 2
 
 .PHONY: demo test venv clean bench
 
@@ -23,7 +25,7 @@ demo: $(STAMP)
 	$(PY) -m diffjax demo --workdir=$(WORKDIR)
 
 test: $(STAMP)
-	$(PY) -m pytest -q -ra --durations=15 tests $(PYTEST_ARGS)
+	$(PY) -m pytest -q -ra --durations=15 -n $(PYTEST_WORKERS) --dist loadfile tests $(PYTEST_ARGS)
 
 bench: $(STAMP)
 	for b in benchmarks/[!_]*.py; do $(PY) $$b || exit 1; done

@@ -172,3 +172,26 @@ def test_a_too_small_id_set_names_the_file_and_the_counts(tmp_path):
     msg = str(e.value)
     assert path in msg and "has 5 examples" in msg and "n_heldout=16" in msg and "n_test=16" in msg and "33" in msg
     assert "\n" not in msg
+
+
+def test_typed_config_is_frozen_and_names_a_typo_and_its_nearest_field():
+    """Typed task configs (gaussian2d): built once, immutable, and a field the class does not declare
+    (a typo) fails before anything trains, naming the nearest valid field."""
+    from diffjax.tasks.gaussian2d import Gaussian2DConfig
+
+    c = _config("gaussian2d.py:small")
+    typed = Gaussian2DConfig.from_config(c.task)
+    assert typed.model.hidden == 32 and typed.ddim_steps == 10
+    with pytest.raises(Exception):
+        typed.ddim_steps = 3  # frozen
+    with c.unlocked():
+        c.task.ddim_step = 5
+    with pytest.raises(ConfigError, match=r"config.task.ddim_step is not a field.*did you mean task.ddim_steps"):
+        base.build_task(c.task)
+    with pytest.raises(ConfigError, match=r"config.task.model.hiden is not a field.*did you mean task.model.hidden"):
+        c2 = _config("gaussian2d.py:small")
+        with c2.unlocked():
+            c2.task.model.hiden = 3
+        base.validate_task_config(c2.task)
+    rows = dict((f, (rng, doc)) for f, rng, doc in Gaussian2DConfig.describe())
+    assert rows["prediction"][0] == "one of 'eps', 'x0'" and rows["model"][0] == "MLPFields"

@@ -121,18 +121,27 @@ class Task(abc.ABC):
 
 _REGISTRY: dict[str, Callable[[Any], Task]] = {}
 _VALIDATORS: dict[str, Callable[[Any], None]] = {}
+_CONFIGS: dict[str, type] = {}
 
 
-def register_task(name: str, *, validate: Callable[[Any], None] | None = None):
-    """Decorator: ``@register_task("dlsr", validate=validate_task_config)`` on a ``from_config(task_config)
-    -> Task`` factory. ``validate(task_config)`` raises ``diffjax.tasks.fields.ConfigError`` for a field
-    outside its range; it reads no data and no weights (``build_task`` and the trainer's config check run it)."""
+def register_task(name: str, *, validate: Callable[[Any], None] | None = None, config: type | None = None):
+    """Decorator on a ``from_config(task_config) -> Task`` factory, e.g. ``@register_task("gaussian2d",
+    config=Gaussian2DConfig)``.
+
+    ``config``: the task's typed config (a frozen ``diffjax.tasks.fields.TaskConfig`` dataclass).
+    ``build_task`` builds it once from ``config.task`` (validating every field) and passes the typed
+    config to the factory. ``validate(task_config)`` is the older form: it raises
+    ``diffjax.errors.ConfigError`` for a field outside its range and the factory gets the ConfigDict.
+    Either reads no data and no weights (``build_task`` and the trainer's config check run it)."""
 
     def wrap(factory):
         if name in _REGISTRY and _REGISTRY[name] is not factory:
             raise ValueError(f"task {name!r} registered twice")
         _REGISTRY[name] = factory
-        if validate is not None:
+        if config is not None:
+            _CONFIGS[name] = config
+            _VALIDATORS[name] = config.from_config
+        elif validate is not None:
             _VALIDATORS[name] = validate
         return factory
 
@@ -173,8 +182,12 @@ def build_task(task_config) -> Task:
     A dotted name (``"my_package.my_task"``) names a task module outside diffjax: that module is
     imported and must register the same name with ``@register_task("my_package.my_task")``.
     """
+    name = task_config.name
+    _import_task(name)
+    if name in _CONFIGS:
+        return _REGISTRY[name](_CONFIGS[name].from_config(task_config))
     validate_task_config(task_config)
-    return _REGISTRY[task_config.name](task_config)
+    return _REGISTRY[name](task_config)
 
 
 _PREPARE_CALLS: dict[str, Callable[..., dict]] = {}

@@ -11,6 +11,8 @@ restored (``eval`` / ``sweep`` / ``generate`` / ``score`` with ``--config.task.x
 
 from __future__ import annotations
 
+import dataclasses
+import difflib
 import math
 from typing import Any, Callable, NamedTuple
 
@@ -149,3 +151,71 @@ def check_fields(cfg, table, prefix: str = "task") -> None:
             for key, v in value.items():
                 require(_model_value(v), f"{prefix}.{field}.{key}", v, _MODEL_VALUE.expected)
         require(check.ok(value), f"{prefix}.{field}", value, check.expected)
+
+
+# ----------------------------------------------------------------------------- typed task configs
+
+
+def field(check: Check, default: Any = None, doc: str = "", *, nested: type | None = None):
+    """One field of a ``TaskConfig``: its ``Check``, its default (``None`` = required) and a line of docs.
+    ``nested=SubConfig`` (a ``TaskConfig`` subclass) reads a sub-ConfigDict into that class."""
+    return dataclasses.field(default=default, metadata={"check": check, "doc": doc, "nested": nested})
+
+
+def _frozen(value):
+    """ConfigDict values -> immutable Python values (lists -> tuples)."""
+    if isinstance(value, list):
+        return tuple(_frozen(v) for v in value)
+    return value
+
+
+class TaskConfig:
+    """Base of a task's typed config (levanter-style): a ``@dataclasses.dataclass(frozen=True)``
+    subclass with one attribute per ``config.task`` field, each declared with ``field(check, default,
+    doc)``. ``from_config(config.task)`` builds it once and validates it at construction, before any
+    data, tokenizer or weights load: a field missing from the class (a typo, a field of an old
+    release) or a value outside its range raises ``ConfigError`` with the field, the value and the
+    valid choices. Cross-field rules go in ``check(self)``. The ml_collections config files and
+    ``--config.task.x=...`` overrides stay as they are; the task reads ``cfg.x`` as before."""
+
+    @classmethod
+    def from_config(cls, c, prefix: str = "task"):
+        known = {f.name: f for f in dataclasses.fields(cls)}
+        given = dict(c.items()) if c is not None else {}
+        for key in given:
+            if key not in known:
+                near = difflib.get_close_matches(key, list(known), n=1)
+                hint = f"; did you mean {prefix}.{near[0]}?" if near else ""
+                raise ConfigError(f"config.{prefix}.{key} is not a field of the {cls.__name__}: valid fields are "
+                                  f"{', '.join(sorted(known))}{hint}")
+        values = {}
+        for name, f in known.items():
+            meta = f.metadata
+            if name not in given:
+                if f.default is None and meta.get("check") is not None and not meta["check"].ok(None):
+                    raise ConfigError(f"config.{prefix}.{name} is missing: expected {meta['check'].expected}")
+                values[name] = f.default
+                continue
+            value = given[name]
+            if meta.get("nested") is not None:
+                values[name] = meta["nested"].from_config(value, prefix=f"{prefix}.{name}")
+                continue
+            if meta.get("check") is not None:
+                require(meta["check"].ok(value), f"{prefix}.{name}", value, meta["check"].expected)
+            values[name] = _frozen(value)
+        out = cls(**values)
+        out.check()
+        return out
+
+    def check(self) -> None:
+        """Cross-field rules (``require(...)``); default: none."""
+
+    @classmethod
+    def describe(cls) -> list[tuple[str, str, str]]:
+        """``(field, valid range, doc)`` rows: the schema a user reads."""
+        def valid(meta) -> str:
+            if meta.get("check") is not None:
+                return meta["check"].expected
+            return meta["nested"].__name__ if meta.get("nested") is not None else "see check()"
+
+        return [(f.name, valid(f.metadata), f.metadata.get("doc", "")) for f in dataclasses.fields(cls)]

@@ -9,6 +9,7 @@ same MMD between two independent data draws as the noise floor; plots ``samples.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from typing import Iterator
 
@@ -49,19 +50,37 @@ def rbf_mmd2(x: jax.Array, y: jax.Array, bandwidths=(0.1, 0.3, 1.0, 3.0)) -> jax
     return jnp.mean(k(x, x)) + jnp.mean(k(y, y)) - 2 * jnp.mean(k(x, y))
 
 
-def validate_task_config(c) -> None:
-    """The valid range of every ``config.task`` field (``fields.ConfigError``), before anything runs."""
-    F.check_fields(c, (
-        ("num_components", F.integer(1)), ("radius", F.number(0.0)), ("component_std", F.number(0.0, low_open=True)),
-        ("data_seed", F.integer(0)), ("schedule", F.choice(*GAUSSIAN_KINDS)), ("num_diffusion_steps", F.integer(1)),
-        ("prediction", F.choice("eps", "x0")), ("model.hidden", F.integer(1)), ("model.depth", F.integer(1)),
-        ("model.time_embed_dim", F.integer(2)), ("eval_num_samples", F.integer(2, what="a covariance needs 2")),
-        ("sample_batch_size", F.integer(1)), ("ddim_eta", F.number(0.0, 1.0)),
-        ("clip_x0", F.number(0.0, what="0 = off")),
-    ))
-    T = F.get(c, "num_diffusion_steps")
-    F.check_fields(c, (("ddim_steps", F.integer(1, T if isinstance(T, int) and T >= 1 else None,
-                                                 what="at most task.num_diffusion_steps")),))
+@dataclasses.dataclass(frozen=True)
+class MLPFields(F.TaskConfig):
+    """``config.task.model``: the ``MLPDenoiser``'s sizes."""
+
+    hidden: int = F.field(F.integer(1), 128, "width of each hidden layer")
+    depth: int = F.field(F.integer(1), 3, "hidden layers")
+    time_embed_dim: int = F.field(F.integer(2), 32, "sinusoidal timestep embedding size")
+
+
+@dataclasses.dataclass(frozen=True)
+class Gaussian2DConfig(F.TaskConfig):
+    """``config.task`` of the 2-D Gaussian-mixture DDPM (configs/gaussian2d.py), validated at construction."""
+
+    name: str = F.field(F.choice("gaussian2d"), "gaussian2d")
+    num_components: int = F.field(F.integer(1), 8, "mixture components, means evenly spaced on a circle")
+    radius: float = F.field(F.number(0.0), 2.0, "radius of that circle")
+    component_std: float = F.field(F.number(0.0, low_open=True), 0.15, "each component's isotropic std")
+    data_seed: int = F.field(F.integer(0), 0, "seeds the training draws and the evaluation's data draws")
+    schedule: str = F.field(F.choice(*GAUSSIAN_KINDS), "cosine", "diffusion.schedules.gaussian_schedule kind")
+    num_diffusion_steps: int = F.field(F.integer(1), 200, "T")
+    prediction: str = F.field(F.choice("eps", "x0"), "eps", "what the network predicts")
+    model: MLPFields = F.field(None, MLPFields(), "the denoiser", nested=MLPFields)
+    eval_num_samples: int = F.field(F.integer(2, what="a covariance needs 2"), 2000, "DDIM samples vs data")
+    sample_batch_size: int = F.field(F.integer(1), 1024, "DDIM samples per global batch (mesh-sharded)")
+    ddim_steps: int = F.field(None, 50, "DDIM steps, in [1, num_diffusion_steps] (checked in check())")
+    ddim_eta: float = F.field(F.number(0.0, 1.0), 0.0, "0 = deterministic DDIM, 1 = DDPM-like")
+    clip_x0: float = F.field(F.number(0.0, what="0 = off"), 4.0, "clip x0_hat to [-c, c]")
+
+    def check(self) -> None:
+        F.require(F.integer(1, self.num_diffusion_steps).ok(self.ddim_steps), "task.ddim_steps", self.ddim_steps,
+                  f"an integer in [1, {self.num_diffusion_steps}] (at most task.num_diffusion_steps)")
 
 
 class Gaussian2DTask(Task):
@@ -74,8 +93,6 @@ class Gaussian2DTask(Task):
         self.data_seed = int(cfg.data_seed)
         self.schedule = gaussian_schedule(cfg.schedule, int(cfg.num_diffusion_steps))
         self.prediction = cfg.prediction
-        if self.prediction not in ("eps", "x0"):
-            raise ValueError(f"task.prediction={self.prediction!r}; expected 'eps' or 'x0'.")
         m = cfg.model
         self.model = MLPDenoiser(features=2, hidden=int(m.hidden), depth=int(m.depth),
                                  time_embed_dim=int(m.time_embed_dim),
@@ -176,6 +193,6 @@ class Gaussian2DTask(Task):
         plt.close(fig)
 
 
-@register_task("gaussian2d", validate=validate_task_config)
-def from_config(task_config) -> Gaussian2DTask:
-    return Gaussian2DTask(task_config)
+@register_task("gaussian2d", config=Gaussian2DConfig)
+def from_config(cfg: Gaussian2DConfig) -> Gaussian2DTask:
+    return Gaussian2DTask(cfg)

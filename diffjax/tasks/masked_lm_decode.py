@@ -33,10 +33,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from diffjax.diffusion import discrete_sampling as ds
+from diffjax.diffusion.decoders import unmask_sample
 from diffjax.diffusion.masked import exclude_token_logit, token_log_probs
+from diffjax.runtime import example_keys
+from diffjax.tasks.textgen_task import cut_at
 
 
+LENGTH_MODES = ("head", "fixed")
 LENGTH_SELECT = ("decode_scores", "rescore")
 
 
@@ -92,7 +95,7 @@ def decode_one(model_fn: Callable, length_fn: Callable | None, tokens, prompt_le
 
     kw = dict(decoder_kwargs)
     want_calls = decoder in ("threshold", "block")
-    out = ds.unmask_sample(decoder, logits_fn, x_init.astype(jnp.int32), key, mask_id=mask_id, corruptible=gen,
+    out = unmask_sample(decoder, logits_fn, x_init.astype(jnp.int32), key, mask_id=mask_id, corruptible=gen,
                            return_history=return_history, return_scores=True,
                            **({"return_num_calls": True} if want_calls else {}), **kw)
     x = out[0]
@@ -120,19 +123,9 @@ def decode_batch(model_fn, length_fn, batch, index, rng, **kw):
     calls of the decoder summed over the length beam, plus one per candidate with
     ``length_select="rescore"``; the length head's call is not counted), generated [B] (positions generated) and, with
     ``return_history``, history [B, steps, L]."""
-    keys = jax.vmap(lambda i: jax.random.fold_in(rng, i))(index)
+    keys = example_keys(rng, index)
     return jax.vmap(lambda t, p, k: decode_one(model_fn, length_fn, t, p, k, **kw))(
         batch["tokens"], batch["prompt_length"], keys)
-
-
-def target_ids(tokens: np.ndarray, prompt_length: int, stop_ids) -> list[int]:
-    """The generated ids after the prompt, cut before the first id in ``stop_ids``."""
-    out = []
-    for t in np.asarray(tokens)[int(prompt_length):]:
-        if int(t) in stop_ids:
-            break
-        out.append(int(t))
-    return out
 
 
 def show_steps(tokenizer, history: np.ndarray, prompt_length: int, *, mask_id: int, stop_ids, num_shown: int = 8,
@@ -144,7 +137,7 @@ def show_steps(tokenizer, history: np.ndarray, prompt_length: int, *, mask_id: i
     lines = []
     for s in steps:
         words = []
-        for t in target_ids(history[s], prompt_length, stop_ids - {mask_id}):
+        for t in cut_at(np.asarray(history[s])[int(prompt_length):], stop_ids - {mask_id}):
             words.append(mask_text if t == mask_id else tokenizer.decode([t]))
         text = " ".join(words).replace(" ##", "")
         lines.append(f"step {s + 1:>3}/{n}: {text}")

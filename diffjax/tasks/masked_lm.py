@@ -15,7 +15,9 @@ Config (``config.task``; the configs ``configs/rdm_*.py`` document every field):
   ``zero_shot_tasks`` (instruction tasks evaluated but never trained on).
 * loss: ``loss`` ("rdm" | "elbo"), ``weighting`` (RDM: "reciprocal" | "linear" | "constant"),
   ``num_timesteps`` (T), ``normalize``, ``length_loss_weight`` (CE of the length head, papers.md: 0.1).
-* generation: ``decoder`` ("topk" | "ancestral" | "threshold" | "block"), ``num_steps``, ``greedy``,
+* generation (``tasks/masked_lm_decode.py``; prompts, texts, metrics and ``generate`` of the family in
+  ``tasks/textgen_task.py``): ``decoder`` (``diffusion/decoders.py``: "topk" | "ancestral" | "threshold" |
+  "block"), ``num_steps``, ``greedy``,
   ``temperature``, ``top_p`` (0 = off), ``remask``, ``unmask_schedule``, ``threshold``,
   ``num_blocks``, ``block_inner``, ``length_mode`` ("head" | "fixed"), ``length_beam``,
   ``length_select`` ("decode_scores": the authors' choice among the length beam by the mean decode-time
@@ -30,7 +32,7 @@ accuracy (and the same per instruction task); references are the targets as the 
 them back (lower case for an uncased model), so an exact copy scores 100. ``generate``'s prompts keep at
 most half the ``gen_length`` row (their last tokens: training's truncation policy for a long target), so the
 output always has room; a cut is printed and recorded per prompt (``prompt_truncated``, ``tasks/prompts.py``).
-Every field has a range (``validate_task_config``), checked before anything loads.
+Every field has a range (``validate_task_config``, ``tasks/masked_lm_fields.py``), checked before anything loads.
 """
 
 from __future__ import annotations
@@ -45,8 +47,6 @@ from diffjax.checkpoints import hf_bert
 from diffjax.checkpoints.hf import read_hf_config
 from diffjax.data import instructions
 from diffjax.data.text import Packer, PackingFormat, TextBatcher, TextExamples, load_tokenizer, parse_source, tokenize_cached
-from diffjax.data.text.cache import RaggedTokens, TokenizedExamples, tokenize
-from diffjax.data.text.packing import plan_lengths
 from diffjax.diffusion import decoders
 from diffjax.diffusion.masked import masked_diffusion_elbo, rdm_loss
 from diffjax.evaluation import text_metrics
@@ -81,12 +81,12 @@ class MaskedLMTask(TextGenTask):
 
     def __init__(self, cfg):
         self.cfg = cfg
-        self.tokenizer = load_tokenizer(cfg.tokenizer or cfg.model_dir)
-        tok = self.tokenizer
+        self.tokenizer = self.tok = tok = load_tokenizer(cfg.tokenizer or cfg.model_dir)
         if tok.mask_id is None:
             raise ValueError(f"tokenizer of {cfg.tokenizer or cfg.model_dir} has no [MASK] token: a masked diffusion LM needs one")
         self.fmt = PackingFormat.for_tokenizer(tok, "bert")
         self.mask_id, self.pad_id, self.sep_id = tok.mask_id, self.fmt.pad_id, self.fmt.end_id
+        self.stop_ids = {self.sep_id, self.pad_id}  # an output ends at the first [SEP] / [PAD]
         overrides = dict(cfg.model.to_dict()) if cfg.model is not None else {}
         self.model = hf_bert.model_from_hf_config(read_hf_config(cfg.model_dir), mlm_head=True, use_pooler=False,
                                                   length_max=int(cfg.length_max), **overrides)
@@ -171,37 +171,11 @@ class MaskedLMTask(TextGenTask):
 
     # ------------------------------------------------------------------ generation (TextGenTask hooks)
     @property
-    def tok(self):
-        return self.tokenizer
-
-    @property
     def decoder(self) -> str:
         return self.cfg.decoder
 
-    @property
-    def stop_ids(self) -> set:
-        return {self.sep_id, self.pad_id}
-
     def _decode_kw(self, return_history: bool) -> dict:
-        c = self.cfg
-        mode = c.length_mode
-        if mode not in dec.LENGTH_MODES:
-            raise ValueError(f"task.length_mode={mode!r}: use one of {dec.LENGTH_MODES}")
-        if mode == "head" and not c.length_max:
-            raise ValueError("task.length_mode='head' needs task.length_max > 0 (a length head)")
-        if c.length_select not in dec.LENGTH_SELECT:
-            raise ValueError(f"task.length_select={c.length_select!r}: use one of {dec.LENGTH_SELECT}")
-        # Special tokens the target never holds inside its text (PAD, CLS / BOS, UNK; and SEP when the
-        # length head fixes where the closing SEP goes) are not generated.
-        # In fixed mode the slots after the closing SEP are trained to hold PAD (padding_as_target), so PAD
-        # stays allowed there and the output is cut at the first SEP or PAD.
-        specials = {self.tokenizer.cls_id, self.tokenizer.bos_id, getattr(self.tokenizer.hf, "unk_token_id", None)}
-        if mode == "head":
-            specials |= {self.sep_id, self.tokenizer.pad_id}
-        banned = tuple(sorted(int(i) for i in specials if i is not None and i != self.mask_id))
-        return dict(mask_id=self.mask_id, sep_id=self.sep_id, pad_id=self.pad_id, decoder=c.decoder, banned_ids=banned,
-                    decoder_kwargs=decoders.sampler_kwargs(c.decoder, c), length_mode=mode, length_beam=int(c.length_beam),
-                    length_select=c.length_select, length_max=int(c.length_max), return_history=return_history)
+        return dec.decode_options(self.cfg, self.tokenizer, self.fmt, return_history)
 
     @functools.lru_cache(maxsize=4)
     def decode_program(self, return_history: bool):
@@ -215,25 +189,7 @@ class MaskedLMTask(TextGenTask):
         return jax.jit(run)
 
     def _pack_prompts(self, examples: TextExamples) -> dict:
-        """Prompts (``examples.prompts``) packed into rows of ``gen_length`` slots -> the packed fields plus
-        ``prompt_tokens_in`` / ``prompt_tokens_kept`` [N]. A prompt keeps what training's truncation policy
-        (``data.text.packing``) keeps of the prompt of an example whose target fills the row: at most
-        half the row, its last tokens; the rest of the row is the output's. A row left with fewer than 2
-        output slots is an error naming the prompt."""
-        L, n = int(self.cfg.gen_length), len(examples)
-        tokenized = tokenize(TextExamples(examples.name, list(examples.prompts), [""] * n), self.tokenizer)
-        lp = tokenized.prompt.lengths
-        keep = plan_lengths(lp, np.full(n, L, np.int64), self.fmt, L)[0]
-        kept = RaggedTokens.from_lists([tokenized.prompt[i][len(tokenized.prompt[i]) - int(keep[i]):] for i in range(n)])
-        packed = Packer(TokenizedExamples(kept, tokenized.target, "", examples.name), self.fmt, (L,)).pack(np.arange(n), L)
-        for i in range(n):
-            room = L - int(packed["prompt_length"][i])
-            if room < 2:
-                raise prompt_lib.no_room(i, examples.prompts[i], lp[i], (
-                    f"it leaves {room} of config.task.gen_length={L} slots for the output (needs >= 2); shorten the "
-                    f"prompt or raise --config.task.gen_length"))
-        packed["prompt_tokens_in"], packed["prompt_tokens_kept"] = lp.astype(np.int64), keep.astype(np.int64)
-        return packed
+        return dec.pack_prompts(examples, self.tokenizer, self.fmt, int(self.cfg.gen_length))
 
     _program = decode_program  # (its lru_cache: ``_program.cache_clear()``)
 

@@ -1,4 +1,5 @@
-"""Generation for paper 002's masked diffusion LM: length choice, the jitted decoding program over a
+"""Generation for paper 002's masked diffusion LM: prompts packed into ``gen_length`` rows (``pack_prompts``),
+the decoder's options from the config (``decode_options``), length choice, the jitted decoding program over a
 batch of prompts, and the text of a trajectory (``--show_steps``). Used by ``diffjax.tasks.masked_lm``.
 
 One example (vmapped over the batch, with its own key ``fold_in(rng, global index)`` so outputs do not
@@ -33,9 +34,14 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from diffjax.data.text import Packer, TextExamples
+from diffjax.data.text.cache import RaggedTokens, TokenizedExamples, tokenize
+from diffjax.data.text.packing import plan_lengths
+from diffjax.diffusion import decoders
 from diffjax.diffusion.decoders import unmask_sample
 from diffjax.diffusion.masked import exclude_token_logit, token_log_probs
 from diffjax.runtime import example_keys
+from diffjax.tasks import prompts as prompt_lib
 from diffjax.tasks.textgen_task import cut_at
 
 
@@ -126,6 +132,53 @@ def decode_batch(model_fn, length_fn, batch, index, rng, **kw):
     keys = example_keys(rng, index)
     return jax.vmap(lambda t, p, k: decode_one(model_fn, length_fn, t, p, k, **kw))(
         batch["tokens"], batch["prompt_length"], keys)
+
+
+def decode_options(cfg, tokenizer, fmt, return_history: bool) -> dict:
+    """``decode_batch``'s keyword arguments from ``config.task``: the decoder and its options
+    (``diffusion/decoders.py``), the length rule, and the special ids never generated."""
+    c = cfg
+    mode = c.length_mode
+    if mode not in LENGTH_MODES:
+        raise ValueError(f"task.length_mode={mode!r}: use one of {LENGTH_MODES}")
+    if mode == "head" and not c.length_max:
+        raise ValueError("task.length_mode='head' needs task.length_max > 0 (a length head)")
+    if c.length_select not in LENGTH_SELECT:
+        raise ValueError(f"task.length_select={c.length_select!r}: use one of {LENGTH_SELECT}")
+    mask_id, sep_id = tokenizer.mask_id, fmt.end_id
+    # Special tokens the target never holds inside its text (PAD, CLS / BOS, UNK; and SEP when the
+    # length head fixes where the closing SEP goes) are not generated.
+    # In fixed mode the slots after the closing SEP are trained to hold PAD (padding_as_target), so PAD
+    # stays allowed there and the output is cut at the first SEP or PAD.
+    specials = {tokenizer.cls_id, tokenizer.bos_id, getattr(tokenizer.hf, "unk_token_id", None)}
+    if mode == "head":
+        specials |= {sep_id, tokenizer.pad_id}
+    banned = tuple(sorted(int(i) for i in specials if i is not None and i != mask_id))
+    return dict(mask_id=mask_id, sep_id=sep_id, pad_id=fmt.pad_id, decoder=c.decoder, banned_ids=banned,
+                decoder_kwargs=decoders.sampler_kwargs(c.decoder, c), length_mode=mode, length_beam=int(c.length_beam),
+                length_select=c.length_select, length_max=int(c.length_max), return_history=return_history)
+
+
+def pack_prompts(examples, tokenizer, fmt, length: int) -> dict:
+    """Prompts (``examples.prompts``) packed into rows of ``length`` (``gen_length``) slots -> the packed fields
+    plus ``prompt_tokens_in`` / ``prompt_tokens_kept`` [N]. A prompt keeps what training's truncation policy
+    (``data.text.packing``) keeps of the prompt of an example whose target fills the row: at most
+    half the row, its last tokens; the rest of the row is the output's. A row left with fewer than 2
+    output slots is an error naming the prompt."""
+    L, n = int(length), len(examples)
+    tokenized = tokenize(TextExamples(examples.name, list(examples.prompts), [""] * n), tokenizer)
+    lp = tokenized.prompt.lengths
+    keep = plan_lengths(lp, np.full(n, L, np.int64), fmt, L)[0]
+    kept = RaggedTokens.from_lists([tokenized.prompt[i][len(tokenized.prompt[i]) - int(keep[i]):] for i in range(n)])
+    packed = Packer(TokenizedExamples(kept, tokenized.target, "", examples.name), fmt, (L,)).pack(np.arange(n), L)
+    for i in range(n):
+        room = L - int(packed["prompt_length"][i])
+        if room < 2:
+            raise prompt_lib.no_room(i, examples.prompts[i], lp[i], (
+                f"it leaves {room} of config.task.gen_length={L} slots for the output (needs >= 2); shorten the "
+                f"prompt or raise --config.task.gen_length"))
+    packed["prompt_tokens_in"], packed["prompt_tokens_kept"] = lp.astype(np.int64), keep.astype(np.int64)
+    return packed
 
 
 def show_steps(tokenizer, history: np.ndarray, prompt_length: int, *, mask_id: int, stop_ids, num_shown: int = 8,

@@ -39,14 +39,8 @@ def stage_config(config, stage: int, steps: int, lr: float, init_from: str, fiel
     """A copy of ``config`` for one stage: ``task.stage``, ``train.num_steps``, ``optimizer.learning_rate``,
     ``init_from`` and ``fields`` ({"a.b": value}) set."""
     c = config.copy_and_resolve_references()
-    values = {"task.stage": stage, "train.num_steps": steps, "optimizer.learning_rate": lr, "init_from": init_from,
-              **(fields or {})}
-    for path, value in values.items():
-        *parents, leaf = path.split(".")
-        node = c
-        for p in parents:
-            node = node[p]
-        node[leaf] = value
+    c.update_from_flattened_dict({"task.stage": stage, "train.num_steps": steps, "optimizer.learning_rate": lr,
+                                  "init_from": init_from, **(fields or {})})
     return c
 
 

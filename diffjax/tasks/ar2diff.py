@@ -58,9 +58,6 @@ _pretrained = functools.lru_cache(maxsize=2)(load_pretrained)  # (model, params)
 _tokenizer = functools.lru_cache(maxsize=4)(load_tokenizer)
 
 
-# ----------------------------------------------------------------------------- the task
-
-
 class AR2DiffTask(TextGenTask):
     """See the module docstring; ``cfg`` = ``config.task``."""
 
@@ -178,13 +175,9 @@ class AR2DiffTask(TextGenTask):
 
     # ------------------------------------------------------------------ TextGenTask hooks
 
-    def decode_program(self, show: bool):
-        return dec.decode_program(self, show)
-
+    decode_program = dec.decode_program  # (task, show) -> the jitted program of self.decoder
     _decode = TextGenTask.decode
-
-    def _fit_prompts(self, prompts: list[str]):
-        return dec.fit_prompts(self, prompts)
+    _fit_prompts = dec.fit_prompts  # (task, prompts) -> (row ids, cut records)
 
     def _encode_prompts(self, prompts: list[str]) -> list[list[int]]:
         return self._fit_prompts(prompts)[0]

@@ -4,14 +4,14 @@
 ``"squad"`` (tfds ``squad``: prompt = question + context, target = the first answer; EM / F1).
 Set the paths on the command line (nothing is downloaded; tfds data must be prepared as array_record)::
 
-    python -m diffjax.tasks.ar2diff_pipeline --config=configs/ar2diff_full.py:squad --root=/ckpt/ar2diff_squad \\
-        --set task.model_source=/models/Qwen2.5-0.5B --set task.tokenizer=/models/Qwen2.5-0.5B \\
-        --set task.stage2.data_dir=/data/tfds --set task.stage3.data_dir=/data/tfds
+    python -m diffjax pipeline --config=configs/ar2diff_full.py:squad --root=/ckpt/ar2diff_squad \\
+        --config.task.model_source=/models/Qwen2.5-0.5B --config.task.tokenizer=/models/Qwen2.5-0.5B \\
+        --config.task.stage2.data_dir=/data/tfds --config.task.stage3.data_dir=/data/tfds
 
 Stage 1 = the HF checkpoint itself (0 steps; ``model_source`` seeds stage 2); stage 2 = N = 10k steps
 of diffusion continued pretraining on C4-style text (tfds ``c4/en``, prefix-LM split in half), switched
 straight to bidirectional attention as paper 001 does; stage 3 = finetuning (paper 001: lr 1e-4).
-DiffuLLaMA's options stay available: ``--set task.logit_shift=True --set task.anneal_steps=1000``
+DiffuLLaMA's options stay available: ``--config.task.logit_shift=True --config.task.anneal_steps=1000``
 (attention-mask annealing over 1k steps and the logit shift of HKUNLP/DiffuLLaMA, not paper 001's).
 Batch 64 x 256 tokens (SQuAD: 512), bf16-friendly remat, Megatron rules over the "model" axis.
 """

@@ -1,8 +1,8 @@
 """AR2Diff (papers.md 001) on the real SmolLM2-135M-Instruct weights (GGUF, Q4_1 dequantised) and
-embedded text, on CPU. Run all stages with one command (``diffjax/tasks/ar2diff_pipeline.py``)::
+embedded text, on CPU. Run all stages with one command (``python -m diffjax pipeline``, ``diffjax/train/pipeline.py``)::
 
-    python -m diffjax.tasks.ar2diff_pipeline --config=configs/ar2diff_smollm2_demo.py --root=/tmp/ar2diff
-    python -m diffjax.tasks.ar2diff_pipeline --config=configs/ar2diff_smollm2_demo.py --root=/tmp/ar2diff --compare
+    python -m diffjax pipeline --config=configs/ar2diff_smollm2_demo.py --root=/tmp/ar2diff
+    python -m diffjax pipeline --config=configs/ar2diff_smollm2_demo.py --root=/tmp/ar2diff --compare
 
 or one stage by hand (``task.stage`` picks it; ``init_from`` chains the workdirs)::
 

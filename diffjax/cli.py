@@ -1,4 +1,5 @@
-"""``python -m diffjax {train,eval,sweep,generate,score,demo} --config=configs/NAME.py[:arg] --workdir=DIR [--config.x=y]``.
+"""``python -m diffjax {train,eval,sweep,generate,score,demo} --config=configs/NAME.py[:arg] --workdir=DIR [--config.x=y]``
+and ``python -m diffjax pipeline --config=... --root=DIR [--compare] [--arms=...] [--stage2_eval_every=N]``.
 
 * ``train``: train / resume the run in DIR (``diffjax.train.trainer.train``).
 * ``eval``: ``task.evaluate`` on DIR's latest checkpoint -> ``DIR/results.json``.
@@ -7,6 +8,8 @@
   and ``--show_steps`` (print the denoising trajectory); without prompts the task uses its own.
 * ``score``: ``task.score`` on new inputs, ``--inputs=PATH`` (a file or folder), rows written to
   ``--output=FILE`` (.csv or .jsonl; default in DIR) -> ``DIR/score.json`` (a summary).
+* ``pipeline``: AR2Diff's stages (or with ``--compare`` its comparison arms) under ``--root=DIR``, each trained
+  in this process (``diffjax.train.pipeline``); ``--config.`` overrides apply to every stage.
 * ``demo``: train, eval, then sweep if the task has one; ``--config`` defaults to ``configs/demo.py``
   and ``--workdir`` to ``workdirs/demo``.
 
@@ -25,11 +28,13 @@ import sys
 from absl import flags
 from ml_collections import config_flags
 
-COMMANDS = ("train", "eval", "sweep", "generate", "score", "demo")
+COMMANDS = ("train", "eval", "sweep", "generate", "score", "demo", "pipeline")
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 USAGE = ("usage: python -m diffjax {" + ",".join(COMMANDS) + "} --config=configs/NAME.py[:arg] "
          "--workdir=DIR [--config.field=value ...] [generate: --prompt=TEXT ... | --prompts_file=FILE] "
-         "[--show_steps] [score: --inputs=PATH [--output=FILE]]")
+         "[--show_steps] [score: --inputs=PATH [--output=FILE]]\n"
+         "       python -m diffjax pipeline --config=configs/NAME.py[:arg] --root=DIR [--compare] [--arms=A,B] "
+         "[--stage2_eval_every=N] [--config.field=value ...]")
 
 
 class UsageError(Exception):
@@ -161,6 +166,10 @@ def parse_command(argv: list[str]):
     flags.DEFINE_boolean("show_steps", False, "generate: print the denoising trajectory", flag_values=fv)
     flags.DEFINE_string("inputs", None, "score: a file or folder of inputs to score", flag_values=fv)
     flags.DEFINE_string("output", None, "score: where to write the rows (.csv or .jsonl)", flag_values=fv)
+    flags.DEFINE_string("root", None, "pipeline: the directory of the stage workdirs", flag_values=fv)
+    flags.DEFINE_boolean("compare", False, "pipeline: run the comparison arms instead of one chain", flag_values=fv)
+    flags.DEFINE_string("arms", "ar,ar2diff,n0,scratch,scratch2", "pipeline --compare: the arms", flag_values=fv)
+    flags.DEFINE_integer("stage2_eval_every", 5, "pipeline --compare: stage-2 eval interval", flag_values=fv)
     try:
         fv(full)
     except (KeyError, AttributeError) as e:
@@ -168,6 +177,14 @@ def parse_command(argv: list[str]):
     except flags.Error as e:
         msg = _unknown_override_message(config_value, norm)
         raise UsageError(msg or f"{e}\n{USAGE}") from e
+    pipeline_opts = bool(fv.root or fv.compare)
+    if pipeline_opts and command != "pipeline":
+        raise UsageError(f"--root / --compare belong to 'pipeline', not {command!r}")
+    if command == "pipeline":
+        if not fv.root or fv.workdir:
+            raise UsageError(f"pipeline takes --root=DIR (the stage workdirs go under it), not --workdir\n{USAGE}")
+        return command, fv.config, fv.root, {"compare_arms": bool(fv.compare), "stage2_eval_every": fv.stage2_eval_every,
+                                             "arms": tuple(a for a in fv.arms.split(",") if a)}
     if not fv.workdir:
         raise UsageError(f"--workdir is required\n{USAGE}")
     method_kwargs = {}
@@ -234,6 +251,10 @@ def _run(command: str, config, workdir: str, method_kwargs: dict) -> None:
     maybe_initialize_distributed(config.distributed)  # before anything touches a JAX backend
     if command == "train":
         trainer.train(config, workdir)
+    elif command == "pipeline":  # workdir = --root
+        from diffjax.train.pipeline import run_pipeline
+
+        run_pipeline(config, workdir, **method_kwargs)
     elif command == "eval":
         trainer.run_task_method(config, workdir, "evaluate")
     elif command in ("sweep", "generate", "score"):

@@ -31,7 +31,7 @@ def _log_softmax(x):
 
 
 def test_prefix_and_diffusion_masks_are_the_stated_patterns():
-    from diffjax.tasks.ar2diff import diffusion_attention_mask
+    from diffjax.tasks.ar2diff_model import diffusion_attention_mask
 
     L, pl = 6, np.array([2, 4])
     got = np.asarray(llama_lib.make_attention_mask("prefix", jnp.arange(L), jnp.arange(L), None, jnp.asarray(pl)))

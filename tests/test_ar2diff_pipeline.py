@@ -29,8 +29,8 @@ def _cfg(tmp, stage, steps, init_from="", eval_at_end=False):
 
 @pytest.mark.slow  # three tiny trainings + one resume: ~40 s on 2 idle cores, several minutes under heavy load
 def test_stages_chain_and_resume(tmp_path):
-    from diffjax.tasks.ar2diff_pipeline import table
-    from diffjax.tasks.ar2diff_plots import plot_runs
+    from diffjax.train.pipeline import table
+    from diffjax.train.loss_plots import plot_runs
     from diffjax.train import trainer
 
     s1, s2 = str(tmp_path / "s1"), str(tmp_path / "s2")
@@ -53,3 +53,40 @@ def test_stages_chain_and_resume(tmp_path):
     md = table({"total_steps": 2, "stage2_steps": 1, "stage3_steps": 1,
                 "arms": {"n0": {"decoder": "refine", "exact_match": 0.5, "bleu": 1.0, "heldout_loss": 2.0}}})
     assert "| n0 | 2 | refine | 0.500 |" in md
+
+
+def test_pipeline_verb_runs_the_stages_in_process(tmp_path, monkeypatch):
+    """``python -m diffjax pipeline``: each stage is ``trainer.train`` in this process with the stage's fields and
+    ``init_from`` the previous workdir; a stage with results.json is skipped (resume); no subprocess."""
+    import subprocess
+
+    from diffjax import cli
+    from diffjax.train import pipeline, trainer
+
+    calls = []
+
+    def fake_train(config, workdir, **kw):
+        calls.append((workdir, int(config.task.stage), int(config.train.num_steps), config.init_from,
+                      bool(config.task.eval_decode), config.task.cache_dir))
+        os.makedirs(workdir, exist_ok=True)
+        with open(os.path.join(workdir, "results.json"), "w") as f:
+            json.dump({"heldout_loss": 1.0}, f)
+
+    def no_subprocess(*a, **k):
+        raise AssertionError("the pipeline shells out")
+
+    monkeypatch.setattr(trainer, "train", fake_train)
+    monkeypatch.setattr(subprocess, "run", no_subprocess)
+    root = str(tmp_path / "root")
+    argv = ["diffjax", "pipeline", f"--config={CONFIG}:tiny", f"--root={root}", "--config.task.cache_dir=/tmp/c"]
+    assert cli.main(argv) == 0
+    t = _load_config_file(CONFIG + ":tiny").task
+    assert calls == [
+        (f"{root}/stage1", 1, int(t.stage1.steps), "", True, "/tmp/c"),
+        (f"{root}/stage2", 2, int(t.stage2.steps), f"{root}/stage1", False, "/tmp/c"),
+        (f"{root}/stage3", 3, int(t.stage3.steps), f"{root}/stage2", True, "/tmp/c")]
+    assert json.load(open(f"{root}/stage3/results.json"))["wall_seconds"] >= 0
+    calls.clear()
+    assert cli.main(argv) == 0 and calls == []  # every stage done: all skipped
+    assert pipeline.ARMS == ("ar", "ar2diff", "n0", "scratch", "scratch2")
+    assert cli.main(["diffjax", "pipeline", f"--config={CONFIG}:tiny", f"--workdir={root}"]) == 2  # --root, not --workdir

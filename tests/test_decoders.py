@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from diffjax.diffusion import discrete_sampling as ds
+from diffjax.diffusion.decoders import unmask_sample
 from tests.test_discrete_sampling import MASK, V, setup, shifting_fn, random_fn
 
 ALL = {
@@ -26,7 +27,7 @@ ALL = {
 def _run(kind, fn, x0, corr, valid, rng, **extra):
     kw = dict(ALL[kind])
     name = "block" if kind.startswith("block") else kind.split("_")[0]
-    return ds.unmask_sample(name, fn, x0, rng, mask_id=MASK, corruptible=corr, valid=valid, **kw, **extra)
+    return unmask_sample(name, fn, x0, rng, mask_id=MASK, corruptible=corr, valid=valid, **kw, **extra)
 
 
 @pytest.mark.parametrize("kind", sorted(ALL))
@@ -215,6 +216,6 @@ def test_top_p_tiny_equals_greedy_and_errors():
                                    valid=valid, greedy=False, top_p=1e-6, temperature=5.0)
     np.testing.assert_array_equal(np.asarray(g), np.asarray(s))
     with pytest.raises(ValueError, match="unknown decoder"):
-        ds.unmask_sample("beam", random_fn, x0, jax.random.PRNGKey(0), mask_id=MASK)
+        unmask_sample("beam", random_fn, x0, jax.random.PRNGKey(0), mask_id=MASK)
     with pytest.raises(ValueError, match="inner"):
         ds.block_unmask_sample(random_fn, x0, jax.random.PRNGKey(0), mask_id=MASK, inner="block")

@@ -163,7 +163,7 @@ def test_instruction_jsonl_with_template_and_per_task_zero_shot(small_dir, tmp_p
 
 def test_eval_cap_keeps_every_task():
     """A capped evaluation set takes the tasks in turn (a big first task must not crowd the others out)."""
-    from diffjax.tasks.masked_lm import balanced_indices
+    from diffjax.data.instructions import balanced_indices
 
     tasks = ["sentiment"] * 300 + ["reverse"] * 20 + ["copy"] * 20
     idx = balanced_indices(tasks, 30)

@@ -145,3 +145,15 @@ def read_instruction_jsonl(path: str, *, template: str = "{inputs}", target_fiel
     if not records:
         raise ValueError(f"{path} holds no records")
     return apply_template(records, template, target_field, source=path), tasks
+
+
+def balanced_indices(tasks: list[str], max_examples: int) -> np.ndarray:
+    """Sorted indices of at most ``max_examples`` examples, taking the tasks in turn (each task's first
+    examples, in order), so a cap on the evaluation set keeps every task: a large task listed first
+    (the embedded set's sentiment) would otherwise fill it. One task: ``arange(min(n, max_examples))``."""
+    by_task: dict[str, list[int]] = {}
+    for i, t in enumerate(tasks):
+        by_task.setdefault(t, []).append(i)
+    order = [ids[k] for k in range(max((len(v) for v in by_task.values()), default=0))
+             for ids in by_task.values() if k < len(ids)]
+    return np.sort(np.asarray(order[:max(int(max_examples), 0)], np.int64))

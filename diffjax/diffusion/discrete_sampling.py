@@ -9,7 +9,7 @@
   ``lax.while_loop`` that stops as soon as nothing is masked.
 * ``block_unmask_sample`` — semi-autoregressive block decoding (LLaDA style): the generated span is
   cut into blocks decoded left to right, any of the absorbing decoders above inside a block.
-* ``unmask_sample(name, ...)`` — one entry point by decoder name (``DECODERS``).
+* the decoders by name, with the config fields each takes: ``diffusion/decoders.py``.
 
 Conventions: ``x_init: [B, L] int`` holds the prompt / source at non-generated positions (its
 values at generated positions are ignored); ``corruptible: [B, L] bool`` marks the positions to
@@ -370,6 +370,10 @@ def threshold_unmask_sample(
     return _outputs(x, hist, sc, calls, return_history, return_scores, return_num_calls)
 
 
+BLOCK_INNER = {"topk": topk_unmask_sample, "ancestral": ancestral_unmask_sample,
+               "threshold": threshold_unmask_sample}  # the decoders block decoding runs inside a block
+
+
 def block_unmask_sample(
     logits_fn: LogitsFn,
     x_init: jax.Array,
@@ -402,7 +406,7 @@ def block_unmask_sample(
     _check(x_init, num_steps)
     if not isinstance(num_blocks, int) or num_blocks < 1:
         raise ValueError(f"num_blocks must be a Python int >= 1; got {num_blocks!r}.")
-    if inner not in ("topk", "ancestral", "threshold"):
+    if inner not in BLOCK_INNER:
         raise ValueError(f"inner={inner!r} is not 'topk', 'ancestral' or 'threshold'.")
     B = x_init.shape[0]
     gen = combine_masks(corruptible, valid, x_init.shape)
@@ -410,7 +414,7 @@ def block_unmask_sample(
     rank = jnp.cumsum(gen, axis=-1) - 1
     block_id = jnp.where(gen, (rank * num_blocks) // n_gen, -1)
     x = jnp.where(gen, mask_id, x_init).astype(jnp.int32)
-    fn = DECODERS[inner]
+    fn = BLOCK_INNER[inner]
     extra = {"return_num_calls": True} if inner == "threshold" else {}
 
     def step(carry, inp):
@@ -431,22 +435,3 @@ def block_unmask_sample(
         hist = hist.reshape((-1,) + hist.shape[2:])
     return _outputs(x, hist, sc, jnp.sum(calls, axis=0), return_history, return_scores, return_num_calls)
 
-
-DECODERS = {
-    "topk": topk_unmask_sample,
-    "ancestral": ancestral_unmask_sample,
-    "threshold": threshold_unmask_sample,
-    "block": block_unmask_sample,
-}
-
-
-def unmask_sample(name: str, logits_fn: LogitsFn, x_init: jax.Array, rng: jax.Array, **kwargs):
-    """``DECODERS[name](logits_fn, x_init, rng, **kwargs)`` with a readable error for an unknown name.
-
-    Every decoder takes ``mask_id``, ``num_steps``, ``corruptible``, ``valid``, ``temperature``,
-    ``greedy``, ``top_p``, ``return_history`` and ``return_scores`` (block decoding passes the token-choice ones to its
-    inner decoder); see each one for its own options.
-    """
-    if name not in DECODERS:
-        raise ValueError(f"unknown decoder {name!r}; choose one of {sorted(DECODERS)}.")
-    return DECODERS[name](logits_fn, x_init, rng, **kwargs)

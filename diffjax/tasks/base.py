@@ -106,13 +106,9 @@ class Task(abc.ABC):
         """The params of a pretrained model (local HF dir or ``.gguf`` file) placed in this task's
         params tree, for ``config.init_from``; a partial tree is fine (missing paths keep their fresh
         init and are listed). Default: the model's own params tree, as loaded."""
-        if path.endswith(".gguf"):
-            from diffjax.checkpoints.gguf import load_gguf_checkpoint
+        from diffjax.checkpoints.pretrained import load_pretrained
 
-            return load_gguf_checkpoint(path)[1]
-        from diffjax.checkpoints.hf import load_hf_checkpoint
-
-        return load_hf_checkpoint(path)[1]
+        return load_pretrained(path)[1]
 
     def batch_spec(self) -> Mapping[str, Any] | None:
         """Per-field batch partition specs; None = every field sharded over "data" on axis 0."""

@@ -15,7 +15,9 @@ Config (``config.task``; the configs ``configs/rdm_*.py`` document every field):
   ``zero_shot_tasks`` (instruction tasks evaluated but never trained on).
 * loss: ``loss`` ("rdm" | "elbo"), ``weighting`` (RDM: "reciprocal" | "linear" | "constant"),
   ``num_timesteps`` (T), ``normalize``, ``length_loss_weight`` (CE of the length head, papers.md: 0.1).
-* generation: ``decoder`` ("topk" | "ancestral" | "threshold" | "block"), ``num_steps``, ``greedy``,
+* generation (``tasks/masked_lm_decode.py``; prompts, texts, metrics and ``generate`` of the family in
+  ``tasks/textgen_task.py``): ``decoder`` (``diffusion/decoders.py``: "topk" | "ancestral" | "threshold" |
+  "block"), ``num_steps``, ``greedy``,
   ``temperature``, ``top_p`` (0 = off), ``remask``, ``unmask_schedule``, ``threshold``,
   ``num_blocks``, ``block_inner``, ``length_mode`` ("head" | "fixed"), ``length_beam``,
   ``length_select`` ("decode_scores": the authors' choice among the length beam by the mean decode-time
@@ -30,13 +32,12 @@ accuracy (and the same per instruction task); references are the targets as the 
 them back (lower case for an uncased model), so an exact copy scores 100. ``generate``'s prompts keep at
 most half the ``gen_length`` row (their last tokens: training's truncation policy for a long target), so the
 output always has room; a cut is printed and recorded per prompt (``prompt_truncated``, ``tasks/prompts.py``).
-Every field has a range (``validate_task_config``), checked before anything loads.
+Every field has a range (``validate_task_config``, ``tasks/masked_lm_fields.py``), checked before anything loads.
 """
 
 from __future__ import annotations
 
 import functools
-import time
 
 import jax
 import jax.numpy as jnp
@@ -46,78 +47,14 @@ from diffjax.checkpoints import hf_bert
 from diffjax.checkpoints.hf import read_hf_config
 from diffjax.data import instructions
 from diffjax.data.text import Packer, PackingFormat, TextBatcher, TextExamples, load_tokenizer, parse_source, tokenize_cached
-from diffjax.data.text.cache import RaggedTokens, TokenizedExamples, tokenize
-from diffjax.data.text.packing import plan_lengths
-from diffjax.diffusion import discrete_sampling
-from diffjax.diffusion.masked import NORMALIZATIONS, RDM_WEIGHTINGS, masked_diffusion_elbo, rdm_loss
+from diffjax.diffusion import decoders
+from diffjax.diffusion.masked import masked_diffusion_elbo, rdm_loss
 from diffjax.evaluation import text_metrics
-from diffjax.tasks import fields as F
 from diffjax.tasks import masked_lm_decode as dec
 from diffjax.tasks import prompts as prompt_lib
-from diffjax.tasks.base import Task, register_task
-
-DECODER_OPTIONS = {  # decoder -> the config fields it takes
-    "topk": ("num_steps", "greedy", "temperature", "top_p", "remask", "unmask_schedule"),
-    "ancestral": ("num_steps", "greedy", "temperature", "top_p"),
-    "threshold": ("num_steps", "greedy", "temperature", "top_p", "threshold"),
-    "block": ("num_steps", "greedy", "temperature", "top_p", "num_blocks"),
-}
-
-
-def decoder_kwargs(cfg) -> dict:
-    """The ``discrete_sampling`` keyword arguments of ``cfg.decoder`` from the task config."""
-    if cfg.decoder not in DECODER_OPTIONS:
-        raise ValueError(f"task.decoder={cfg.decoder!r}: choose one of {sorted(DECODER_OPTIONS)}")
-    kw = {k: cfg[k] for k in DECODER_OPTIONS[cfg.decoder]}
-    kw["num_steps"] = int(kw["num_steps"])
-    kw["top_p"] = float(kw["top_p"]) or None
-    if cfg.decoder == "block":
-        kw["num_blocks"] = int(kw["num_blocks"])
-        kw["inner"] = cfg.block_inner
-        if cfg.block_inner == "threshold":
-            kw["threshold"] = float(cfg.threshold)
-        if cfg.block_inner == "topk":
-            kw["remask"], kw["unmask_schedule"] = bool(cfg.remask), cfg.unmask_schedule
-    return kw
-
-
-MIN_LENGTH = 5  # [CLS] prompt [SEP] target [SEP]: a bucket / gen_length holds one prompt and one target token
-
-
-def validate_task_config(c) -> None:
-    """The valid range of every ``config.task`` field (``fields.ConfigError``); reads no data or weights."""
-    F.check_fields(c, (
-        ("model_dir", F.text()), ("tokenizer", F.text()), ("model", F.mapping()),
-        ("length_max", F.integer(0, what="0 = no length head")), ("dropout", F.boolean()),
-        ("data", F.text()), ("data_dir", F.text()), ("split", F.text(nonempty=True)),
-        ("eval_split", F.text(nonempty=True)), ("prompt_field", F.text()), ("target_field", F.text()),
-        ("prompt_template", F.text()), ("max_words", F.integer(4, what="instruction headlines have 4..max_words words")),
-        ("max_per_task", F.integer(0, what="0 = all")), ("max_examples", F.integer(0, what="0 = all")),
-        ("zero_shot_tasks", F.texts()), ("buckets", F.lengths(MIN_LENGTH)), ("cache_dir", F.text()),
-        ("seed", F.integer(0)),
-        ("loss", F.choice("rdm", "elbo")), ("weighting", F.choice(*RDM_WEIGHTINGS)), ("num_timesteps", F.integer(1)),
-        ("normalize", F.choice(*NORMALIZATIONS)), ("length_loss_weight", F.number(0.0)),
-        ("decoder", F.choice(*DECODER_OPTIONS)), ("num_steps", F.integer(1)), ("greedy", F.boolean()),
-        ("temperature", F.number(0.0, low_open=True)), ("top_p", F.number(0.0, 1.0, what="0 = off")),
-        ("remask", F.boolean()),
-        ("unmask_schedule", F.choice(*getattr(discrete_sampling, "UNMASK_SCHEDULES", ("linear", "cosine")))),
-        ("threshold", F.number(0.0, 1.0)), ("num_blocks", F.integer(1)),
-        ("block_inner", F.choice("topk", "ancestral", "threshold")), ("length_mode", F.choice("head", "fixed")),
-        ("length_beam", F.integer(1)), ("gen_length", F.integer(MIN_LENGTH)),
-        ("length_select", F.choice(*dec.LENGTH_SELECT)),
-        ("eval_max_examples", F.integer(1)), ("eval_batch_size", F.integer(1)), ("num_generate", F.integer(1)),
-        ("show_steps_shown", F.integer(1)), ("bleu_tokenizer", F.choice(*text_metrics.BLEU_TOKENIZERS)),
-        ("bleu_lowercase", F.boolean()),
-    ))
-    mode, length_max = F.get(c, "length_mode"), F.get(c, "length_max")
-    if mode == "head" and length_max is not None:
-        F.require(length_max >= 2, "task.length_max", length_max,
-                  "an integer >= 2 with task.length_mode='head' (the length head predicts 2..length_max; "
-                  "or --config.task.length_mode=fixed)")
-        beam = F.get(c, "length_beam")
-        if beam is not None:
-            F.require(beam <= length_max - 1, "task.length_beam", beam,
-                      f"an integer in [1, {length_max - 1}] (the length head's candidates 2..task.length_max={length_max})")
+from diffjax.tasks.base import register_task
+from diffjax.tasks.masked_lm_fields import validate_task_config
+from diffjax.tasks.textgen_task import EvalSet, TextGenTask
 
 
 def padding_as_target(batch: dict) -> dict:
@@ -139,29 +76,17 @@ def padding_as_target(batch: dict) -> dict:
     return out
 
 
-def balanced_indices(tasks: list[str], max_examples: int) -> np.ndarray:
-    """Sorted indices of at most ``max_examples`` examples, taking the tasks in turn (each task's first
-    examples, in order), so a cap on the evaluation set keeps every task: a large task listed first
-    (the embedded set's sentiment) would otherwise fill it. One task: ``arange(min(n, max_examples))``."""
-    by_task: dict[str, list[int]] = {}
-    for i, t in enumerate(tasks):
-        by_task.setdefault(t, []).append(i)
-    order = [ids[k] for k in range(max((len(v) for v in by_task.values()), default=0))
-             for ids in by_task.values() if k < len(ids)]
-    return np.sort(np.asarray(order[:max(int(max_examples), 0)], np.int64))
-
-
-class MaskedLMTask(Task):
+class MaskedLMTask(TextGenTask):
     name = "masked_lm"
 
     def __init__(self, cfg):
         self.cfg = cfg
-        self.tokenizer = load_tokenizer(cfg.tokenizer or cfg.model_dir)
-        tok = self.tokenizer
+        self.tokenizer = self.tok = tok = load_tokenizer(cfg.tokenizer or cfg.model_dir)
         if tok.mask_id is None:
             raise ValueError(f"tokenizer of {cfg.tokenizer or cfg.model_dir} has no [MASK] token: a masked diffusion LM needs one")
         self.fmt = PackingFormat.for_tokenizer(tok, "bert")
         self.mask_id, self.pad_id, self.sep_id = tok.mask_id, self.fmt.pad_id, self.fmt.end_id
+        self.stop_ids = {self.sep_id, self.pad_id}  # an output ends at the first [SEP] / [PAD]
         overrides = dict(cfg.model.to_dict()) if cfg.model is not None else {}
         self.model = hf_bert.model_from_hf_config(read_hf_config(cfg.model_dir), mlm_head=True, use_pooler=False,
                                                   length_max=int(cfg.length_max), **overrides)
@@ -244,30 +169,16 @@ class MaskedLMTask(Task):
             loss = loss + float(c.length_loss_weight) * len_loss
         return loss, metrics
 
-    # ------------------------------------------------------------------ generation
+    # ------------------------------------------------------------------ generation (TextGenTask hooks)
+    @property
+    def decoder(self) -> str:
+        return self.cfg.decoder
+
     def _decode_kw(self, return_history: bool) -> dict:
-        c = self.cfg
-        mode = c.length_mode
-        if mode not in ("head", "fixed"):
-            raise ValueError(f"task.length_mode={mode!r}: use 'head' or 'fixed'")
-        if mode == "head" and not c.length_max:
-            raise ValueError("task.length_mode='head' needs task.length_max > 0 (a length head)")
-        if c.length_select not in dec.LENGTH_SELECT:
-            raise ValueError(f"task.length_select={c.length_select!r}: use one of {dec.LENGTH_SELECT}")
-        # Special tokens the target never holds inside its text (PAD, CLS / BOS, UNK; and SEP when the
-        # length head fixes where the closing SEP goes) are not generated.
-        # In fixed mode the slots after the closing SEP are trained to hold PAD (padding_as_target), so PAD
-        # stays allowed there and the output is cut at the first SEP or PAD.
-        specials = {self.tokenizer.cls_id, self.tokenizer.bos_id, getattr(self.tokenizer.hf, "unk_token_id", None)}
-        if mode == "head":
-            specials |= {self.sep_id, self.tokenizer.pad_id}
-        banned = tuple(sorted(int(i) for i in specials if i is not None and i != self.mask_id))
-        return dict(mask_id=self.mask_id, sep_id=self.sep_id, pad_id=self.pad_id, decoder=c.decoder, banned_ids=banned,
-                    decoder_kwargs=decoder_kwargs(c), length_mode=mode, length_beam=int(c.length_beam),
-                    length_select=c.length_select, length_max=int(c.length_max), return_history=return_history)
+        return dec.decode_options(self.cfg, self.tokenizer, self.fmt, return_history)
 
     @functools.lru_cache(maxsize=4)
-    def _program(self, return_history: bool):
+    def decode_program(self, return_history: bool):
         kw = self._decode_kw(return_history)
 
         def run(params, batch, index, rng):
@@ -278,106 +189,60 @@ class MaskedLMTask(Task):
         return jax.jit(run)
 
     def _pack_prompts(self, examples: TextExamples) -> dict:
-        """Prompts (``examples.prompts``) packed into rows of ``gen_length`` slots -> the packed fields plus
-        ``prompt_tokens_in`` / ``prompt_tokens_kept`` [N]. A prompt keeps what training's truncation policy
-        (``data.text.packing``) keeps of the prompt of an example whose target fills the row: at most
-        half the row, its last tokens; the rest of the row is the output's. A row left with fewer than 2
-        output slots is an error naming the prompt."""
-        L, n = int(self.cfg.gen_length), len(examples)
-        tokenized = tokenize(TextExamples(examples.name, list(examples.prompts), [""] * n), self.tokenizer)
-        lp = tokenized.prompt.lengths
-        keep = plan_lengths(lp, np.full(n, L, np.int64), self.fmt, L)[0]
-        kept = RaggedTokens.from_lists([tokenized.prompt[i][len(tokenized.prompt[i]) - int(keep[i]):] for i in range(n)])
-        packed = Packer(TokenizedExamples(kept, tokenized.target, "", examples.name), self.fmt, (L,)).pack(np.arange(n), L)
-        for i in range(n):
-            room = L - int(packed["prompt_length"][i])
-            if room < 2:
-                raise prompt_lib.no_room(i, examples.prompts[i], lp[i], (
-                    f"it leaves {room} of config.task.gen_length={L} slots for the output (needs >= 2); shorten the "
-                    f"prompt or raise --config.task.gen_length"))
-        packed["prompt_tokens_in"], packed["prompt_tokens_kept"] = lp.astype(np.int64), keep.astype(np.int64)
-        return packed
+        return dec.pack_prompts(examples, self.tokenizer, self.fmt, int(self.cfg.gen_length))
+
+    _program = decode_program  # (its lru_cache: ``_program.cache_clear()``)
+
+    def program_inputs(self, inputs: dict) -> dict:
+        return {"tokens": inputs["tokens"], "prompt_length": inputs["prompt_length"]}
+
+    def pack_prompts(self, prompts: list[str]) -> tuple[dict, list[dict | None]]:
+        packed = self._pack_prompts(TextExamples("prompts", list(prompts), [""] * len(prompts)))
+        return packed, [prompt_lib.truncation(a, b) for a, b in zip(packed["prompt_tokens_in"], packed["prompt_tokens_kept"])]
+
+    def own_prompts(self):
+        ex, _ = self.examples(self.cfg.eval_split)
+        prompts = list(ex.prompts[:min(len(ex), int(self.cfg.num_generate))])
+        return (prompts, *self.pack_prompts(prompts))
 
     def _generate_packed(self, params, rng, packed, context, return_history=False):
-        prog = self._program(bool(return_history))
-        inputs = {"tokens": packed["tokens"], "prompt_length": packed["prompt_length"]}
-        return context.map_batches(lambda b, i: prog(params, b, i, rng), inputs, batch_size=int(self.cfg.eval_batch_size))
+        return self.decode(params, rng, packed, context, show=return_history)
 
-    def _texts(self, out, packed) -> list[str]:
-        stop = {self.sep_id, self.pad_id}
-        return [self.tokenizer.decode(dec.target_ids(t, p, stop), skip_special_tokens=True).strip()
-                for t, p in zip(out["tokens"], packed["prompt_length"])]
+    def cut_hint(self) -> str:
+        return f"raise --config.task.gen_length (now {int(self.cfg.gen_length)}) to keep more"
 
-    def generate(self, params, rng, workdir, *, context, prompts=None, show_steps=False, **kwargs):
+    def decoder_record(self, seconds: float, method: str) -> dict:
         c = self.cfg
-        if prompts is None:
-            ex, _ = self.examples(c.eval_split)
-            n = min(len(ex), int(c.num_generate))
-            prompts = list(ex.prompts[:n])
-        ex = TextExamples("prompts", list(prompts), [""] * len(prompts))
-        packed = self._pack_prompts(ex)
-        t0 = time.perf_counter()
-        out = self._generate_packed(params, rng, packed, context, return_history=show_steps)
-        seconds = time.perf_counter() - t0
-        texts = self._texts(out, packed)
-        rows = []
-        for i, (p, t) in enumerate(zip(prompts, texts)):
-            cut = prompt_lib.truncation(packed["prompt_tokens_in"][i], packed["prompt_tokens_kept"][i])
-            row = {"prompt": p, "output": t, "length_pred": int(out["length_pred"][i]),
-                   "decoder_calls": int(out["decoder_calls"][i]), "prompt_truncated": cut}
-            if context.is_main:
-                note = "" if cut is None else f"\n  {prompt_lib.note(cut, f'raise --config.task.gen_length (now {int(c.gen_length)}) to keep more')}"
-                print(f"[{i}] {p}{note}\n  -> {t}", flush=True)
-            if show_steps:
-                stop = {self.sep_id, self.pad_id, self.mask_id}
-                lines = dec.show_steps(self.tokenizer, out["history"][i], int(packed["prompt_length"][i]),
-                                       mask_id=self.mask_id, stop_ids=stop, num_shown=int(c.show_steps_shown))
-                row["steps"] = lines
-                if context.is_main:
-                    print("\n".join("     " + s for s in lines), flush=True)
-            rows.append(row)
-        return {"decoder": c.decoder, "decoder_options": decoder_kwargs(c), "length_mode": c.length_mode,
-                "seconds": seconds, "prompts_truncated": sum(r["prompt_truncated"] is not None for r in rows),
-                "samples": rows}
+        rec = {"decoder": c.decoder, "decoder_options": decoders.sampler_kwargs(c.decoder, c), "length_mode": c.length_mode}
+        if method == "evaluate":
+            rec.update(length_beam=int(c.length_beam), length_select=c.length_select)
+        return {**rec, "seconds": seconds}
 
-    # ------------------------------------------------------------------ evaluation
-    def _bleu_kw(self) -> dict:
-        """The BLEU convention of the config (paper 002's configs: sacrebleu 13a after lower-casing)."""
-        return {"bleu_tokenizer": self.cfg.bleu_tokenizer, "bleu_lowercase": bool(self.cfg.bleu_lowercase)}
+    def sample_extras(self, out: dict, inputs: dict, i: int, show: bool) -> dict:
+        row = {"length_pred": int(out["length_pred"][i]), "decoder_calls": int(out["decoder_calls"][i])}
+        if show:
+            row["steps"] = dec.show_steps(self.tokenizer, out["history"][i], int(inputs["prompt_length"][i]),
+                                          mask_id=self.mask_id, stop_ids=self.stop_ids | {self.mask_id},
+                                          num_shown=int(self.cfg.show_steps_shown))
+        return row
 
-    def evaluate(self, params, rng, workdir, *, context, **kwargs):
+    # ------------------------------------------------------------------ evaluation (TextGenTask hooks)
+    def eval_set(self) -> EvalSet:
+        """The eval split packed into ``gen_length`` rows, capped at ``eval_max_examples`` with every
+        instruction task kept (``instructions.balanced_indices``)."""
         c = self.cfg
         packer, tasks = self._packer(c.eval_split, (int(c.gen_length),))
-        idx = balanced_indices(tasks, int(c.eval_max_examples))
+        idx = instructions.balanced_indices(tasks, int(c.eval_max_examples))
         packed = packer.pack(idx, int(c.gen_length))
-        tasks = [tasks[i] for i in idx]
-        t0 = time.perf_counter()
-        out = self._generate_packed(params, rng, packed, context)
-        seconds = time.perf_counter() - t0
-        hyps = self._texts(out, packed)
-        stop = {self.sep_id, self.pad_id}
-        refs = [self.tokenizer.decode(dec.target_ids(t, p, stop), skip_special_tokens=True).strip()
-                for t, p in zip(packed["tokens"], packed["prompt_length"])]
-        prompts = [self.tokenizer.decode(t[1:max(int(p) - 1, 1)], skip_special_tokens=True)
-                   for t, p in zip(packed["tokens"], packed["prompt_length"])]
-        res = {"decoder": c.decoder, "decoder_options": decoder_kwargs(c), "length_mode": c.length_mode,
-               "length_beam": int(c.length_beam), "length_select": c.length_select,
-               **text_metrics.generation_metrics(hyps, refs, **self._bleu_kw()),
-               "decoder_calls_per_example": float(np.mean(out["decoder_calls"])),
-               "decoder_calls_per_token": float(np.sum(out["decoder_calls"]) / max(np.sum(out["generated"]), 1)),
-               "seconds": seconds}
-        if c.length_mode == "head":
-            res["length"] = text_metrics.length_accuracy(out["length_pred"], packed["target_length"])
-        per_task = {}
-        for name in sorted(set(tasks)):
-            sel = [i for i, t in enumerate(tasks) if t == name]
-            m = text_metrics.generation_metrics([hyps[i] for i in sel], [refs[i] for i in sel], **self._bleu_kw())
-            m["zero_shot"] = name in tuple(c.zero_shot_tasks)
-            per_task[name] = m
-        if len(per_task) > 1:
-            res["per_task"] = per_task
-        res["samples"] = [{"prompt": prompts[i], "output": hyps[i], "reference": refs[i], "task": tasks[i]}
-                          for i in range(min(len(idx), 12))]
+        pl = packed["prompt_length"]
+        prompts = [self.tokenizer.decode(t[1:max(int(p) - 1, 1)], skip_special_tokens=True) for t, p in zip(packed["tokens"], pl)]
+        return EvalSet(prompts, self.cut_texts(packed["tokens"], pl), packed, [tasks[i] for i in idx])
+
+    def decode_metrics(self, out: dict, es: EvalSet) -> dict:
+        res = {"decoder_calls_per_example": float(np.mean(out["decoder_calls"])),
+               "decoder_calls_per_token": float(np.sum(out["decoder_calls"]) / max(np.sum(out["generated"]), 1))}
+        if self.cfg.length_mode == "head":
+            res["length"] = text_metrics.length_accuracy(out["length_pred"], es.inputs["target_length"])
         return res
 
 

@@ -1,4 +1,5 @@
-"""Generation for paper 002's masked diffusion LM: length choice, the jitted decoding program over a
+"""Generation for paper 002's masked diffusion LM: prompts packed into ``gen_length`` rows (``pack_prompts``),
+the decoder's options from the config (``decode_options``), length choice, the jitted decoding program over a
 batch of prompts, and the text of a trajectory (``--show_steps``). Used by ``diffjax.tasks.masked_lm``.
 
 One example (vmapped over the batch, with its own key ``fold_in(rng, global index)`` so outputs do not
@@ -33,10 +34,18 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from diffjax.diffusion import discrete_sampling as ds
+from diffjax.data.text import Packer, TextExamples
+from diffjax.data.text.cache import RaggedTokens, TokenizedExamples, tokenize
+from diffjax.data.text.packing import plan_lengths
+from diffjax.diffusion import decoders
+from diffjax.diffusion.decoders import unmask_sample
 from diffjax.diffusion.masked import exclude_token_logit, token_log_probs
+from diffjax.runtime import example_keys
+from diffjax.tasks import prompts as prompt_lib
+from diffjax.tasks.textgen_task import cut_at
 
 
+LENGTH_MODES = ("head", "fixed")
 LENGTH_SELECT = ("decode_scores", "rescore")
 
 
@@ -92,7 +101,7 @@ def decode_one(model_fn: Callable, length_fn: Callable | None, tokens, prompt_le
 
     kw = dict(decoder_kwargs)
     want_calls = decoder in ("threshold", "block")
-    out = ds.unmask_sample(decoder, logits_fn, x_init.astype(jnp.int32), key, mask_id=mask_id, corruptible=gen,
+    out = unmask_sample(decoder, logits_fn, x_init.astype(jnp.int32), key, mask_id=mask_id, corruptible=gen,
                            return_history=return_history, return_scores=True,
                            **({"return_num_calls": True} if want_calls else {}), **kw)
     x = out[0]
@@ -120,19 +129,56 @@ def decode_batch(model_fn, length_fn, batch, index, rng, **kw):
     calls of the decoder summed over the length beam, plus one per candidate with
     ``length_select="rescore"``; the length head's call is not counted), generated [B] (positions generated) and, with
     ``return_history``, history [B, steps, L]."""
-    keys = jax.vmap(lambda i: jax.random.fold_in(rng, i))(index)
+    keys = example_keys(rng, index)
     return jax.vmap(lambda t, p, k: decode_one(model_fn, length_fn, t, p, k, **kw))(
         batch["tokens"], batch["prompt_length"], keys)
 
 
-def target_ids(tokens: np.ndarray, prompt_length: int, stop_ids) -> list[int]:
-    """The generated ids after the prompt, cut before the first id in ``stop_ids``."""
-    out = []
-    for t in np.asarray(tokens)[int(prompt_length):]:
-        if int(t) in stop_ids:
-            break
-        out.append(int(t))
-    return out
+def decode_options(cfg, tokenizer, fmt, return_history: bool) -> dict:
+    """``decode_batch``'s keyword arguments from ``config.task``: the decoder and its options
+    (``diffusion/decoders.py``), the length rule, and the special ids never generated."""
+    c = cfg
+    mode = c.length_mode
+    if mode not in LENGTH_MODES:
+        raise ValueError(f"task.length_mode={mode!r}: use one of {LENGTH_MODES}")
+    if mode == "head" and not c.length_max:
+        raise ValueError("task.length_mode='head' needs task.length_max > 0 (a length head)")
+    if c.length_select not in LENGTH_SELECT:
+        raise ValueError(f"task.length_select={c.length_select!r}: use one of {LENGTH_SELECT}")
+    mask_id, sep_id = tokenizer.mask_id, fmt.end_id
+    # Special tokens the target never holds inside its text (PAD, CLS / BOS, UNK; and SEP when the
+    # length head fixes where the closing SEP goes) are not generated.
+    # In fixed mode the slots after the closing SEP are trained to hold PAD (padding_as_target), so PAD
+    # stays allowed there and the output is cut at the first SEP or PAD.
+    specials = {tokenizer.cls_id, tokenizer.bos_id, getattr(tokenizer.hf, "unk_token_id", None)}
+    if mode == "head":
+        specials |= {sep_id, tokenizer.pad_id}
+    banned = tuple(sorted(int(i) for i in specials if i is not None and i != mask_id))
+    return dict(mask_id=mask_id, sep_id=sep_id, pad_id=fmt.pad_id, decoder=c.decoder, banned_ids=banned,
+                decoder_kwargs=decoders.sampler_kwargs(c.decoder, c), length_mode=mode, length_beam=int(c.length_beam),
+                length_select=c.length_select, length_max=int(c.length_max), return_history=return_history)
+
+
+def pack_prompts(examples, tokenizer, fmt, length: int) -> dict:
+    """Prompts (``examples.prompts``) packed into rows of ``length`` (``gen_length``) slots -> the packed fields
+    plus ``prompt_tokens_in`` / ``prompt_tokens_kept`` [N]. A prompt keeps what training's truncation policy
+    (``data.text.packing``) keeps of the prompt of an example whose target fills the row: at most
+    half the row, its last tokens; the rest of the row is the output's. A row left with fewer than 2
+    output slots is an error naming the prompt."""
+    L, n = int(length), len(examples)
+    tokenized = tokenize(TextExamples(examples.name, list(examples.prompts), [""] * n), tokenizer)
+    lp = tokenized.prompt.lengths
+    keep = plan_lengths(lp, np.full(n, L, np.int64), fmt, L)[0]
+    kept = RaggedTokens.from_lists([tokenized.prompt[i][len(tokenized.prompt[i]) - int(keep[i]):] for i in range(n)])
+    packed = Packer(TokenizedExamples(kept, tokenized.target, "", examples.name), fmt, (L,)).pack(np.arange(n), L)
+    for i in range(n):
+        room = L - int(packed["prompt_length"][i])
+        if room < 2:
+            raise prompt_lib.no_room(i, examples.prompts[i], lp[i], (
+                f"it leaves {room} of config.task.gen_length={L} slots for the output (needs >= 2); shorten the "
+                f"prompt or raise --config.task.gen_length"))
+    packed["prompt_tokens_in"], packed["prompt_tokens_kept"] = lp.astype(np.int64), keep.astype(np.int64)
+    return packed
 
 
 def show_steps(tokenizer, history: np.ndarray, prompt_length: int, *, mask_id: int, stop_ids, num_shown: int = 8,
@@ -144,7 +190,7 @@ def show_steps(tokenizer, history: np.ndarray, prompt_length: int, *, mask_id: i
     lines = []
     for s in steps:
         words = []
-        for t in target_ids(history[s], prompt_length, stop_ids - {mask_id}):
+        for t in cut_at(np.asarray(history[s])[int(prompt_length):], stop_ids - {mask_id}):
             words.append(mask_text if t == mask_id else tokenizer.decode([t]))
         text = " ".join(words).replace(" ##", "")
         lines.append(f"step {s + 1:>3}/{n}: {text}")

@@ -30,6 +30,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 
 from diffjax.checkpoints import orbax as ckpt_lib
+from diffjax.checkpoints.pretrained import is_gguf
 from diffjax.checkpoints.trees import flatten_tree
 from diffjax.runtime import path_str
 
@@ -59,7 +60,7 @@ def parse_init_from(spec: str) -> InitSource | None:
     if sep and tail.isdigit() and not os.path.exists(spec):
         path, step = head, int(tail)
     path = os.path.abspath(os.path.expanduser(path))
-    if path.endswith(".gguf") and step is None:
+    if is_gguf(path) and step is None:
         if not os.path.isfile(path):
             raise FileNotFoundError(f"init_from={spec!r}: GGUF file {path} not found.")
         return InitSource("gguf", path)

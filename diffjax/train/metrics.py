@@ -109,5 +109,6 @@ def _read_rows(path: str) -> list[dict]:
 
 
 def read_metrics(workdir: str) -> list[dict]:
-    """All rows of ``workdir/metrics.jsonl`` (a torn last line is dropped with a warning)."""
-    return _read_rows(os.path.join(workdir, "metrics.jsonl"))
+    """All rows of ``workdir/metrics.jsonl`` (a torn last line is dropped with a warning; [] when absent)."""
+    path = os.path.join(workdir, "metrics.jsonl")
+    return _read_rows(path) if os.path.isfile(path) else []

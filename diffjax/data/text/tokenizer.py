@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from typing import Sequence
 
 import numpy as np
@@ -82,19 +81,8 @@ class TextTokenizer:
 def load_tokenizer(path: str) -> TextTokenizer:
     """A local HF model dir or a ``.gguf`` file -> ``TextTokenizer`` (``FileNotFoundError`` if absent).
 
-    The transformers tokenizer itself comes from the checkpoint readers (``checkpoints.hf.load_tokenizer``
-    / ``checkpoints.gguf.load_gguf_tokenizer``), the one place that loads tokenizers."""
-    p = os.path.expanduser(path)
-    if p.endswith(".gguf"):
-        if not os.path.isfile(p):
-            raise FileNotFoundError(f"GGUF file {path!r} does not exist")
-        from diffjax.checkpoints.gguf import load_gguf_tokenizer
+    The transformers tokenizer itself comes from ``checkpoints.pretrained.load_pretrained_tokenizer``,
+    the one place that loads tokenizers."""
+    from diffjax.checkpoints.pretrained import load_pretrained_tokenizer
 
-        tok = load_gguf_tokenizer(p)
-    else:
-        if not os.path.isdir(p):
-            raise FileNotFoundError(f"tokenizer {path!r} is neither a model directory nor a .gguf file")
-        from diffjax.checkpoints.hf import load_tokenizer as load_hf_tokenizer
-
-        tok = load_hf_tokenizer(p)
-    return TextTokenizer(tok, name=path)
+    return TextTokenizer(load_pretrained_tokenizer(path), name=path)

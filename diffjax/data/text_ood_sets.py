@@ -10,7 +10,7 @@ bucket that holds its longest example (truncated at the largest bucket, counted)
 ``read_inputs`` reads the user's inputs for ``score``: a ``.txt`` (one input a non-blank line, id =
 line number) or a ``.jsonl`` (id = the record's ``id`` field when present, else the line number;
 text = ``text_field``, else ``"text"`` / ``"target"`` / ``"sentence"``). Missing, empty or
-unreadable inputs raise ``diffjax.ood.deploy.InputError`` naming the file.
+unreadable inputs raise ``diffjax.errors.InputError`` naming the file.
 """
 
 from __future__ import annotations
@@ -25,8 +25,7 @@ from diffjax.data.text import TextExamples, read_examples
 from diffjax.data.text.cache import tokenize
 from diffjax.data.text.files import read_inputs as read_text_inputs
 from diffjax.data.text.packing import Packer, PackingFormat
-from diffjax.errors import InputError
-from diffjax.tasks.fields import ConfigError
+from diffjax.errors import ConfigError, InputError
 
 
 @dataclasses.dataclass

@@ -189,7 +189,7 @@ class DLSRTask(OODTask):
             out.update(scores_lib.likelihood_ratio(out, e))
         return out
 
-    def user_set(self, images):
+    def user_set(self, images, inputs):
         return images.row_ids(), images
 
     def extra_scores(self, params, score_t, keys, context, snapshots) -> dict:

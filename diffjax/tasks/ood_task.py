@@ -29,7 +29,7 @@ A new OOD method is a binder that implements, besides the training trio of ``Tas
    all); ``snapshots``: the trainer's ``{step: params}``. Entries named ``*_layers``
    (``[n_t, n_s, L, N]``) become per-layer AUROCs; entries outside ``score_names`` are not tabled.
 3. ``read_user_inputs(task_config, inputs)`` (a staticmethod: ``prepare_call`` runs it before the
-   model is built) and ``user_set(read) -> (row ids, set)``: the user's inputs for ``score``.
+   model is built) and ``user_set(read, inputs) -> (row ids, set)``: the user's inputs for ``score``.
 4. ``table_header(results) -> str | list[str]``, ``heldout_label() -> str`` (threshold.json's
    ``heldout``) and ``sweep_figure(ts, res, num_seeds) -> (curves, title, log_t)``.
 
@@ -78,7 +78,7 @@ class OODTask(Task):
                   snapshots=None, max_examples: int | None = None, names=None) -> dict:
         raise NotImplementedError
 
-    def user_set(self, read) -> tuple:
+    def user_set(self, read, inputs: str) -> tuple:
         raise NotImplementedError
 
     def table_header(self, results: dict):
@@ -218,7 +218,7 @@ class OODTask(Task):
         thr = deploy.load_threshold(workdir)
         deploy.check_fitted_on(thr, workdir, params=params, step=step)
         read = read_inputs if read_inputs is not None else self.read_user_inputs(self.c, inputs)
-        ids, s = self.user_set(read)
+        ids, s = self.user_set(read, inputs)
         name = thr["score"]
         g = self.score_set(params, "inputs", s, [int(thr["score_t"])], num_seeds=int(thr["num_seeds"]),
                            seed=int(thr["score_seed"]), stage="score", context=context, snapshots=snapshots,

@@ -198,6 +198,51 @@ def test_no_import_cycles_among_diffusion_modules():
     assert cycles == []
 
 
+def _flax_modules(module: str, tree: ast.AST):
+    """Yields (class name, line) for every class of ``tree`` that subclasses a Flax ``Module``
+    (``nn.Module``, ``linen.Module``, ``flax.linen.Module`` or a bare ``Module``)."""
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ClassDef):
+            for base in node.bases:
+                name = base.attr if isinstance(base, ast.Attribute) else getattr(base, "id", "")
+                if name == "Module":
+                    yield node.name, node.lineno
+
+
+def test_no_flax_module_under_tasks():
+    """A task binds models; the Flax modules themselves live in diffjax/models/."""
+    out = [f"{_where(m, line)}: class {name} (a Flax module: move it to diffjax/models/)"
+           for m, (_, tree) in MODULES.items() if _top(m) == "tasks" for name, line in _flax_modules(m, tree)]
+    assert out == []
+
+
+def test_data_imports_no_ood_tasks_train_or_cli():
+    """Readers of sets and user inputs sit below ood/ and tasks/ (their errors come from diffjax.errors)."""
+    def pred(module, target, name):
+        if _top(module) == "data" and _top(target) in ("ood", "tasks", "train", "cli", "inference"):
+            return "data/ reads sets and inputs; it knows nothing of OOD scoring or tasks"
+        return None
+
+    assert _violations(pred) == []
+
+
+def test_ood_never_imports_tasks():
+    def pred(module, target, name):
+        return "ood/ holds the scores and reports tasks bind" if _top(module) == "ood" and _top(target) in (
+            "tasks", "train", "cli", "inference") else None
+
+    assert _violations(pred) == []
+
+
+def test_errors_imports_nothing_of_diffjax():
+    def pred(module, target, name):
+        if module == "diffjax.errors" and target.split(".")[0] == "diffjax":
+            return "diffjax/errors.py is the bottom layer"
+        return None
+
+    assert _violations(pred) == []
+
+
 def test_the_checker_sees_violations():
     """The checks above are not vacuous: a planted upward / private / cyclic import is found."""
     src = ("from diffjax.diffusion.masked import _check_tokens\nimport flax.linen as nn\n"
@@ -218,6 +263,22 @@ def test_the_checker_sees_violations():
             test_no_upward_imports_between_layers()
     finally:
         del MODULES["diffjax.diffusion._planted"]
+    planted = {"diffjax.tasks._planted": "import flax.linen as nn\nclass Net(nn.Module):\n    pass\n",
+               "diffjax.data._planted": "from diffjax.ood import deploy\n",
+               "diffjax.ood._planted": "from diffjax.tasks import base\n",
+               "diffjax.errors": "from diffjax import runtime\n"}
+    saved = MODULES.get("diffjax.errors")
+    for check, (module, src) in zip((test_no_flax_module_under_tasks, test_data_imports_no_ood_tasks_train_or_cli,
+                                     test_ood_never_imports_tasks, test_errors_imports_nothing_of_diffjax),
+                                    planted.items()):
+        MODULES[module] = (PKG / (module.split(".", 1)[1].replace(".", "/") + ".py"), ast.parse(src))
+        try:
+            with pytest.raises(AssertionError):
+                check()
+        finally:
+            del MODULES[module]
+            if module == "diffjax.errors":
+                MODULES[module] = saved
     assert LEAVES  # the leaf packages are documented above
 
 

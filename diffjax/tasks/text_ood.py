@@ -1,37 +1,26 @@
-"""Text OOD detection by embedding diffusion (papers.md §1, paper 000).
+"""Text OOD detection by embedding diffusion (papers.md §1, paper 000): the method, bound to ``OODTask``.
 
-The method, in this file: a pretrained BERT-family encoder (``task.backbone``: an HF dir, e.g. the
-embedded MiniLM or a local RoBERTa-large) is finetuned on ID text as a Gaussian denoiser of its own
-token embeddings, scaled to ``x0_std`` per dimension (``models.text_denoiser.TextDenoiser``; linear
-betas 1e-4..0.02, T = 1000, x0-prediction, loss ``ld_weight * L_d + lc_weight * L_c``:
-``ood.text_scores.diffusion_loss``). A sentence's OOD score at ``score_t`` is L_d, L_c or L_d + L_c
-of one x0 prediction, averaged over ``num_seeds`` fixed noise draws (the noise of a sentence is keyed
-by a hash of its tokens: the same sentence gets the same score anywhere).
+A pretrained BERT-family encoder (``task.backbone``, ``tasks/text_ood_backbone.py``) is finetuned on
+ID text as a Gaussian denoiser of its own token embeddings scaled to ``x0_std`` per dimension
+(``models.text_denoiser.TextDenoiser``; linear betas, T = 1000, x0-prediction, loss
+``ld_weight * L_d + lc_weight * L_c``: ``ood.text_scores.diffusion_loss``). A sentence's score at t
+is L_d, L_c or L_d + L_c of one x0 prediction, averaged over ``num_seeds`` fixed noise draws keyed
+by a hash of its tokens (the same sentence gets the same score anywhere).
 
 Timesteps follow the signal: the grid (``sweep_ts``, or ``sweep_num_ts`` steps evenly spaced in log
-SNR up to the last t whose nearest-embedding rounding of x_t still recovers
-``sweep_min_rounding_acc`` of held-out ID tokens) and, with ``score_t = 0``, the score's t are
-chosen from **held-out ID data only**: the first grid t at which the held-out ID deploy loss has
-risen by ``score_t_rise`` of its rise over the grid (``choose_score_t``). OOD data never pick a t.
+SNR up to the t where nearest-embedding rounding of x_t on held-out ID falls below
+``sweep_min_rounding_acc``) and, with ``score_t = 0``, the score's t are chosen on **held-out ID
+only** (``choose_score_t``: the first grid t where the deploy loss has risen by ``score_t_rise`` of
+its rise over the grid). Controls and baselines beside the scores: ``tasks/text_ood_baselines.py``.
 
-Controls and baselines in the same table (``tasks/text_ood_baselines.py``): model-free
-``token_norm`` / ``unigram`` and the ``untrained`` denoiser; Mahalanobis / kNN on pooled features of
-the pretrained and finetuned encoders, MSP / energy of a classifier head finetuned on the ID labels
-(``data.label_field``; trained in the same run, in the same params).
-
-``OODTask`` (``tasks/ood_task.py``) writes the artefacts: ``evaluate`` -> results.json (with
-``by_t``: per grid t the held-out ID cos(x0_hat, x0), rounding accuracy of x_t, mean ID and OOD
-deploy losses; ``controls``: {set: {control: AUROC}}; ``threshold``), results_table.txt, roc.png and
-threshold.json (``deploy_score`` accepting 95% of the held-out ID split); ``sweep`` -> AUROC vs t
-(sweep.png, with the held-out ID rounding accuracy and cos(x0_hat, x0) on the same axes); ``score``
--> one row per input of a .txt / .jsonl. Sets: ``data.text_ood_sets``. Config:
-configs/text_ood_demo.py documents every field; ranges in ``tasks/text_ood_fields.py``.
+``OODTask`` writes results.json (plus ``by_t``, ``controls``, ``threshold``), results_table.txt,
+roc.png, threshold.json (95% of held-out ID), sweep.json / sweep.png and the ``score`` rows. Sets:
+``data.text_ood_sets``; fields: configs/text_ood_demo.py, ranges in ``tasks/text_ood_fields.py``.
 """
 
 from __future__ import annotations
 
 import os
-import time
 
 import jax
 import jax.numpy as jnp
@@ -90,16 +79,8 @@ class TextOODTask(OODTask):
         return list(self._train_labels)
 
     def build_sets(self) -> dict:
-        """{"heldout", "test", "train", "ood/<name>": PackedSet} (see ``data.text_ood_sets.id_splits``)."""
-        d, t0 = self.c.data, time.time()
-        buckets = tuple(int(b) for b in d.buckets)
-        sets, self._train_labels = tdata.id_splits(d, self.tok, buckets)
-        for spec in tuple(d.ood) + tuple(d.user_ood):
-            ex = tdata.read_text(spec, max_examples=int(d.n_ood) or None, data_dir=d.data_dir)
-            s = tdata.pack_examples(tdata.set_name(spec), ex, self.tok, buckets)
-            sets[f"ood/{s.name}"] = s
-        log("text_ood: sets " + ", ".join(f"{k} {len(v)}x{v.tokens.shape[1]}" for k, v in sets.items())
-            + f" ({time.time() - t0:.1f}s)")
+        """{"heldout", "test", "train", "ood/<name>": PackedSet} (``data.text_ood_sets.all_sets``)."""
+        sets, self._train_labels = tdata.all_sets(self.c.data, self.tok)
         return sets
 
     def init_params(self, rng):
@@ -158,12 +139,8 @@ class TextOODTask(OODTask):
                                        ids=s.ids[:max_examples])
 
     def user_set(self, read, inputs):
-        from diffjax.data.text import TextExamples
-
         ids, texts = read
-        s = tdata.pack_examples("inputs", TextExamples(inputs, [""] * len(texts), texts), self.tok,
-                                tuple(int(b) for b in self.c.data.buckets))
-        return ids, s
+        return ids, tdata.pack_texts(inputs, texts, self.tok, self.c.data.buckets)
 
     def sweep_timesteps(self) -> list[int]:
         """``sweep_ts``, or ``sweep_num_ts`` steps evenly spaced in log SNR from t = 1 up to the first
@@ -191,19 +168,13 @@ class TextOODTask(OODTask):
                                      x0_std=float(c.x0_std), seed=int(c.score_seed),
                                      row_batch=int(c.lc_row_batch) or None)
 
-    def by_t(self, params, ts, context) -> list[dict]:
-        """results.json ``by_t`` (``by_t_rows``) from sweep-stage scores of held-out ID and the OOD sets."""
-        c, sets = self.c, self.sets()
-        grids = {k: self.score_set(params, k, sets[k], ts, num_seeds=int(c.sweep_num_seeds) or int(c.num_seeds),
-                                   seed=int(c.score_seed), stage="sweep", context=context,
-                                   max_examples=int(c.sweep_max_examples) or None)
-                 for k in ["heldout"] + [f"ood/{o}" for o in self.ood_names]}
-        return by_t_rows(ts, grids, c.deploy_score)
-
     def operating_point(self, params, context, snapshots) -> dict:
         c = self.c
-        ts = self.sweep_timesteps()
-        by_t = self.by_t(params, ts, context)
+        ts, n, sets = self.sweep_timesteps(), int(c.sweep_max_examples) or None, self.sets()
+        grids = {k: self.score_set(params, k, sets[k], ts, num_seeds=int(c.sweep_num_seeds) or int(c.num_seeds),
+                                   seed=int(c.score_seed), stage="sweep", context=context, max_examples=n)
+                 for k in ["heldout"] + [f"ood/{o}" for o in self.ood_names]}  # by_t: the sweep's sample
+        by_t = by_t_rows(ts, grids, c.deploy_score)
         if int(c.score_t):
             score_t, rule = int(c.score_t), "task.score_t (fixed in the config)"
         else:

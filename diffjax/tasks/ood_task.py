@@ -30,15 +30,19 @@ A new OOD method is a binder that implements, besides the training trio of ``Tas
    (``[n_t, n_s, L, N]``) become per-layer AUROCs; entries outside ``score_names`` are not tabled.
 3. ``read_user_inputs(task_config, inputs)`` (a staticmethod: ``prepare_call`` runs it before the
    model is built) and ``user_set(read, inputs) -> (row ids, set)``: the user's inputs for ``score``.
-4. ``table_header(results) -> str | list[str]``, ``heldout_label() -> str`` (threshold.json's
-   ``heldout``) and ``sweep_figure(ts, res, num_seeds) -> (curves, title, log_t)``.
+4. ``table_header(results) -> str | list[str]``: the table's first line(s).
 
-Optional (defaults: none / the config): ``extra_scores(params, score_t, keys, context, snapshots)``
--> ``{set key: {name: [N]}}`` (baselines, controls; names in ``baseline_names`` / ``control_names``
-are tagged in the table), ``result_entries(params, point, table, snapshots)`` (extra results.json
-keys), ``operating_point(params, context, snapshots)`` (the table's t and how it was chosen; default
-``config.task.score_t``), ``sweep_timesteps()`` (default ``config.task.sweep_ts``), ``sweep_entries``,
-``sweep_score_t``, ``at_score_t_notes``, ``per_layer_title``.
+The binder keeps its ``config.task`` as ``self.c``. Optional hooks (defaults in brackets):
+``heldout_label()`` (threshold.json's ``heldout``; ["ID test (not trained on)"]),
+``extra_scores(params, score_t, keys, context, snapshots) -> {set key: {name: [N]}}`` (baselines,
+controls; names in ``baseline_names`` / ``control_names`` are tagged in the table; [none]),
+``result_entries(params, point, table, snapshots)`` (extra results.json keys; [none]),
+``operating_point(params, context, snapshots) -> {"score_t", ...}`` (the table's t and how it was
+chosen; [``config.task.score_t``]), ``sweep_timesteps()`` [``config.task.sweep_ts``],
+``sweep_entries(ts, grids)`` (extra sweep.json keys; [none]), ``sweep_score_t(ts, res)`` (the t of
+``at_score_t``; [``config.task.score_t``]), ``at_score_t_notes``, ``per_layer_title`` and
+``sweep_figure(ts, res, num_seeds) -> (curves, title, log_t)`` (sweep.png). ``score`` scores with
+the t, seeds and score of threshold.json. tests/test_ood_task.py is a complete binder in ~40 lines.
 
 ``config.task`` fields read here: ``score_t``, ``sweep_ts``, ``num_seeds``, ``score_seed``,
 ``deploy_score``, ``sweep_num_seeds`` (0 = num_seeds), ``sweep_max_examples`` (0 = all).

@@ -216,31 +216,24 @@ def test_no_flax_module_under_tasks():
     assert out == []
 
 
+def _package_imports(src: str, forbidden: tuple[str, ...], why: str) -> list[str]:
+    """Violations of "package ``src`` never imports any of ``forbidden``" (top-level package names)."""
+    return _violations(lambda m, t, n: why if _top(m) == src and _top(t) in forbidden else None)
+
+
 def test_data_imports_no_ood_tasks_train_or_cli():
     """Readers of sets and user inputs sit below ood/ and tasks/ (their errors come from diffjax.errors)."""
-    def pred(module, target, name):
-        if _top(module) == "data" and _top(target) in ("ood", "tasks", "train", "cli", "inference"):
-            return "data/ reads sets and inputs; it knows nothing of OOD scoring or tasks"
-        return None
-
-    assert _violations(pred) == []
+    assert _package_imports("data", ("ood", "tasks", "train", "cli", "inference"),
+                            "data/ reads sets and inputs; it knows nothing of OOD scoring or tasks") == []
 
 
 def test_ood_never_imports_tasks():
-    def pred(module, target, name):
-        return "ood/ holds the scores and reports tasks bind" if _top(module) == "ood" and _top(target) in (
-            "tasks", "train", "cli", "inference") else None
-
-    assert _violations(pred) == []
+    assert _package_imports("ood", ("tasks", "train", "cli", "inference"),
+                            "ood/ holds the scores and reports that tasks bind") == []
 
 
 def test_errors_imports_nothing_of_diffjax():
-    def pred(module, target, name):
-        if module == "diffjax.errors" and target.split(".")[0] == "diffjax":
-            return "diffjax/errors.py is the bottom layer"
-        return None
-
-    assert _violations(pred) == []
+    _bottom_module_imports_nothing("diffjax.errors")
 
 
 def test_the_checker_sees_violations():
@@ -282,11 +275,15 @@ def test_the_checker_sees_violations():
     assert LEAVES  # the leaf packages are documented above
 
 
-def test_runtime_context_imports_nothing_of_diffjax():
-    """diffjax/runtime.py sits below tasks and train (both use it): it imports only JAX / numpy."""
-    def pred(module, target, name):
-        if module == "diffjax.runtime" and target.split(".")[0] == "diffjax":
-            return "the runtime context is the bottom layer"
+def _bottom_module_imports_nothing(module: str) -> None:
+    def pred(m, target, name):
+        if m == module and target.split(".")[0] == "diffjax":
+            return f"{module} is the bottom layer"
         return None
 
     assert _violations(pred) == []
+
+
+def test_runtime_context_imports_nothing_of_diffjax():
+    """diffjax/runtime.py sits below tasks and train (both use it): it imports only JAX / numpy."""
+    _bottom_module_imports_nothing("diffjax.runtime")

@@ -35,7 +35,7 @@ from diffjax.runtime import log
 from diffjax.tasks import text_ood_baselines as tb
 from diffjax.tasks.base import register_prepare_call, register_task
 from diffjax.tasks.ood_task import OODTask, ood_prepare_call
-from diffjax.tasks.text_ood_backbone import TextBackbone, backbone_path, pretrained_params  # noqa: F401
+from diffjax.tasks.text_ood_backbone import TextBackbone, backbone_path, pretrained_params
 from diffjax.tasks.text_ood_fields import validate_task_config
 
 
@@ -52,6 +52,7 @@ class TextOODTask(OODTask):
     threshold_set = "heldout"
     threshold_in_results = True
     read_user_inputs = staticmethod(read_user_texts)
+    pretrained_params = staticmethod(pretrained_params)  # config.init_from = an HF dir: the encoder's weights
 
     def __init__(self, c):
         from diffjax.data.text import load_tokenizer
@@ -90,9 +91,6 @@ class TextOODTask(OODTask):
         if self.cls_model is not None:
             params["classifier"] = self.backbone.params("classifier")
         return jax.tree_util.tree_map(jnp.asarray, params)
-
-    def pretrained_params(self, path: str):
-        return pretrained_params(path)
 
     # -- training -----------------------------------------------------------------------------
     def loss_fn(self, params, batch, rng):
@@ -189,12 +187,16 @@ class TextOODTask(OODTask):
         if c.controls:
             untrained = self.init_params(jax.random.PRNGKey(int(c.data.seed)))
             emb = np.asarray(self.backbone.word_embeddings())
-            grid = lambda k, s: self.score_set(untrained, k, s, [score_t], num_seeds=int(c.num_seeds),  # noqa: E731
-                                               seed=int(c.score_seed), stage="evaluate", context=context)[c.deploy_score]
-            for k, v in tb.control_scores(emb, sets, keys, grid).items():
+
+            def untrained_grid(k, s):  # [1, n_s, N]: the deploy score of the denoiser at init
+                return self.score_set(untrained, k, s, [score_t], num_seeds=int(c.num_seeds), seed=int(c.score_seed),
+                                      stage="evaluate", context=context)[c.deploy_score]
+
+            for k, v in tb.control_scores(emb, sets, keys, untrained_grid).items():
                 out[k].update(v)
         if c.baselines:
-            for k, v in self.baselines.scores(params, self.backbone.params("encoder"), sets, list(keys), context).items():
+            pretrained = self.backbone.params("encoder")
+            for k, v in self.baselines.scores(params, pretrained, sets, list(keys), context).items():
                 out[k].update({n: s for n, s in v.items() if n in c.baselines or n.split("_")[0] in c.baselines})
         return out
 

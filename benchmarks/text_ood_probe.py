@@ -44,7 +44,7 @@ def main():
     args = ap.parse_args()
 
     from diffjax.cli import _load_config_file
-    from diffjax.tasks import text_ood_model as tm
+    from diffjax.ood import text_scores as tm
     from diffjax.tasks.base import build_task
 
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

@@ -49,8 +49,8 @@ def main():
     from diffjax.data.text import TextExamples, load_tokenizer, read_examples
     from diffjax.diffusion.schedules import gaussian_schedule
     from diffjax.ood import sweep as sweep_lib
-    from diffjax.tasks import text_ood_data as tdata
-    from diffjax.tasks import text_ood_model as tm
+    from diffjax.data import text_ood_sets as tdata
+    from diffjax.ood import text_scores as tm
     from diffjax.tasks.text_ood import backbone_path
     from diffjax.checkpoints.hf import load_hf_checkpoint
 

@@ -114,6 +114,12 @@ class Progress:
         self._last_t, self._printed = now, True
 
 
+def log(msg: str) -> None:
+    """One line on stderr from process 0 (a task's notes: sets read, features extracted, the chosen t)."""
+    if jax.process_index() == 0:
+        print(msg, file=sys.stderr, flush=True)
+
+
 def path_str(path) -> str:
     """'/'-joined pytree key path: ``(DictKey('mlp'), DictKey('kernel'))`` -> ``"mlp/kernel"``."""
     return jax.tree_util.keystr(path, simple=True, separator="/")
@@ -154,6 +160,7 @@ def example_keys(rng: jax.Array, example_ids: jax.Array) -> jax.Array:
     """One key per example, ``fold_in(rng, id)``: ``example_ids [N] int -> keys [N]``. With the global
     example index ``map_batches`` provides, per-example randomness does not depend on the mesh or batching."""
     return jax.vmap(lambda i: jax.random.fold_in(rng, i))(example_ids)
+
 
 @dataclasses.dataclass(frozen=True)
 class RuntimeContext:

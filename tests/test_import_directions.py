@@ -198,6 +198,44 @@ def test_no_import_cycles_among_diffusion_modules():
     assert cycles == []
 
 
+def _flax_modules(module: str, tree: ast.AST):
+    """Yields (class name, line) for every class of ``tree`` that subclasses a Flax ``Module``
+    (``nn.Module``, ``linen.Module``, ``flax.linen.Module`` or a bare ``Module``)."""
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ClassDef):
+            for base in node.bases:
+                name = base.attr if isinstance(base, ast.Attribute) else getattr(base, "id", "")
+                if name == "Module":
+                    yield node.name, node.lineno
+
+
+def test_no_flax_module_under_tasks():
+    """A task binds models; the Flax modules themselves live in diffjax/models/."""
+    out = [f"{_where(m, line)}: class {name} (a Flax module: move it to diffjax/models/)"
+           for m, (_, tree) in MODULES.items() if _top(m) == "tasks" for name, line in _flax_modules(m, tree)]
+    assert out == []
+
+
+def _package_imports(src: str, forbidden: tuple[str, ...], why: str) -> list[str]:
+    """Violations of "package ``src`` never imports any of ``forbidden``" (top-level package names)."""
+    return _violations(lambda m, t, n: why if _top(m) == src and _top(t) in forbidden else None)
+
+
+def test_data_imports_no_ood_tasks_train_or_cli():
+    """Readers of sets and user inputs sit below ood/ and tasks/ (their errors come from diffjax.errors)."""
+    assert _package_imports("data", ("ood", "tasks", "train", "cli", "inference"),
+                            "data/ reads sets and inputs; it knows nothing of OOD scoring or tasks") == []
+
+
+def test_ood_never_imports_tasks():
+    assert _package_imports("ood", ("tasks", "train", "cli", "inference"),
+                            "ood/ holds the scores and reports that tasks bind") == []
+
+
+def test_errors_imports_nothing_of_diffjax():
+    _bottom_module_imports_nothing("diffjax.errors")
+
+
 def test_the_checker_sees_violations():
     """The checks above are not vacuous: a planted upward / private / cyclic import is found."""
     src = ("from diffjax.diffusion.masked import _check_tokens\nimport flax.linen as nn\n"
@@ -218,14 +256,34 @@ def test_the_checker_sees_violations():
             test_no_upward_imports_between_layers()
     finally:
         del MODULES["diffjax.diffusion._planted"]
+    planted = {"diffjax.tasks._planted": "import flax.linen as nn\nclass Net(nn.Module):\n    pass\n",
+               "diffjax.data._planted": "from diffjax.ood import deploy\n",
+               "diffjax.ood._planted": "from diffjax.tasks import base\n",
+               "diffjax.errors": "from diffjax import runtime\n"}
+    saved = MODULES.get("diffjax.errors")
+    for check, (module, src) in zip((test_no_flax_module_under_tasks, test_data_imports_no_ood_tasks_train_or_cli,
+                                     test_ood_never_imports_tasks, test_errors_imports_nothing_of_diffjax),
+                                    planted.items()):
+        MODULES[module] = (PKG / (module.split(".", 1)[1].replace(".", "/") + ".py"), ast.parse(src))
+        try:
+            with pytest.raises(AssertionError):
+                check()
+        finally:
+            del MODULES[module]
+            if module == "diffjax.errors":
+                MODULES[module] = saved
     assert LEAVES  # the leaf packages are documented above
+
+
+def _bottom_module_imports_nothing(module: str) -> None:
+    def pred(m, target, name):
+        if m == module and target.split(".")[0] == "diffjax":
+            return f"{module} is the bottom layer"
+        return None
+
+    assert _violations(pred) == []
 
 
 def test_runtime_context_imports_nothing_of_diffjax():
     """diffjax/runtime.py sits below tasks and train (both use it): it imports only JAX / numpy."""
-    def pred(module, target, name):
-        if module == "diffjax.runtime" and target.split(".")[0] == "diffjax":
-            return "the runtime context is the bottom layer"
-        return None
-
-    assert _violations(pred) == []
+    _bottom_module_imports_nothing("diffjax.runtime")

@@ -164,7 +164,7 @@ def _text_ood_data(tmp_path, n_lines, **fields):
 
 
 def test_a_too_small_id_set_names_the_file_and_the_counts(tmp_path):
-    from diffjax.tasks import text_ood_data as tdata
+    from diffjax.data import text_ood_sets as tdata
 
     d, path = _text_ood_data(tmp_path, 5, n_heldout=16, n_test=16, id_heldout_split="", id_test_split="")
     with pytest.raises(ConfigError) as e:

@@ -13,8 +13,8 @@ import pytest
 from diffjax.diffusion.schedules import gaussian_schedule
 from diffjax.models.bert import BertConfig
 from diffjax.ood import sweep as sweep_lib
-from diffjax.tasks import text_ood_data as tdata
-from diffjax.tasks import text_ood_model as tm
+from diffjax.data import text_ood_sets as tdata
+from diffjax.ood import text_scores as tm
 
 SCHED = gaussian_schedule("linear", 1000)
 V, D, L = 40, 16, 12

@@ -282,7 +282,7 @@ def load_user_images(path: str, *, resize_to: int | None = None, name: str | Non
     A 3-d ``.npy`` that reads two ways (``check_unambiguous``: ``(28, 28, 3)`` is one image or 28
     grayscale ones) is refused unless ``layout`` (``LAYOUTS``), or the path's ``#layout=`` suffix
     (``"x.npy#layout=HWC"``), says which. A missing path, a folder without image files, an empty
-    array or an unreadable file raises ``diffjax.ood.deploy.InputError`` naming it.
+    array or an unreadable file raises ``diffjax.errors.InputError`` naming it.
     """
     path, suffix_layout = split_layout(path)
     layout = layout if layout not in (None, "", "auto") else suffix_layout

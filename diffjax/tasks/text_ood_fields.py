@@ -4,9 +4,9 @@ configs/text_ood_demo.py documents the fields."""
 
 from __future__ import annotations
 
+from diffjax.ood.text_scores import SCORE_NAMES  # the one list of paper 000's scores
 from diffjax.tasks import fields as F
 
-SCORE_NAMES = ("ld", "lc", "ld_lc")  # text_ood_model.SCORE_NAMES (kept here: this module loads nothing)
 BASELINE_NAMES = ("maha", "knn", "msp", "energy", "maha_pretrained", "knn_pretrained", "maha_finetuned",
                   "knn_finetuned")
 

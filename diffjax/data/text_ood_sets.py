@@ -10,7 +10,7 @@ bucket that holds its longest example (truncated at the largest bucket, counted)
 ``read_inputs`` reads the user's inputs for ``score``: a ``.txt`` (one input a non-blank line, id =
 line number) or a ``.jsonl`` (id = the record's ``id`` field when present, else the line number;
 text = ``text_field``, else ``"text"`` / ``"target"`` / ``"sentence"``). Missing, empty or
-unreadable inputs raise ``diffjax.ood.deploy.InputError`` naming the file.
+unreadable inputs raise ``diffjax.errors.InputError`` naming the file.
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import os
+import time
 
 import numpy as np
 
@@ -25,8 +26,8 @@ from diffjax.data.text import TextExamples, read_examples
 from diffjax.data.text.cache import tokenize
 from diffjax.data.text.files import read_inputs as read_text_inputs
 from diffjax.data.text.packing import Packer, PackingFormat
-from diffjax.errors import InputError
-from diffjax.tasks.fields import ConfigError
+from diffjax.errors import ConfigError, InputError
+from diffjax.runtime import log
 
 
 @dataclasses.dataclass
@@ -150,6 +151,25 @@ def id_splits(data, tok, buckets) -> tuple[dict, list]:
                               f"task.data.n_{key} examples from {data.id_train_split!r}")
     names = sorted(set(parts["train"].prompts)) if data.label_field else None
     return {k: pack_labelled(k, v, tok, buckets, names) for k, v in parts.items()}, names or []
+
+
+def all_sets(data, tok) -> tuple[dict, list]:
+    """``config.task.data`` -> ({"heldout", "test", "train", "ood/<name>": PackedSet}, ID label names):
+    ``id_splits`` and every set of ``data.ood`` and ``data.user_ood`` (``n_ood`` examples each)."""
+    t0, buckets = time.time(), tuple(int(b) for b in data.buckets)
+    sets, labels = id_splits(data, tok, buckets)
+    for spec in tuple(data.ood) + tuple(data.user_ood):
+        ex = read_text(spec, max_examples=int(data.n_ood) or None, data_dir=data.data_dir)
+        s = pack_examples(set_name(spec), ex, tok, buckets)
+        sets[f"ood/{s.name}"] = s
+    log("text_ood: sets " + ", ".join(f"{k} {len(v)}x{v.tokens.shape[1]}" for k, v in sets.items())
+        + f" ({time.time() - t0:.1f}s)")
+    return sets, labels
+
+
+def pack_texts(source: str, texts: list[str], tok, buckets) -> PackedSet:
+    """A user's texts (read from ``source``) -> the ``PackedSet`` "inputs" that ``score`` scores."""
+    return pack_examples("inputs", TextExamples(source, [""] * len(texts), texts), tok, tuple(int(b) for b in buckets))
 
 
 def read_inputs(path: str, text_field: str = "") -> tuple[list, list[str]]:

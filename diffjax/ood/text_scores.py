@@ -1,25 +1,7 @@
-"""Paper 000's embedding-diffusion denoiser, its losses and its OOD score (papers.md §1).
+"""Paper 000's losses and OOD scores of text under embedding diffusion (papers.md §1).
 
-* **Noising space.** x_0 = s E[w] with ``s = embedding_scale(E, x0_std)`` = ``x0_std / std(E)``
-  (stop-gradient; ``x0_std = 0``: s = 1, the paper's raw embeddings). Pretrained word embeddings
-  are small (MiniLM: per-element std 0.056, token norm ~1.1) against eps ~ N(0, I) (norm sqrt(D)):
-  at the raw scale nearest-embedding rounding of x_t keeps 95% of tokens at t = 50 and none from
-  t = 500, so most of 1..T would be pure noise. Diffusion-LM / CDCD / Plaid scale x_0 to a known
-  per-dimension variance first; ``x0_std = 1`` makes x_0 unit-variance per dimension.
-* ``TextDenoiser``: a BERT-family encoder (``diffjax.models.bert.BertEncoder``) reads
-  ``x_t / s [B, L, D]`` through ``inputs_embeds`` (at t = 0 exactly the pretrained E[w]; position /
-  token-type embeddings kept) plus a timestep conditioning ``time_proj(time_mlp(t))`` added to every
-  token before the embedding LayerNorm: ``sinusoidal(t, D) -> Dense(mult D) -> SiLU -> Dense(D)``
-  then a **zero-initialised** ``Dense(D)`` (adaLN-zero practice: at init t contributes nothing, so
-  the timestep cannot drown the token signal; it grows only as training finds it useful). The x0
-  head ``Dense(D)`` reads the LayerNormed hidden states (per-element ~1) and predicts x0_hat directly
-  in the noising space (per-element std x0_std): no factor s on the output. (Predicting x0_hat / s
-  and multiplying by s ~ 18 made the random head's output ~8x the data at init, L_d 3109 against
-  388 for the mean embedding; the first updates then shrank the head to the mean, cos(x0_hat, x0)
-  0.22 at every t after 25 steps: the collapse measured in issue 23.)
-  Params: ``{"encoder", "time_mlp", "time_proj", "x0_head", "rounding_log_scale"}``; the word
-  embeddings ``E`` (``encoder/embeddings/word_embeddings/embedding [V, D]``) give x_0 and the tied
-  rounding logits.
+The denoiser and the noising space x_0 = s E[w] are ``diffjax.models.text_denoiser``.
+
 * ``l_d``: ``||x0_hat - x_0||^2`` summed over D (noising space), averaged over the masked-in tokens
   (``gaussian.per_example_error(..., "sum_last_mean_tokens")``).
 * ``l_c``: the rounding cross-entropy ``-(1/n) sum_i log softmax(k x0_hat_i (s E)^T)[w_i]``: tied logits
@@ -36,78 +18,26 @@
 * Model-free controls (no denoiser): ``token_norm_score`` (mean ||E[w]||^2) and ``UnigramModel``
   (mean negative log unigram probability under the ID train counts).
 
-Pure functions of params and arrays; the task (``text_ood.py``) binds them to data and config.
+* ``rounding_curve``: the model-free rounding accuracy of x_t per t (how much of the input survives),
+  and ``choose_score_t`` / ``by_t_rows``: the held-out-ID rule that picks the score's t and the per-t
+  diagnostics of results.json.
+
+Pure functions of params and arrays; the task (``tasks/text_ood.py``) binds them to data and config.
 """
 
 from __future__ import annotations
 
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 from diffjax.diffusion import gaussian
-from diffjax.models.bert import BertConfig, BertEncoder, mean_pool
-from diffjax.models.embeddings import TimestepMLP
+from diffjax.models.text_denoiser import (TextDenoiser, embedding_matrix, embedding_scale, predict_x0,  # noqa: F401
+                                          rounding_logit_scale)
+from diffjax.runtime import example_keys
 
 SCORE_NAMES = ("ld", "lc", "ld_lc")
 DIAGNOSTIC_NAMES = ("cos_x0", "rounding_acc")
-
-
-class TextDenoiser(nn.Module):
-    """``(x_t [B, L, D], t [B] int32, mask [B, L] bool, scale) -> x0_hat [B, L, D]`` (module docstring).
-
-    ``x_t`` and the output are in the noising space (x_0 = scale * E[w]); ``scale``: a scalar.
-    """
-
-    config: BertConfig
-    time_mult: int = 4
-
-    def setup(self):
-        d = self.config.hidden_size
-        self.time_mlp = TimestepMLP(embed_dim=d, hidden_dim=self.time_mult * d, out_dim=d)
-        self.time_proj = nn.Dense(d, kernel_init=nn.initializers.zeros, bias_init=nn.initializers.zeros)
-        self.encoder = BertEncoder(self.config)
-        self.x0_head = nn.Dense(d, kernel_init=nn.initializers.normal(0.02))
-        self.rounding_log_scale = self.param("rounding_log_scale", nn.initializers.zeros, ())
-
-    def time_cond(self, t) -> jax.Array:
-        """t [B] -> [B, D]: the conditioning added to every token's input (0 at init)."""
-        return self.time_proj(self.time_mlp(t))
-
-    def __call__(self, x_t, t, mask, scale=1.0, deterministic: bool = True):
-        if self.is_initializing():  # create E (only read through params afterwards: x_0 = E[w], tied logits)
-            self.encoder.embed_tokens(jnp.zeros((1, 1), jnp.int32))
-        h = self.encoder(attention_mask=mask, inputs_embeds=x_t / scale, cond=self.time_cond(t),
-                         deterministic=deterministic)["last_hidden_state"]
-        return self.x0_head(h)
-
-
-def embedding_matrix(params) -> jax.Array:
-    """The (tied) word-embedding matrix ``E: [V, D]`` of the denoiser's params."""
-    return params["encoder"]["embeddings"]["word_embeddings"]["embedding"]
-
-
-def embedding_scale(emb: jax.Array, x0_std: float) -> jax.Array:
-    """The scalar s of x_0 = s E[w]: ``x0_std / std(E)`` (stop-gradient), or 1 when ``x0_std == 0``."""
-    if not x0_std:
-        return jnp.float32(1.0)
-    return jax.lax.stop_gradient(jnp.float32(x0_std) / jnp.std(emb.astype(jnp.float32)))
-
-
-def rounding_logit_scale(params, learnt: bool = True) -> jax.Array:
-    """k = exp(``rounding_log_scale``) of the rounding logits (1 when not ``learnt``: the paper's tied logits)."""
-    if not learnt or "rounding_log_scale" not in params:
-        return jnp.float32(1.0)
-    return jnp.exp(params["rounding_log_scale"].astype(jnp.float32))
-
-
-def predict_x0(model: TextDenoiser, params, schedule, x_t, t, mask, scale, prediction: str = "x0",
-               **kwargs) -> jax.Array:
-    """x0_hat [B, L, D] from x_t [B, L, D] at t [B] (>= 1): the denoiser's output read as ``prediction``
-    ("x0": x0_hat itself, paper 000; "v": x0_hat = sqrt(abar) x_t - sqrt(1 - abar) v_hat, or "eps")."""
-    pred = model.apply({"params": params}, x_t, t, mask, scale, **kwargs)
-    return gaussian.x0_eps_from_prediction(schedule, x_t, t, pred, prediction)[0]
 
 
 def l_d(x0_hat: jax.Array, x0: jax.Array, mask: jax.Array) -> jax.Array:
@@ -222,10 +152,56 @@ def make_score_fn(model: TextDenoiser, schedule, *, x0_std: float = 0.0, lc_lear
     return score_fn
 
 
-def pooled_features(encoder: BertEncoder, enc_params, tokens, mask, cond=None) -> jax.Array:
-    """Mean-pooled last hidden states of a BERT encoder on clean tokens: [B, L] -> [B, D] float32."""
-    h = encoder.apply({"params": enc_params}, tokens, mask, cond=cond)["last_hidden_state"]
-    return mean_pool(h.astype(jnp.float32), mask.astype(bool))
+def rounding_curve(emb, tokens, mask, ids, ts, schedule, *, x0_std: float, seed: int,
+                   row_batch: int | None = None) -> list[float]:
+    """Nearest-embedding rounding accuracy of x_t / sqrt(abar_t) per t of ``ts``: model-free, how much of the
+    input survives at t. emb [V, D] (the pretrained E), tokens / mask [N, L], ids [N] int32 (the noise of row
+    i is keyed by ``fold_in(PRNGKey(seed), ids[i])``, one draw) -> [n_t] mean accuracies."""
+    emb = jnp.asarray(emb)
+    scale = embedding_scale(emb, x0_std)
+    tokens, mask = jnp.asarray(tokens), jnp.asarray(mask, bool)
+    keys = example_keys(jax.random.PRNGKey(int(seed)), jnp.asarray(ids, jnp.int32))
+    noise = jax.vmap(lambda k: position_noise(k, tokens.shape[1], emb.shape[1]))(keys)
+
+    @jax.jit
+    def acc_at(t):
+        x0 = emb[tokens] * scale
+        tt = jnp.full((tokens.shape[0],), t, jnp.int32)
+        x_t = gaussian.q_sample(schedule, x0, tt, noise)
+        abar = schedule.alpha_bars[t]
+        r = rounding_accuracy(x_t / (jnp.sqrt(abar) * scale), emb, tokens, mask, row_batch=row_batch)
+        return jnp.mean(r)
+
+    return [float(acc_at(int(t))) for t in ts]
+
+
+# ----------------------------------------------------------------------------------------------
+# The score's timestep: chosen on held-out ID only
+
+
+def choose_score_t(ts, id_loss, rise: float) -> int:
+    """The first t of the grid ``ts`` at which the held-out ID loss ``id_loss [n_t]`` has risen by
+    ``rise`` (a fraction) of its total rise over the grid: where ID denoising starts to fail.
+    Uses ID data only. A flat or falling curve gives the smallest t."""
+    ts, y = [int(t) for t in ts], np.asarray(id_loss, np.float64)
+    total = float(np.max(y) - y[0])
+    if not np.isfinite(total) or total <= 0:
+        return ts[0]
+    return ts[int(np.argmax(y - y[0] >= float(rise) * total))]
+
+
+def by_t_rows(ts, grids: dict, deploy_score: str) -> list[dict]:
+    """``[{"t", "cos_x0", "rounding_acc", "id_loss", "ood_loss": {set: mean}}]`` from sweep grids
+    ``{"heldout": {name: [n_t, n_s, N]} (with the diagnostics), "ood/<set>": {...}}``."""
+    rows = []
+    for i, t in enumerate(ts):
+        h = grids["heldout"]
+        rows.append({"t": int(t), "cos_x0": float(np.mean(h["cos_x0"][i])),
+                     "rounding_acc": float(np.mean(h["rounding_acc"][i])),
+                     "id_loss": float(np.mean(h[deploy_score][i])),
+                     "ood_loss": {k[4:]: float(np.mean(g[deploy_score][i])) for k, g in grids.items()
+                                  if k.startswith("ood/")}})
+    return rows
 
 
 # ----------------------------------------------------------------------------------------------

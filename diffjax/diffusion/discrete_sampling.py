@@ -71,6 +71,14 @@ def _outputs(x, hist, scores, calls, return_history, return_scores, return_num_c
     return out[0] if len(out) == 1 else out
 
 
+
+def _scan_steps(step, init, rng: jax.Array, num_steps: int):
+    """``lax.scan`` of ``step(carry, (i, key))`` over steps ``i = 1..num_steps``, one key per step split
+    from ``rng``: the loop every sampler here runs. Returns ``(carry, stacked outputs)``."""
+    steps = jnp.arange(1, num_steps + 1, dtype=jnp.int32)
+    return jax.lax.scan(step, init, (steps, jax.random.split(rng, num_steps)))
+
+
 def topk_unmask_sample(
     logits_fn: LogitsFn,
     x_init: jax.Array,
@@ -163,9 +171,7 @@ def topk_unmask_sample(
             sc_new = jnp.where(choose, score, sc)
         return (x_new, sc_new), (x_new if return_history else None)
 
-    steps = jnp.arange(1, num_steps + 1, dtype=jnp.int32)
-    init = (x, jnp.zeros(x.shape, jnp.float32))
-    (x, sc), hist = jax.lax.scan(step, init, (steps, jax.random.split(rng, num_steps)))
+    (x, sc), hist = _scan_steps(step, (x, jnp.zeros(x.shape, jnp.float32)), rng, num_steps)
     return _outputs(x, hist, sc, None, return_history, return_scores, False)
 
 
@@ -224,9 +230,7 @@ def ancestral_unmask_sample(
         x_new = jnp.where(unmask, tok, x)
         return (x_new, jnp.where(unmask, logp, sc)), (x_new if return_history else None)
 
-    steps = jnp.arange(1, num_steps + 1, dtype=jnp.int32)
-    init = (x, jnp.zeros(x.shape, jnp.float32))
-    (x, sc), hist = jax.lax.scan(step, init, (steps, jax.random.split(rng, num_steps)))
+    (x, sc), hist = _scan_steps(step, (x, jnp.zeros(x.shape, jnp.float32)), rng, num_steps)
     return _outputs(x, hist, sc, None, return_history, return_scores, False)
 
 
@@ -285,9 +289,7 @@ def iterative_refinement_sample(
         y_new = jnp.where(gen, tok, base)
         return (y_new, jnp.sum(jnp.where(gen, logp, 0.0), axis=-1)), None
 
-    steps = jnp.arange(1, num_steps + 1, dtype=jnp.int32)
-    init = (y, jnp.zeros((B * N,), jnp.float32))
-    (y, scores), _ = jax.lax.scan(step, init, (steps, jax.random.split(rng_steps, num_steps)))
+    (y, scores), _ = _scan_steps(step, (y, jnp.zeros((B * N,), jnp.float32)), rng_steps, num_steps)
     if score == "rescore":
         logp = jax.nn.log_softmax(logits_fn(y, jnp.zeros((B * N,), jnp.float32)).astype(jnp.float32), -1)
         lp = jnp.take_along_axis(logp, y[..., None], axis=-1)[..., 0]

@@ -32,3 +32,8 @@ class CheckpointFormatError(ValueError):
         self.file = os.fspath(file)
         self.problem = problem
         super().__init__(f"{self.file}: {problem}")
+
+
+def is_int(x) -> bool:
+    """A Python int that is not a bool (what a file's header may claim as a size, offset or stride)."""
+    return isinstance(x, int) and not isinstance(x, bool)

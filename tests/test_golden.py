@@ -20,7 +20,7 @@ import os
 import pytest
 
 from tests._config_util import REPO, set_fields
-from tests.golden.tiny_artifacts import _normalise
+from tests.golden.tiny_artifacts import CACHE_FIELD, _normalise
 
 GOLDEN = os.path.join(REPO, "tests", "golden", "values.json")
 UPDATE = os.environ.get("DIFFJAX_UPDATE_GOLDEN") == "1"
@@ -36,8 +36,6 @@ CASES = {
     "ar2diff_masked": ("ar2diff_smollm2_demo.py:tiny,masked", {"train.log_every": 1}),
     "gaussian2d": ("gaussian2d.py:small", {"train.num_steps": 4, "train.log_every": 1, "train.checkpoint_every": 4}),
 }
-CACHE_FIELD = {"dlsr": "task.feature_cache_dir", "masked_lm": "task.cache_dir", "ar2diff": "task.cache_dir",
-               "ar2diff_masked": "task.cache_dir"}
 
 
 def _run(name: str, tmp_path, **extra) -> dict:

@@ -7,8 +7,9 @@ generate.json, scores.csv identical before and after, timings aside).
     python tests/golden/tiny_artifacts.py compare /tmp/before /tmp/after
 
 ``run`` writes ``OUT/<run>/`` (the workdirs) and ``OUT/digest.json``: {run: {file: normalised content}}.
-Normalisation drops keys that hold wall-clock time (``*time*``, ``*_s``, ``*seconds*``, ``*per_sec*``,
-``eta``) and absolute paths of the output folder, nothing else. ``compare`` prints one line per
+Normalisation drops keys that hold wall-clock time (``*_time``, ``*_s``, ``*_seconds``, ``*per_sec*``,
+``eta``; ``num_timesteps`` and ``time_mult`` are kept) and absolute paths of the output folder, nothing else.
+``digest --out=OUT`` re-reads the artefacts of an earlier ``run`` (e.g. after a change of this normalisation). ``compare`` prints one line per
 (run, file): ``same`` or ``DIFFERS`` with the first differing key, and exits 1 on any difference.
 """
 from __future__ import annotations
@@ -40,9 +41,11 @@ RUNS = [
     ("ar2diff_masked", "configs/ar2diff_smollm2_demo.py:tiny,masked",
      [("train", []), ("eval", []), ("generate", ["--prompt=the cat sat"])]),
 ]
+CACHE_FIELD = {"dlsr": "task.feature_cache_dir", "masked_lm": "task.cache_dir", "ar2diff": "task.cache_dir",
+               "ar2diff_masked": "task.cache_dir"}
 ARTEFACTS = ("results.json", "results_table.txt", "generate.json", "sweep.json", "score.json", "scores.csv",
              "threshold.json")
-TIMING = re.compile(r"(time|seconds|per_sec|_s$|^eta$|elapsed|wall)", re.I)
+TIMING = re.compile(r"((^|_)(time|seconds|secs?|elapsed|wall|eta)(_|$)|per_sec|_s$)", re.I)  # not num_timesteps / time_mult
 
 
 def _inputs(folder: str) -> None:
@@ -73,36 +76,52 @@ def _read(path: str, root: str):
     return text.replace(root, "<OUT>")
 
 
+def digest(out: str) -> dict:
+    """{run: {artefact: normalised content}} of the workdirs under ``out`` (return codes from digest.json)."""
+    old = {}
+    if os.path.exists(os.path.join(out, "digest.json")):
+        old = json.load(open(os.path.join(out, "digest.json")))
+    result = {}
+    for name, _, _ in RUNS:
+        workdir = os.path.join(out, name)
+        result[name] = {k: v for k, v in old.get(name, {}).items() if k.endswith((".rc", ".stderr_tail"))}
+        for art in ARTEFACTS:
+            path = os.path.join(workdir, art)
+            if os.path.exists(path):
+                result[name][art] = _read(path, out)
+    return result
+
+
+def _write_digest(out: str, result: dict) -> None:
+    with open(os.path.join(out, "digest.json"), "w") as f:
+        json.dump(result, f, indent=1, sort_keys=True)
+    print(f"wrote {os.path.join(out, 'digest.json')}")
+
+
 def run(out: str) -> int:
     out = os.path.abspath(out)
     inputs = os.path.join(out, "_inputs")
     _inputs(inputs)
-    digest = {}
+    rcs = {}
     env = dict(os.environ, XLA_FLAGS=os.environ.get("XLA_FLAGS", ""))
     for name, config, commands in RUNS:
         workdir = os.path.join(out, name)
-        digest[name] = {}
+        rcs[name] = {}
         for command, extra in commands:
-            args = [sys.executable, "-m", "diffjax", command, f"--config={config}", f"--workdir={workdir}",
-                    f"--config.task.{'feature_cache_dir' if name == 'dlsr' else 'cache_dir'}="
-                    f"{os.path.join(out, '_cache', name)}"] if name != "text_ood" else \
-                   [sys.executable, "-m", "diffjax", command, f"--config={config}", f"--workdir={workdir}"]
+            args = [sys.executable, "-m", "diffjax", command, f"--config={config}", f"--workdir={workdir}"]
+            if name in CACHE_FIELD:  # caches inside OUT, so runs on two revisions share nothing
+                args.append(f"--config.{CACHE_FIELD[name]}={os.path.join(out, '_cache', name)}")
             args += [a.format(inputs=inputs) for a in extra]
             if command == "score":
                 args.append(f"--output={os.path.join(workdir, 'scores.csv')}")
             print("+", " ".join(args[1:]), flush=True)
             proc = subprocess.run(args, env=env, capture_output=True, text=True)
-            digest[name][f"{command}.rc"] = proc.returncode
+            rcs[name][f"{command}.rc"] = proc.returncode
             if proc.returncode:
-                digest[name][f"{command}.stderr_tail"] = proc.stderr[-400:].replace(out, "<OUT>")
+                rcs[name][f"{command}.stderr_tail"] = proc.stderr[-400:].replace(out, "<OUT>")
                 print(proc.stderr[-2000:], flush=True)
-        for art in ARTEFACTS:
-            path = os.path.join(workdir, art)
-            if os.path.exists(path):
-                digest[name][art] = _read(path, out)
-    with open(os.path.join(out, "digest.json"), "w") as f:
-        json.dump(digest, f, indent=1, sort_keys=True)
-    print(f"wrote {os.path.join(out, 'digest.json')}")
+    artefacts = digest(out)
+    _write_digest(out, {name: dict(artefacts[name], **codes) for name, codes in rcs.items()})
     return 0
 
 
@@ -146,10 +165,15 @@ def main(argv=None) -> int:
     sub = p.add_subparsers(dest="cmd", required=True)
     r = sub.add_parser("run")
     r.add_argument("--out", required=True)
+    d = sub.add_parser("digest")
+    d.add_argument("--out", required=True)
     c = sub.add_parser("compare")
     c.add_argument("before")
     c.add_argument("after")
     args = p.parse_args(argv)
+    if args.cmd == "digest":
+        _write_digest(os.path.abspath(args.out), digest(os.path.abspath(args.out)))
+        return 0
     return run(args.out) if args.cmd == "run" else compare(args.before, args.after)
 
 

@@ -220,7 +220,8 @@ def _no_task_built(monkeypatch, name):
     ("deploy_score", "mse_lr", r"^config.task.deploy_score='mse_lr' is invalid: expected one of "),
     ("baselines", ("knn", "mahalanobiss"), r"^config.task.baselines=\('knn', 'mahalanobiss'\) is invalid: "
                                            r"expected a tuple of names from "),
-    ("deploy_scor", "mse", r"^config.task.deploy_scor is not a field of the \w+Config: .*did you mean task.deploy_score"),
+    ("deploy_scor", "mse", r"^config.task.deploy_scor is not a field of the \w+Config: "
+                           r".*did you mean task.deploy_score"),
     ("data.n_tset", 3, r"^config.task.data.n_tset is not a field of the \w+Data: .*did you mean task.data.n_test"),
 ])
 def test_ood_task_typo_fails_before_anything_loads(monkeypatch, name, field, value, match):
@@ -266,7 +267,8 @@ def test_text_ood_backbone_field_was_renamed_to_init_from(monkeypatch, capsys):
     code = main(["diffjax", "eval", "--config=configs/text_ood_demo.py:tiny", "--config.task.backbone=/ckpt/x",
                  "--workdir=/nonexistent/never_made"])
     err = capsys.readouterr().err.strip().splitlines()
-    assert code == 2 and len(err) == 1 and err[0].startswith("error: config.task.backbone was removed: set config.init_from"), err
+    assert code == 2 and len(err) == 1, err
+    assert err[0].startswith("error: config.task.backbone was removed: set config.init_from"), err
 
 
 def test_text_ood_architecture_only_without_init_from():

@@ -13,10 +13,9 @@ SNR up to the t where nearest-embedding rounding of x_t on held-out ID falls bel
 only** (``choose_score_t``: the first grid t where the deploy loss has risen by ``score_t_rise`` of
 its rise over the grid). Controls and baselines beside the scores: ``tasks/text_ood_baselines.py``.
 
-``OODTask`` writes results.json (plus ``by_t``, ``controls``, ``threshold``), results_table.txt,
-roc.png, threshold.json (95% of held-out ID), sweep.json / sweep.png and the ``score`` rows. Sets:
-``data.text_ood_sets``; fields: the typed ``TextOODConfig`` (``tasks/text_ood_fields.py``), set with
-comments in configs/text_ood_demo.py.
+``OODTask`` writes results.json (plus ``by_t``, ``controls``, ``threshold``), results_table.txt, roc.png,
+threshold.json (95% of held-out ID), sweep.json / sweep.png and the ``score`` rows. Sets:
+``data.text_ood_sets``; fields: ``TextOODConfig`` (``tasks/text_ood_fields.py``; configs/text_ood_demo.py).
 """
 
 from __future__ import annotations
@@ -55,8 +54,7 @@ class TextOODTask(OODTask):
     read_user_inputs = staticmethod(read_user_texts)
 
     def __init__(self, c: TextOODConfig, arch_source: str | None = None):
-        """``arch_source``: the HF dir of ``config.init_from`` (architecture and weights; None: random init
-        of ``task.architecture``)."""
+        """``arch_source``: ``config.init_from``'s HF dir (``build_task``); None: ``task.architecture``."""
         from diffjax.data.text import load_tokenizer
 
         self.c = c
@@ -95,9 +93,7 @@ class TextOODTask(OODTask):
 
     def pretrained_params(self, path: str) -> dict:
         """``config.init_from``: the weights ``init_params`` placed (read once; the trainer's merge is a no-op)."""
-        if os.path.realpath(path) != os.path.realpath(self.path):
-            raise ValueError(f"init_from {path} is not the HF dir this task was built from ({self.path})")
-        return self.backbone.pretrained_tree()
+        return self.backbone.pretrained_tree(path)
 
     # -- training -----------------------------------------------------------------------------
     def loss_fn(self, params, batch, rng):

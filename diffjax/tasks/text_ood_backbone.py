@@ -94,8 +94,11 @@ class TextBackbone:
             self._params[kind] = jax.tree_util.tree_map(np.asarray, p)
         return self._params[kind]
 
-    def pretrained_tree(self) -> dict:
-        """Where the task's params hold these weights: ``{"denoiser": {"encoder"}, "classifier" (with labels)}``."""
+    def pretrained_tree(self, path: str | None = None) -> dict:
+        """Where the task's params hold these weights: ``{"denoiser": {"encoder"}, "classifier" (with labels)}``;
+        ``path`` (``config.init_from``'s model, from the trainer) must be this backbone's."""
+        if path is not None and os.path.realpath(path) != os.path.realpath(self.path):
+            raise ValueError(f"init_from {path} is not the HF dir this task was built from ({self.path})")
         tree = {"denoiser": {"encoder": self.params("encoder")}}
         if self.classifier is not None:
             tree["classifier"] = self.params("classifier")

@@ -54,7 +54,7 @@ def main():
             k, v = kv.split("=", 1)
             old = getattr(c.task, k)
             setattr(c.task, k, v if isinstance(old, str) else type(old)(ast.literal_eval(v)))
-    task = build_task(c.task)
+    task = build_task(c.task, init_from=c.init_from)
     params = task.init_params(jax.random.PRNGKey(0))
     lr = optax.warmup_cosine_decay_schedule(0.0, args.lr, int(c.optimizer.warmup_steps), max(args.steps, 21))
     opt = optax.adamw(lr, weight_decay=float(c.optimizer.weight_decay))

@@ -51,7 +51,7 @@ def main():
     from diffjax.ood import sweep as sweep_lib
     from diffjax.data import text_ood_sets as tdata
     from diffjax.ood import text_scores as tm
-    from diffjax.tasks.text_ood import backbone_path
+    from diffjax.checkpoints.pretrained import resolve_model_path
     from diffjax.checkpoints.hf import load_hf_checkpoint
 
     info = _machine.machine_info()
@@ -68,7 +68,7 @@ def main():
     _machine.print_machine(info)
     print(f"torch: {dev}, {threads} thread(s) (= XLA:CPU's {info['xla_cpu_threads']}"
           f"{', --threads' if args.threads else ''})" + (f"; note: {torch_note}" if torch_note else ""), flush=True)
-    path = backbone_path("embedded:minilm")
+    path = resolve_model_path("embedded:minilm")
     tok = load_tokenizer(path)
     ex = read_examples("embedded:movie_reviews", max_examples=args.n)
     s = tdata.pack_examples("bench", TextExamples("b", [""] * len(ex), list(ex.targets)), tok, (32,))

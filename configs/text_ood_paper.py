@@ -4,8 +4,7 @@ local HF dir, with the paper's recipe (L_d + L_c, linear betas 1e-4..0.02, T = 1
 batch 16, lr 5e-5, max length 128; 256 for IMDB / 20NG)::
 
     python -m diffjax demo --config=configs/text_ood_paper.py:sst2 --workdir=/runs/tood_sst2 \\
-        --config.task.backbone=/ckpt/roberta-large --config.task.data.data_dir=/data/tfds \\
-
+        --config.init_from=/ckpt/roberta-large --config.task.data.data_dir=/data/tfds
 
 ``arg``: one of ``sst2``, ``imdb``, ``trec``, ``20ng``. tfds sets are read as array_record (see the
 README: prepare once with ``tfds build NAME --file_format=array_record``). 20 Newsgroups and
@@ -47,7 +46,7 @@ def get_config(arg=None):
     c = _demo().get_config()
     with c.unlocked():
         t, d = c.task, c.task.data
-        t.backbone = "/ckpt/roberta-large"  # a local HF dir (RoBERTa-large: paper size)
+        c.init_from = "/ckpt/roberta-large"  # a local HF dir (RoBERTa-large: paper size): architecture and weights
         d.n_train = d.n_test = d.n_ood = 0
         d.n_heldout = 1000  # carved from the shuffled ID train split: the 95%-ID threshold of `score`
         if arg == "20ng":  # a text file: the test set is carved from it too

@@ -21,6 +21,7 @@ the nearest valid field. This is the only module that reads flags.
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
 import os
 import sys
@@ -70,6 +71,26 @@ def _field_paths(config, prefix: str = "") -> list[str]:
     return out
 
 
+def _removed_task_field(config, field: str) -> str | None:
+    """``task.a.b`` that the task's typed config lists in ``RENAMED`` (a removed field): what replaces it."""
+    parts = field.split(".")
+    if parts[0] != "task" or len(parts) < 2:
+        return None
+    try:
+        from diffjax.tasks import base
+
+        base._import_task(config.task.name)
+    except Exception:  # noqa: BLE001 - the unknown-field message will be shown instead
+        return None
+    cls = base._CONFIGS.get(config.task.name)
+    for part in parts[1:-1]:
+        meta = {f.name: f.metadata for f in dataclasses.fields(cls)}.get(part, {}) if cls else {}
+        cls = meta.get("nested")
+    if cls is None or parts[-1] not in cls.RENAMED:
+        return None
+    return f"config.{field} was removed: {cls.RENAMED[parts[-1]]}"
+
+
 def _unknown_override_message(config_value: str, argv: list[str]) -> str | None:
     """For the first ``--config.a.b=...`` naming no field: a message with the nearest valid field."""
     try:
@@ -83,6 +104,9 @@ def _unknown_override_message(config_value: str, argv: list[str]) -> str | None:
         field = a[len("--config."):].split("=", 1)[0]
         if field in known:
             continue
+        removed = _removed_task_field(config, field)
+        if removed:
+            return removed
         close = difflib.get_close_matches(field, sorted(known), n=3, cutoff=0.5)
         parent = field.rpartition(".")[0]
         if parent not in known:

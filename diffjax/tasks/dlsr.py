@@ -17,13 +17,13 @@ sweep over ``sweep_ts`` (sweep.json, sweep.png; with ``sweep_t_batch`` = 1 its v
 equals the table's bit for bit) and ``score`` of the user's images. Image sets:
 ``diffjax.data.image_sets``.
 
-Config (``config.task``; see configs/dlsr_mnist_demo.py for every field with comments; ranges in
-``tasks/dlsr_fields.py``).
+Config: the typed ``config.task`` (``DLSRConfig``, ``tasks/dlsr_fields.py``: every field, its range and
+default); configs/dlsr_mnist_demo.py sets every field with comments.
 """
 
 from __future__ import annotations
 
-import json
+import dataclasses
 import time
 
 import jax
@@ -40,14 +40,10 @@ from diffjax.ood import baselines, feature_cache, features as feat, image_encode
 from diffjax.ood import sweep as sweep_lib
 from diffjax.runtime import log
 from diffjax.tasks.base import register_prepare_call, register_task
-from diffjax.tasks.dlsr_fields import validate_task_config
+from diffjax.tasks.dlsr_fields import DLSRConfig
 from diffjax.tasks.ood_task import OODTask, ood_prepare_call
 
 BASELINES = ("mahalanobis", "knn")
-
-
-def _cfg_to_dict(c) -> dict:
-    return json.loads(c.to_json()) if hasattr(c, "to_json") else dict(c)
 
 
 def user_image_size(c) -> int:
@@ -66,7 +62,7 @@ class DLSRTask(OODTask):
     threshold_set = "test"  # DLSR has no held-out split: the threshold accepts 95% of ID test
     read_user_inputs = staticmethod(read_user_images)
 
-    def __init__(self, c):
+    def __init__(self, c: DLSRConfig):
         self.c = c
         self.schedule = gaussian_schedule(c.schedule, int(c.num_diffusion_steps))
         m = c.model
@@ -105,7 +101,7 @@ class DLSRTask(OODTask):
 
     def _cache_path(self, key: str) -> str | None:
         """The disk-cache file of set ``key``'s raw features (None without ``feature_cache_dir``)."""
-        ident = {"encoder": _cfg_to_dict(self.c.encoder), "data": _cfg_to_dict(self.c.data), "set": key}
+        ident = {"encoder": dataclasses.asdict(self.c.encoder), "data": dataclasses.asdict(self.c.data), "set": key}
         return feature_cache.cache_path(self.c.feature_cache_dir, f"dlsr_{key.replace('/', '_')}", ident)
 
     def normalize(self, raw, params) -> jax.Array:
@@ -237,6 +233,6 @@ class DLSRTask(OODTask):
 register_prepare_call("dlsr")(ood_prepare_call(read_user_images))
 
 
-@register_task("dlsr", validate=validate_task_config)
-def from_config(task_config) -> DLSRTask:
-    return DLSRTask(task_config)
+@register_task("dlsr", config=DLSRConfig)
+def from_config(cfg: DLSRConfig) -> DLSRTask:
+    return DLSRTask(cfg)

@@ -1,6 +1,6 @@
 """Text OOD detection by embedding diffusion (papers.md §1, paper 000): the method, bound to ``OODTask``.
 
-A pretrained BERT-family encoder (``task.backbone``, ``tasks/text_ood_backbone.py``) is finetuned on
+A pretrained BERT-family encoder (``config.init_from``, ``tasks/text_ood_backbone.py``) is finetuned on
 ID text as a Gaussian denoiser of its own token embeddings scaled to ``x0_std`` per dimension
 (``models.text_denoiser.TextDenoiser``; linear betas, T = 1000, x0-prediction, loss
 ``ld_weight * L_d + lc_weight * L_c``: ``ood.text_scores.diffusion_loss``). A sentence's score at t
@@ -13,9 +13,9 @@ SNR up to the t where nearest-embedding rounding of x_t on held-out ID falls bel
 only** (``choose_score_t``: the first grid t where the deploy loss has risen by ``score_t_rise`` of
 its rise over the grid). Controls and baselines beside the scores: ``tasks/text_ood_baselines.py``.
 
-``OODTask`` writes results.json (plus ``by_t``, ``controls``, ``threshold``), results_table.txt,
-roc.png, threshold.json (95% of held-out ID), sweep.json / sweep.png and the ``score`` rows. Sets:
-``data.text_ood_sets``; fields: configs/text_ood_demo.py, ranges in ``tasks/text_ood_fields.py``.
+``OODTask`` writes results.json (plus ``by_t``, ``controls``, ``threshold``), results_table.txt, roc.png,
+threshold.json (95% of held-out ID), sweep.json / sweep.png and the ``score`` rows. Sets:
+``data.text_ood_sets``; fields: ``TextOODConfig`` (``tasks/text_ood_fields.py``; configs/text_ood_demo.py).
 """
 
 from __future__ import annotations
@@ -35,8 +35,8 @@ from diffjax.runtime import log
 from diffjax.tasks import text_ood_baselines as tb
 from diffjax.tasks.base import register_prepare_call, register_task
 from diffjax.tasks.ood_task import OODTask, ood_prepare_call
-from diffjax.tasks.text_ood_backbone import TextBackbone, backbone_path, pretrained_params
-from diffjax.tasks.text_ood_fields import validate_task_config
+from diffjax.tasks.text_ood_backbone import TextBackbone, backbone_name, backbone_source
+from diffjax.tasks.text_ood_fields import TextOODConfig
 
 
 def read_user_texts(c, inputs: str):
@@ -52,18 +52,18 @@ class TextOODTask(OODTask):
     threshold_set = "heldout"
     threshold_in_results = True
     read_user_inputs = staticmethod(read_user_texts)
-    pretrained_params = staticmethod(pretrained_params)  # config.init_from = an HF dir: the encoder's weights
 
-    def __init__(self, c):
+    def __init__(self, c: TextOODConfig, arch_source: str | None = None):
+        """``arch_source``: ``config.init_from``'s HF dir (``build_task``); None: ``task.architecture``."""
         from diffjax.data.text import load_tokenizer
 
         self.c = c
-        self.path = backbone_path(c.backbone)
+        self.path, pretrained = backbone_source(arch_source, c.architecture)
         self.tok = load_tokenizer(self.path)
         self.schedule = gaussian_schedule("linear", int(c.num_diffusion_steps))
         self.label_names = self._label_names()
         self.backbone = TextBackbone(self.path, num_layers=int(c.num_layers), dropout=float(c.dropout),
-                                     num_labels=len(self.label_names), seed=int(c.data.seed))
+                                     num_labels=len(self.label_names), seed=int(c.data.seed), pretrained=pretrained)
         self.encoder, self.cls_model = self.backbone.encoder, self.backbone.classifier
         self.num_layers = self.backbone.num_layers
         self.model = tdn.TextDenoiser(self.encoder.config, time_mult=int(c.time_mult))
@@ -87,10 +87,13 @@ class TextOODTask(OODTask):
     def init_params(self, rng):
         x = jnp.zeros((1, 4, self.encoder.config.hidden_size), jnp.float32)
         fresh = self.model.init(rng, x, jnp.ones((1,), jnp.int32), jnp.ones((1, 4), bool))["params"]
-        params = {"denoiser": {**fresh, "encoder": self.backbone.params("encoder")}}
-        if self.cls_model is not None:
-            params["classifier"] = self.backbone.params("classifier")
+        tree = self.backbone.pretrained_tree()
+        params = {**tree, "denoiser": {**fresh, **tree["denoiser"]}}
         return jax.tree_util.tree_map(jnp.asarray, params)
+
+    def pretrained_params(self, path: str) -> dict:
+        """``config.init_from``: the weights ``init_params`` placed (read once; the trainer's merge is a no-op)."""
+        return self.backbone.pretrained_tree(path)
 
     # -- training -----------------------------------------------------------------------------
     def loss_fn(self, params, batch, rng):
@@ -202,7 +205,7 @@ class TextOODTask(OODTask):
 
     def result_entries(self, params, point, table, snapshots) -> dict:
         c, emb = self.c, tdn.embedding_matrix(params["denoiser"])
-        return {"score_t_rule": point["score_t_rule"], "backbone": c.backbone, "x0_std": float(c.x0_std),
+        return {"score_t_rule": point["score_t_rule"], "backbone": backbone_name(self.path), "x0_std": float(c.x0_std),
                 "embedding_scale": float(tdn.embedding_scale(emb, float(c.x0_std))),
                 "rounding_logit_scale": float(tdn.rounding_logit_scale(params["denoiser"], bool(c.lc_learnt_scale))),
                 "deploy_score": c.deploy_score, "by_t": point["by_t"],
@@ -246,6 +249,6 @@ class TextOODTask(OODTask):
 register_prepare_call("text_ood")(ood_prepare_call(read_user_texts))
 
 
-@register_task("text_ood", validate=validate_task_config)
-def from_config(task_config) -> TextOODTask:
-    return TextOODTask(task_config)
+@register_task("text_ood", config=TextOODConfig)
+def from_config(cfg: TextOODConfig, arch_source: str | None = None) -> TextOODTask:
+    return TextOODTask(cfg, arch_source)

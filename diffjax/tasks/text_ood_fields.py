@@ -1,8 +1,12 @@
-"""The valid range of every ``config.task`` field of the text OOD task (paper 000, ``text_ood.py``):
-``validate_task_config(c)`` raises ``fields.ConfigError`` before any data, tokenizer or weights load.
-configs/text_ood_demo.py documents the fields."""
+"""The typed ``config.task`` of the text OOD task (paper 000, ``text_ood.py``): ``TextOODConfig`` with its
+nested ``TextOODData`` (``task.data``). ``TextOODConfig.from_config(config.task)`` checks every field (and
+refuses one it does not declare) before any data, tokenizer or weights load. Defaults:
+configs/text_ood_demo.py, which documents the fields. The encoder (architecture and pretrained weights)
+is ``config.init_from``, not a task field."""
 
 from __future__ import annotations
+
+import dataclasses
 
 from diffjax.ood.text_scores import SCORE_NAMES  # the one list of paper 000's scores
 from diffjax.tasks import fields as F
@@ -11,45 +15,75 @@ BASELINE_NAMES = ("maha", "knn", "msp", "energy", "maha_pretrained", "knn_pretra
                   "knn_finetuned")
 
 
-def validate_task_config(c) -> None:
-    """Raises ``ConfigError`` for the first text_ood field outside its range."""
-    F.check_fields(c, (
-        ("backbone", F.text(nonempty=True, what="'embedded:minilm' or a Hugging Face model directory")),
-        ("num_layers", F.integer(0, what="0 = all of the backbone's layers")),
-        ("dropout", F.number(0.0, 1.0, high_open=True)),
-        ("num_diffusion_steps", F.integer(1)),
-        ("ld_weight", F.number(0.0)), ("lc_weight", F.number(0.0)),
-        ("x0_std", F.number(0.0, what="0 = raw embeddings")), ("lc_learnt_scale", F.boolean()),
-        ("prediction", F.choice("x0", "v", "eps")),
-        ("time_mult", F.integer(1)),
-        ("score_t_rise", F.number(0.0, 1.0)),
-        ("num_seeds", F.integer(1)), ("score_seed", F.integer(0)), ("score_chunk", F.integer(1)),
-        ("lc_row_batch", F.integer(0, what="0 = all rows at once")),
-        ("deploy_score", F.choice(*SCORE_NAMES)), ("score_text_field", F.text()),
-        ("baselines", F.texts(BASELINE_NAMES)), ("knn_k", F.integer(1)), ("feature_batch", F.integer(1)),
-        ("controls", F.boolean()),
-        ("sweep_num_ts", F.integer(1)), ("sweep_min_rounding_acc", F.number(0.0, 1.0)),
-        ("sweep_num_seeds", F.integer(0, what="0 = num_seeds")),
-        ("sweep_max_examples", F.integer(0, what="0 = all")),
-        ("data.id", F.text(nonempty=True)), ("data.id_train_split", F.text(nonempty=True)),
-        ("data.id_heldout_split", F.text(what="'' = carved from the train split")),
-        ("data.id_test_split", F.text(what="'' = carved from the train split")),
-        ("data.label_field", F.text()), ("data.data_dir", F.text()),
-        ("data.n_train", F.integer(0, what="0 = all")), ("data.n_ood", F.integer(0, what="0 = all")),
-        ("data.n_heldout", F.integer(0)), ("data.n_test", F.integer(0)),
-        ("data.ood", F.texts()), ("data.user_ood", F.texts()),
-        ("data.buckets", F.lengths(3, what="[CLS] text [SEP]")), ("data.seed", F.integer(0)),
-    ))
-    T = F.get(c, "num_diffusion_steps")
-    if T is not None:
-        auto = F.get(c, "score_t_rise") is not None  # score_t = 0: chosen on held-out ID
-        F.check_fields(c, (("score_t", F.integer(0 if auto else 1, T, what="0 = chosen on held-out ID" if auto else "")),
-                           ("sweep_ts", F.timesteps(T, nonempty=F.get(c, "sweep_num_ts") is None))))
-    ld, lc = F.get(c, "ld_weight"), F.get(c, "lc_weight")
-    if ld is not None and lc is not None:
-        F.require(ld + lc > 0, "task.lc_weight", lc, "a number > 0 when task.ld_weight is 0 (the loss would be 0)")
-    for key in ("heldout", "test"):
-        split, n = F.get(c, f"data.id_{key}_split"), F.get(c, f"data.n_{key}")
-        if split == "" and n is not None:
-            F.require(n >= 1, f"task.data.n_{key}", n,
-                      f"an integer >= 1 when task.data.id_{key}_split is '' (carved from the shuffled ID train split)")
+@dataclasses.dataclass(frozen=True)
+class TextOODData(F.TaskConfig):
+    """``config.task.data``: the ID / OOD text sets (``diffjax.data.text_ood_sets``)."""
+
+    id: str = F.field(F.text(nonempty=True), "embedded:movie_reviews", "the ID set (a source string)")
+    label_field: str = F.field(F.text(), "category", "the ID labels of the classifier baselines ('' = none)")
+    id_train_split: str = F.field(F.text(nonempty=True), "train", "the ID train split (shuffled)")
+    id_heldout_split: str = F.field(F.text(what="'' = carved from the train split"), "", "the threshold's ID split")
+    id_test_split: str = F.field(F.text(what="'' = carved from the train split"), "", "the table's ID split")
+    ood: tuple = F.field(F.texts(), ("embedded:news_headlines", "embedded:hamlet"), "the OOD sets")
+    user_ood: tuple = F.field(F.texts(), (), "the user's own OOD sets (.txt / .jsonl)")
+    n_train: int = F.field(F.integer(0, what="0 = all"), 0, "ID train examples kept")
+    n_heldout: int = F.field(F.integer(0), 500, "held-out ID examples (carved when the split is '')")
+    n_test: int = F.field(F.integer(0), 1000, "ID test examples (carved when the split is '')")
+    n_ood: int = F.field(F.integer(0, what="0 = all"), 0, "examples kept per OOD set")
+    data_dir: str = F.field(F.text(), "", "tfds data_dir (array_record) of tfds: sources")
+    buckets: tuple = F.field(F.lengths(3, what="[CLS] text [SEP]"), (16, 32, 64, 128), "padded lengths")
+    seed: int = F.field(F.integer(0), 0, "the shuffle, the carving and the batch order")
+
+    def check(self) -> None:
+        for key in ("heldout", "test"):
+            if getattr(self, f"id_{key}_split") == "":
+                n = getattr(self, f"n_{key}")
+                F.require(n >= 1, f"task.data.n_{key}", n, f"an integer >= 1 when task.data.id_{key}_split is '' "
+                                                           "(carved from the shuffled ID train split)")
+
+
+@dataclasses.dataclass(frozen=True)
+class TextOODConfig(F.TaskConfig):
+    """``config.task`` of paper 000's text OOD (configs/text_ood_demo.py, text_ood_paper.py)."""
+
+    RENAMED = {"backbone": "set config.init_from instead (e.g. 'embedded:minilm' or a Hugging Face model dir): it "
+                           "gives the encoder's architecture and its pretrained weights (--config.init_from=...)"}
+
+    name: str = F.field(F.choice("text_ood"), "text_ood")
+    architecture: str = F.field(F.text(what="an HF model dir or 'embedded:minilm'; only with config.init_from=''"),
+                                "", "the encoder's architecture for a random init (weights not read)")
+    num_layers: int = F.field(F.integer(0, what="0 = all of the backbone's layers"), 0, "encoder layers kept")
+    data: TextOODData = F.field(None, TextOODData(), "the text sets", nested=TextOODData)
+    num_diffusion_steps: int = F.field(F.integer(1), 1000, "T (linear betas)")
+    ld_weight: float = F.field(F.number(0.0), 1.0, "weight of L_d")
+    lc_weight: float = F.field(F.number(0.0), 1.0, "weight of L_c")
+    x0_std: float = F.field(F.number(0.0, what="0 = raw embeddings"), 1.0, "x_0 = E[w] scaled to this std")
+    lc_learnt_scale: bool = F.field(F.boolean(), True, "a learnt scale of the rounding logits")
+    prediction: str = F.field(F.choice("x0", "v", "eps"), "v", "what the network outputs")
+    time_mult: int = F.field(F.integer(1), 4, "timestep MLP width, in D")
+    dropout: float = F.field(F.number(0.0, 1.0, high_open=True), 0.0, "encoder dropout while training")
+    score_t: int = F.field(None, 0, "the table's t in [0, T]; 0 = chosen on held-out ID (checked in check())")
+    score_t_rise: float = F.field(F.number(0.0, 1.0), 0.1, "score_t = 0: the rise of the held-out ID loss")
+    num_seeds: int = F.field(F.integer(1), 5, "fixed noise draws averaged per score")
+    score_seed: int = F.field(F.integer(0), 0, "the draws' base seed")
+    score_chunk: int = F.field(F.integer(1), 32, "examples per jitted scoring call")
+    lc_row_batch: int = F.field(F.integer(0, what="0 = all rows at once"), 8, "rows per step of the rounding CE")
+    deploy_score: str = F.field(F.choice(*SCORE_NAMES), "ld_lc", "the score `score` thresholds")
+    score_text_field: str = F.field(F.text(), "", "`score` of .jsonl inputs: the text field")
+    baselines: tuple = F.field(F.texts(BASELINE_NAMES), ("maha", "knn", "msp", "energy"), "feature baselines")
+    knn_k: int = F.field(F.integer(1), 10, "k of the kNN baselines")
+    feature_batch: int = F.field(F.integer(1), 64, "examples per feature call of the baselines")
+    controls: bool = F.field(F.boolean(), True, "token_norm / unigram / untrained controls")
+    sweep_ts: tuple = F.field(None, (), "the grid's timesteps in [1, T] (checked in check()); () = log-SNR grid")
+    sweep_num_ts: int = F.field(F.integer(1), 10, "steps of the log-SNR grid")
+    sweep_min_rounding_acc: float = F.field(F.number(0.0, 1.0), 0.01, "the grid ends where rounding falls below")
+    sweep_num_seeds: int = F.field(F.integer(0, what="0 = num_seeds"), 0, "noise draws of the sweep and by_t")
+    sweep_max_examples: int = F.field(F.integer(0, what="0 = all"), 0, "examples per set of the sweep and by_t")
+
+    def check(self) -> None:
+        T = self.num_diffusion_steps
+        for field, check in (("score_t", F.integer(0, T, what="0 = chosen on held-out ID")),
+                             ("sweep_ts", F.timesteps(T, nonempty=False))):
+            F.require(check.ok(getattr(self, field)), f"task.{field}", getattr(self, field), check.expected)
+        F.require(self.ld_weight + self.lc_weight > 0, "task.lc_weight", self.lc_weight,
+                  "a number > 0 when task.ld_weight is 0 (the loss would be 0)")

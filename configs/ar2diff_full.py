@@ -5,10 +5,11 @@
 Set the paths on the command line (nothing is downloaded; tfds data must be prepared as array_record)::
 
     python -m diffjax pipeline --config=configs/ar2diff_full.py:squad --root=/ckpt/ar2diff_squad \\
-        --config.task.model_source=/models/Qwen2.5-0.5B --config.task.tokenizer=/models/Qwen2.5-0.5B \\
+        --config.init_from=/models/Qwen2.5-0.5B \\
         --config.task.stage2.data_dir=/data/tfds --config.task.stage3.data_dir=/data/tfds
 
-Stage 1 = the HF checkpoint itself (0 steps; ``model_source`` seeds stage 2); stage 2 = N = 10k steps
+``config.init_from`` gives the weights, the architecture and the tokenizer. Stage 1 = the HF checkpoint
+itself (0 steps; ``init_from`` seeds stage 2); stage 2 = N = 10k steps
 of diffusion continued pretraining on C4-style text (tfds ``c4/en``, prefix-LM split in half), switched
 straight to bidirectional attention as paper 001 does; stage 3 = finetuning (paper 001: lr 1e-4).
 DiffuLLaMA's options stay available: ``--config.task.logit_shift=True --config.task.anneal_steps=1000``
@@ -40,7 +41,7 @@ def get_config(arg=None):
         task = stage("tfds:squad", "", 20_000, 1e-4, prompt_field="question", target_field="answers")
         length = 512
     c.task = ml_collections.ConfigDict(dict(
-        name="ar2diff", stage=3, arch="decoder", model_source="", model=ml_collections.ConfigDict({}),
+        name="ar2diff", stage=3, arch="decoder", architecture="", model=ml_collections.ConfigDict({}),
         remat=True, tokenizer="", style="llama", cache_dir="~/.cache/diffjax/ar2diff", buckets=(length,), seed=0,
         target_length=128, objective="sundae", normalize="sequence", unroll_steps=2, mask_id=-1,
         logit_shift=False, anneal_steps=0,  # DiffuLLaMA's options (see above), off: paper 001's plain switch

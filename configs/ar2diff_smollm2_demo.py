@@ -15,8 +15,10 @@ target = the rest), prefix-LM style. Stages 1 (AR arm) and 3: an extractive task
 answer built from the Guardian headlines: ``"<headline>\\nLast 3 words:"`` -> the headline's last
 3 words (headlines of 5..10 words; 32 held out for evaluation). One bucket of 32 tokens.
 
-``arg``: None = the demo (SmolLM2, 135M params); ``"tiny"`` = a 2-layer random Llama (d 32) with the
-same tokenizer and data, seconds per stage, for tests; ``"masked"`` / ``"tiny,masked"`` = the
+``config.init_from`` (the GGUF; a stage's workdir when chained) gives the weights and the architecture.
+``arg``: None = the demo (SmolLM2, 135M params, ``init_from`` = the GGUF); ``"tiny"`` = a 2-layer random
+Llama (d 32, ``init_from=""``: the architecture from the ``task.model`` fields) with the same tokenizer and
+data, seconds per stage, for tests; ``"masked"`` / ``"tiny,masked"`` = the
 masked (absorbing) objective with the top-k decoder (mask id 0 = ``<|endoftext|>``, unused by the data).
 """
 
@@ -54,8 +56,9 @@ def get_config(arg=None):
         name="ar2diff",
         stage=3,  # 1 AR prefix LM | 2 diffusion continued pretraining | 3 diffusion finetuning
         arch="decoder",  # "decoder" (Llama family) | "encoder_decoder" (T5)
-        # Architecture: a pretrained model's (weights arrive through config.init_from) or task.model.
-        model_source="" if tiny else gguf,
+        # Architecture: config.init_from's (with the weights). A random init (init_from="") takes
+        # `architecture` (a .gguf / HF dir) or, with architecture="", these task.model fields.
+        architecture="",
         model=ml_collections.ConfigDict(dict(
             vocab_size=49152, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
             num_key_value_heads=2, tie_word_embeddings=True, rope_theta=10000.0, max_position_embeddings=256)),
@@ -91,5 +94,6 @@ def get_config(arg=None):
     c.train.eval_every = 0
     c.train.eval_at_end = True
     c.mesh_shape = (1, 1)
+    c.init_from = "" if tiny else gguf  # the pretrained start P (pipeline: stage 2 and the --compare arms)
     c.lock()
     return c

@@ -20,7 +20,7 @@ def _demo():
 def get_config(arg=None):
     c = base_config()
     d = _demo().minilm_dir()
-    t = _demo().task_config(d)
+    t = _demo().task_config()
     t.update(dict(data="", prompt_template="Instruction: {instruction} Input: {input}", target_field="output",
                   length_mode="fixed", length_max=0, buckets=(48, 64), gen_length=64, max_words=8,
                   decoder="topk", num_steps=32, eval_max_examples=200, eval_batch_size=50))

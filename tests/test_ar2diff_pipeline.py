@@ -90,3 +90,32 @@ def test_pipeline_verb_runs_the_stages_in_process(tmp_path, monkeypatch):
     assert cli.main(argv) == 0 and calls == []  # every stage done: all skipped
     assert pipeline.ARMS == ("ar", "ar2diff", "n0", "scratch", "scratch2")
     assert cli.main(["diffjax", "pipeline", f"--config={CONFIG}:tiny", f"--workdir={root}"]) == 2  # --root, not --workdir
+
+
+def test_compare_arms_take_the_pretrained_start_from_init_from(tmp_path, monkeypatch):
+    """``--compare``: P is ``config.init_from`` (no second field); the random-init arms (scratch, scratch2) run
+    with ``init_from=""`` and P's architecture as ``task.architecture``; the others chain from P."""
+    from diffjax.train import pipeline, trainer
+
+    gguf = str(tmp_path / "m.gguf")
+    open(gguf, "w").close()
+    calls = {}
+
+    def fake_train(config, workdir, **kw):
+        calls[os.path.relpath(workdir, root)] = (int(config.task.stage), config.init_from, config.task.architecture)
+        os.makedirs(workdir, exist_ok=True)
+        with open(os.path.join(workdir, "results.json"), "w") as f:
+            json.dump({"heldout_loss": 1.0}, f)
+
+    monkeypatch.setattr(trainer, "train", fake_train)
+    root = str(tmp_path / "root")
+    c = _cfg(tmp_path, 3, 1, init_from=gguf)
+    comp = pipeline.compare(c, root, list(pipeline.ARMS), 5)
+    assert comp["source"] == gguf
+    assert calls == {"ar": (1, gguf, ""), "ar2diff/stage2": (2, gguf, ""),
+                     "ar2diff/stage3": (3, f"{root}/ar2diff/stage2", ""), "n0": (3, gguf, ""),
+                     "scratch": (3, "", gguf), "scratch2": (2, "", gguf)}
+    calls.clear()
+    root = str(tmp_path / "root2")  # no pretrained start: stage 1 from random init first; task.model throughout
+    pipeline.compare(_cfg(tmp_path, 3, 1), root, ["n0", "scratch"], 5)
+    assert calls == {"pretrain": (1, "", ""), "n0": (3, f"{root}/pretrain", ""), "scratch": (3, "", "")}

@@ -119,7 +119,7 @@ class MLMFromMiniLM(Task):
     jit_init = True
 
     def __init__(self, cfg):
-        self.model = hf_bert.model_from_hf_config(read_hf_config(cfg.model_dir), mlm_head=True, use_pooler=False)
+        self.model = hf_bert.model_from_hf_config(read_hf_config(cfg.architecture), mlm_head=True, use_pooler=False)
 
     def init_params(self, rng):
         return hf_bert.init_params(self.model, rng)
@@ -140,7 +140,7 @@ def _mlm_task(cfg):
 def test_hf_dir_source_loads_encoder_and_lists_new_head(tmp_path):
     d = minilm_dir()
     c = base_config()
-    c.task = ml_collections.ConfigDict({"name": "test_mlm_from_minilm", "model_dir": d})
+    c.task = ml_collections.ConfigDict({"name": "test_mlm_from_minilm", "architecture": d})
     c.init_from = d
     c.mesh_shape = (1, 1)
     c.lock()

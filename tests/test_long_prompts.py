@@ -4,6 +4,7 @@ generate result = generate.json); a prompt that leaves no room for the output is
 prompt, its length and the room left. masked_lm (tiny random BERT, MiniLM's tokenizer) and AR2Diff
 (tiny random Llama, SmolLM2's tokenizer)."""
 
+import dataclasses
 import json
 import os
 
@@ -35,7 +36,7 @@ def mlm(tmp_path_factory):
     json.dump(cfg, open(d / "config.json", "w"))
     c = _load_config_file(f"{REPO}/configs/rdm_minilm_demo.py:tiny").task
     with c.unlocked():
-        c.model_dir, c.tokenizer, c.model = str(d), minilm, None
+        c.architecture, c.tokenizer, c.model = str(d), minilm, None  # init_from "": a random init of d
     task = build_task(c)
     return task, task.init_params(jax.random.PRNGKey(0))
 
@@ -43,8 +44,7 @@ def mlm(tmp_path_factory):
 @pytest.mark.parametrize("length_mode", ["head", "fixed"])
 def test_masked_lm_long_prompt_is_cut_reported_and_gets_an_output(mlm, capsys, length_mode):
     task, params = mlm
-    with task.cfg.unlocked():
-        task.cfg.length_mode = length_mode
+    task.cfg = dataclasses.replace(task.cfg, length_mode=length_mode)  # the typed config is frozen
     task._program.cache_clear()
     L = int(task.cfg.gen_length)
     n_in = len(task.tokenizer.encode([LONG])[0])
@@ -113,14 +113,13 @@ def test_ar2diff_long_prompt_is_cut_and_reported(ar, capsys):
 
 def test_ar2diff_prompt_without_room_is_an_error_naming_it(ar):
     """min_target_slots past the row (refused by the config check; forced here) leaves the prompt no slot."""
-    with ar.cfg.unlocked():
-        old, ar.cfg.min_target_slots = ar.cfg.min_target_slots, int(ar.cfg.buckets[-1])
+    old = ar.cfg
+    ar.cfg = dataclasses.replace(old, min_target_slots=int(old.buckets[-1]))  # (replace skips check())
     try:
         with pytest.raises(ConfigError) as e:
             ar._fit_prompts(["Stocks fall again today"])
     finally:
-        with ar.cfg.unlocked():
-            ar.cfg.min_target_slots = old
+        ar.cfg = old
     msg = str(e.value)
     n = len(ar.tok.encode(["Stocks fall again today"])[0])
     assert msg.startswith(f"prompt 0 'Stocks fall again today' is {n} tokens") and "leaves" in msg

@@ -40,12 +40,16 @@ def small_dir(tmp_path_factory):
 
 
 def make_task(small_dir, **fields):
-    cfg = _load_demo().task_config(small_dir)
-    cfg.tokenizer = MINILM
-    cfg.update(dict(max_words=6, buckets=(32,), gen_length=32, num_steps=4, length_beam=2, eval_max_examples=6,
-                    eval_batch_size=4))
+    """The demo's task fields on the small random BERT (``architecture``: init_from is "", a random init)."""
+    from diffjax.tasks.base import build_task
+
+    cfg = _load_demo().task_config()
+    cfg.update(dict(architecture=small_dir, tokenizer=MINILM, max_words=6, buckets=(32,), gen_length=32, num_steps=4,
+                    length_beam=2, eval_max_examples=6, eval_batch_size=4))
     cfg.update(fields)
-    return MaskedLMTask(cfg)
+    task = build_task(cfg)
+    assert isinstance(task, MaskedLMTask)
+    return task
 
 
 @pytest.fixture(scope="module")
@@ -269,8 +273,9 @@ def test_length_beam_picks_by_decode_time_scores_as_the_authors():
 def test_length_select_is_a_checked_field(small_dir):
     from diffjax.tasks import masked_lm_decode as dec
 
-    task = make_task(small_dir, length_select="best")
-    with pytest.raises(ValueError, match="length_select"):
-        task._decode_kw(False)
+    from diffjax.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="^config.task.length_select='best' is invalid"):
+        make_task(small_dir, length_select="best")  # refused when the typed config is built
     assert make_task(small_dir)._decode_kw(False)["length_select"] == "decode_scores"
     assert dec.LENGTH_SELECT == ("decode_scores", "rescore")

@@ -71,12 +71,12 @@ def test_xlmr_wmt14_config_trains_evaluates_generates(tmp_path):
     from diffjax.tasks.base import build_task
     from diffjax.train import trainer
 
-    model_dir = tiny_xlmr(str(tmp_path / "xlmr"))
+    xlmr_dir = tiny_xlmr(str(tmp_path / "xlmr"))
     data = tiny_wmt(str(tmp_path / "tfds"))
     c = _config_module("rdm_xlmr_wmt14").get_config()
     c.unlock()
-    c.init_from = model_dir
-    c.task.update(dict(model_dir=model_dir, data=data, data_dir=str(tmp_path / "tfds"), cache_dir=str(tmp_path / "cache"),
+    c.init_from = xlmr_dir
+    c.task.update(dict(data=data, data_dir=str(tmp_path / "tfds"), cache_dir=str(tmp_path / "cache"),
                        buckets=(16, 32), gen_length=32, length_max=16, num_steps=3, eval_max_examples=6,
                        eval_batch_size=4, num_generate=2))
     c.train.update(dict(num_steps=2, global_batch_size=4, log_every=1, checkpoint_every=0))
@@ -90,7 +90,7 @@ def test_xlmr_wmt14_config_trains_evaluates_generates(tmp_path):
     assert report["fresh"] and all(p.startswith("length_head") for p in report["fresh"]), report["fresh"]
     res = json.load(open(os.path.join(wd, "results.json")))
     assert {"bleu", "exact_match", "length", "num_examples"} <= set(res) and res["num_examples"] == 6
-    task = build_task(c.task)
+    task = build_task(c.task, init_from=c.init_from)  # init_from gives the architecture and the tokenizer
     assert task.mask_id == len(WORDS) + 4 and task.use_segments is False  # XLM-R: no token types
     gen = trainer.run_task_method(c, wd, "generate", prompts=["the cat sees"], show_steps=True)
     assert gen["samples"][0]["steps"] and "<mask>" not in gen["samples"][0]["output"]

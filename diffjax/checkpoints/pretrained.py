@@ -98,3 +98,26 @@ def architecture_source(init_from: str, *, _seen: tuple = ()) -> str | None:
     with open(run_config) as f:
         source = json.load(f).get("init_from", "")
     return architecture_source(source, _seen=_seen + (path,))
+
+
+def pick_architecture(arch_source: str | None, architecture: str, field: str = "task.architecture", *,
+                      required: bool = False) -> str | None:
+    """The model whose architecture a task builds: ``arch_source`` (``architecture_source(config.init_from)``)
+    or, when ``init_from`` gives none (``""``, or a run chain that starts from random init), the task's own
+    ``architecture`` field (an HF dir, a ``.gguf`` file or ``embedded:NAME``; resolved, ``~`` expanded).
+    None when neither names one (a ``ConfigError`` if ``required``). Setting the field while ``init_from``
+    names a pretrained model is a ``ConfigError``: one path gives both the architecture and the weights."""
+    from diffjax.errors import ConfigError
+
+    architecture = (architecture or "").strip()
+    if arch_source and architecture:
+        raise ConfigError(f"config.{field}={architecture!r} is invalid: expected '' while config.init_from gives the "
+                          f"architecture ({arch_source}); {field} names the architecture of a random init "
+                          f"(config.init_from='') only (--config.{field}=)")
+    if arch_source:
+        return arch_source
+    if not architecture and required:
+        raise ConfigError(f"config.{field}='' is invalid: expected an HF model dir (or a .gguf / embedded:NAME) when "
+                          f"config.init_from gives no architecture (a random init); or set config.init_from=PATH "
+                          f"(the pretrained weights and their architecture) (--config.{field}=...)")
+    return resolve_model_path(architecture) if architecture else None

@@ -11,8 +11,8 @@ names from it, so a typo'd ``decoder`` fails before anything trains.
   is the task's, since it needs the model (``sampler=None`` here; ``corruption="none"``).
 
 ``sampler_kwargs(name, fields)`` turns the config fields a decoder takes (those ``fields`` holds: a
-``config.task`` or any mapping) into its keyword arguments, with their Python types (``num_steps`` an
-int: it fixes a scan length).
+typed task config, a ``config.task`` or any mapping) into its keyword arguments, with their Python types
+(``num_steps`` an int: it fixes a scan length).
 """
 
 from __future__ import annotations
@@ -65,7 +65,10 @@ def decoder(name: str) -> Decoder:
 def sampler_kwargs(name: str, fields: Mapping) -> dict:
     """The keyword arguments of decoder ``name`` from the config ``fields`` it takes (a field ``fields``
     lacks keeps the sampler's default). ``block``: ``block_inner`` becomes ``inner``, with the inner
-    decoder's own field (``threshold``; ``remask`` / ``unmask_schedule`` for topk)."""
+    decoder's own field (``threshold``; ``remask`` / ``unmask_schedule`` for topk). ``fields``: a mapping
+    or a dataclass (a typed task config; its attributes)."""
+    if dataclasses.is_dataclass(fields):
+        fields = {f.name: getattr(fields, f.name) for f in dataclasses.fields(fields)}
     kw = {k: _TYPES.get(k, lambda v: v)(fields[k]) for k in decoder(name).options if k in fields}
     if name == "block" and "block_inner" in kw:
         inner = kw.pop("block_inner")

@@ -15,8 +15,10 @@ DiffuLLaMA-style options (HKUNLP/DiffuLLaMA): ``anneal_steps`` > 0 anneals the a
 the prefix-LM mask to full over that many steps (extra visible pairs drawn Bernoulli(ratio), ratio =
 min(1, (step + 1) / anneal_steps), one [L, L] draw per batch); ``logit_shift`` predicts slot i from
 the output at slot i - 1 so the pretrained next-token head is reused.
-Stages chain through workdirs with ``config.init_from`` (``python -m diffjax pipeline`` runs them all
-with one command; ``diffjax/train/pipeline.py``).
+Stages chain through workdirs with ``config.init_from`` (``python -m diffjax pipeline``), which gives the
+weights, the architecture and (unless ``tokenizer`` is set) the tokenizer: a .gguf / HF dir, or a stage's
+workdir (the model at the root of its chain). A random init (``init_from=""`` or a chain from one) takes
+``architecture`` (a .gguf / HF dir) or, when it is "", the ``model`` fields (the tiny config).
 
 Layout (decoder-only, ``arch="decoder"``): one bucket ``L`` (``buckets=(L,)``); a row is
 ``BOS prompt | target EOS PAD ... PAD``; the *target region* is every slot from ``prompt_length``
@@ -41,7 +43,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from diffjax.checkpoints.pretrained import load_pretrained
+from diffjax.checkpoints.pretrained import load_pretrained, pick_architecture
 from diffjax.data.ar2diff_data import prepare_split
 from diffjax.data.text import PackingFormat, load_text_batcher, load_tokenizer
 from diffjax.diffusion.masked import masked_diffusion_elbo, token_log_probs
@@ -50,7 +52,8 @@ from diffjax.models import t5 as t5_lib
 from diffjax.runtime import example_keys
 from diffjax.tasks import ar2diff_decode as dec
 from diffjax.tasks import ar2diff_model as model_lib
-from diffjax.tasks.ar2diff_fields import validate_task_config
+from diffjax.tasks import fields as F
+from diffjax.tasks.ar2diff_fields import AR2DiffConfig
 from diffjax.tasks.base import register_task
 from diffjax.tasks.textgen_task import EvalSet, TextGenTask
 
@@ -59,21 +62,25 @@ _tokenizer = functools.lru_cache(maxsize=4)(load_tokenizer)
 
 
 class AR2DiffTask(TextGenTask):
-    """See the module docstring; ``cfg`` = ``config.task``."""
+    """See the module docstring; ``cfg``: the typed ``config.task``; ``arch_source``: the model
+    ``config.init_from`` gives (``build_task``; None = a random init of ``cfg.architecture`` or ``cfg.model``)."""
 
     name = "ar2diff"
     eval_rng_fold = 2  # decoding in evaluate: fold_in(rng, 2); the held-out loss: fold_in(rng, 1)
 
-    def __init__(self, cfg):
+    def __init__(self, cfg: AR2DiffConfig, arch_source: str | None = None):
         self.cfg = cfg
-        self.stage = int(cfg.stage)  # stage, arch, objective, decoder: checked by validate_task_config
+        self.stage = int(cfg.stage)  # stage, arch, objective, decoder: checked by AR2DiffConfig
         self.arch, self.diffusion = cfg.arch, self.stage > 1
         self.objective = cfg.objective if self.diffusion else "ar"
-        self.tok = _tokenizer(cfg.tokenizer)
+        source = pick_architecture(arch_source, cfg.architecture)
+        F.require(bool(cfg.tokenizer or source), "task.tokenizer", cfg.tokenizer, "an HF dir or a .gguf file when "
+                  "neither config.init_from nor task.architecture names a model (whose tokenizer '' means)")
+        self.tok = _tokenizer(cfg.tokenizer or source)
         self.fmt = PackingFormat.for_tokenizer(self.tok, cfg.style)
         self.pad_id = int(self.fmt.pad_id)
         self.stop_ids = {i for i in (self.fmt.end_id, self.fmt.pad_id) if i is not None}
-        sc = cfg[f"stage{self.stage}"]
+        sc = getattr(cfg, f"stage{self.stage}")
         cache_dir = os.path.expanduser(cfg.cache_dir)
         train_path, eval_path = prepare_split(
             sc.data, sc.derive, cache_dir=cache_dir, eval_examples=int(cfg.eval_examples),
@@ -83,8 +90,8 @@ class AR2DiffTask(TextGenTask):
         kw = dict(cache_dir=cache_dir, buckets=(self.length,), style=self.fmt, seed=int(cfg.seed))
         self.batcher = load_text_batcher(train_path, self.tok, **kw)
         self.eval_batcher = load_text_batcher(eval_path, self.tok, **kw)
-        source = _pretrained(os.path.expanduser(cfg.model_source))[0] if cfg.model_source else None
-        self.model = model_lib.build_model(cfg, self.arch, self.diffusion, source)  # a source gives the architecture
+        model = _pretrained(os.path.abspath(source))[0] if source else None  # (its weights: init_from's)
+        self.model = model_lib.build_model(cfg, self.arch, self.diffusion, model, source)
         self.vocab_size = int(self.model.config.vocab_size)
         self.mask_id = int(cfg.mask_id) if int(cfg.mask_id) >= 0 else self.tok.mask_id
         if self.objective == "masked" and self.mask_id is None:
@@ -246,6 +253,6 @@ class AR2DiffTask(TextGenTask):
                 "heldout_loss_seconds": time.perf_counter() - t0}
 
 
-@register_task("ar2diff", validate=validate_task_config)
-def from_config(cfg):
-    return AR2DiffTask(cfg)
+@register_task("ar2diff", config=AR2DiffConfig)
+def from_config(cfg: AR2DiffConfig, arch_source: str | None = None):
+    return AR2DiffTask(cfg, arch_source)

@@ -49,22 +49,21 @@ def target_region(prompt_length: jax.Array, length: int) -> jax.Array:
     return jnp.arange(length)[None, :] >= jnp.asarray(prompt_length)[:, None]
 
 
-def build_model(cfg, arch: str, diffusion: bool, source=None):
-    """The model of ``arch`` ("decoder" | "encoder_decoder"): ``source`` (a pretrained model, its weights
-    come through init_from) or one built from ``cfg.model``; ``cfg.remat`` set; T5's decoder attention
+def build_model(cfg, arch: str, diffusion: bool, source=None, source_name: str = ""):
+    """The model of ``arch`` ("decoder" | "encoder_decoder"): ``source`` (a pretrained model read from
+    ``source_name``; its weights come through init_from) or one built from ``cfg.model``; ``cfg.remat`` set; T5's decoder attention
     bidirectional in the diffusion stages, causal in stage 1."""
     if source is not None:
         model = source
-    elif arch == "decoder":
-        model = llama_lib.Llama(llama_lib.LlamaConfig(**cfg.model.to_dict()))
     else:
-        model = t5_lib.T5(t5_lib.T5Config(**cfg.model.to_dict()))
+        fields = dict(cfg.model.items()) if cfg.model is not None else {}
+        model = llama_lib.Llama(llama_lib.LlamaConfig(**fields)) if arch == "decoder" else t5_lib.T5(t5_lib.T5Config(**fields))
     if arch == "decoder":
         if not isinstance(model, llama_lib.Llama):
-            raise ValueError(f"arch='decoder' needs a Llama/Qwen2/Mistral model; {cfg.model_source} is {type(model).__name__}")
+            raise ValueError(f"arch='decoder' needs a Llama/Qwen2/Mistral model; {source_name} is {type(model).__name__}")
         return model.clone(config=dataclasses.replace(model.config, remat=bool(cfg.remat)))
     if not isinstance(model, t5_lib.T5):
-        raise ValueError(f"arch='encoder_decoder' needs a T5 model; {cfg.model_source} is {type(model).__name__}")
+        raise ValueError(f"arch='encoder_decoder' needs a T5 model; {source_name} is {type(model).__name__}")
     model = model.clone(config=dataclasses.replace(model.config, remat=bool(cfg.remat)))
     return t5_lib.with_decoder_attention(model, "bidirectional" if diffusion else "causal")
 

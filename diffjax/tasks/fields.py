@@ -145,12 +145,16 @@ def check_fields(cfg, table, prefix: str = "task") -> None:
     A field the config does not hold is skipped (the task reads it where used)."""
     for field, check in table:
         value = get(cfg, field, _MISSING)
-        if value is _MISSING:
-            continue
-        if check is _MAPPING and hasattr(value, "items"):
-            for key, v in value.items():
-                require(_model_value(v), f"{prefix}.{field}.{key}", v, _MODEL_VALUE.expected)
-        require(check.ok(value), f"{prefix}.{field}", value, check.expected)
+        if value is not _MISSING:
+            check_value(check, value, f"{prefix}.{field}")
+
+
+def check_value(check: Check, value, field: str) -> None:
+    """``require(check.ok(value), field, ...)``; a ``mapping()`` names its offending key (``field.key``)."""
+    if check is _MAPPING and hasattr(value, "items"):
+        for key, v in value.items():
+            require(_model_value(v), f"{field}.{key}", v, _MODEL_VALUE.expected)
+    require(check.ok(value), field, value, check.expected)
 
 
 # ----------------------------------------------------------------------------- typed task configs
@@ -208,7 +212,7 @@ class TaskConfig:
                 values[name] = meta["nested"].from_config(value, prefix=f"{prefix}.{name}")
                 continue
             if meta.get("check") is not None:
-                require(meta["check"].ok(value), f"{prefix}.{name}", value, meta["check"].expected)
+                check_value(meta["check"], value, f"{prefix}.{name}")
             values[name] = _frozen(value)
         out = cls(**values)
         out.check()

@@ -2,12 +2,13 @@
 
 Config (``config.task``; the configs ``configs/rdm_*.py`` document every field):
 
-* model: ``model_dir`` (a local HF dir: its ``config.json`` gives the architecture and, unless
-  ``tokenizer`` is set, the tokenizer), ``model`` (``BertConfig`` overrides, e.g. ``num_layers``),
-  ``length_max`` (> 0 adds the length head), ``dropout`` (train with the model's dropout).
-  The denoiser is ``BertEncoder`` with its MLM head (tied to the word embeddings); a checkpoint
-  without one (MiniLM) gets the head transform fresh, listed by ``config.init_from``, which is where
-  the pretrained weights come from (``init_from=""`` = the same architecture from random init).
+* model: ``config.init_from`` (a local HF dir, ``embedded:NAME`` or a run's workdir: the model at the
+  root of its chain) gives the weights, the architecture (its ``config.json``) and, unless ``tokenizer``
+  is set, the tokenizer; ``architecture`` (an HF dir) gives them for a random init (``init_from=""``)
+  only. ``model`` (``BertConfig`` overrides, e.g. ``num_layers``), ``length_max`` (> 0 adds the length
+  head), ``dropout`` (train with the model's dropout). The denoiser is ``BertEncoder`` with its MLM head
+  (tied to the word embeddings); a checkpoint without one (MiniLM) gets the head transform fresh,
+  listed in ``init_from.json``.
 * data: ``data`` (a text-pipeline source ``embedded:`` / ``.jsonl`` / ``.tsv`` / ``tfds:``, or
   ``instructions:TASK+TASK`` for the embedded instruction tasks of ``diffjax.data.instructions``),
   ``split`` / ``eval_split``, ``prompt_field`` / ``target_field``, ``prompt_template`` (instruction
@@ -16,13 +17,10 @@ Config (``config.task``; the configs ``configs/rdm_*.py`` document every field):
 * loss: ``loss`` ("rdm" | "elbo"), ``weighting`` (RDM: "reciprocal" | "linear" | "constant"),
   ``num_timesteps`` (T), ``normalize``, ``length_loss_weight`` (CE of the length head, papers.md: 0.1).
 * generation (``tasks/masked_lm_decode.py``; prompts, texts, metrics and ``generate`` of the family in
-  ``tasks/textgen_task.py``): ``decoder`` (``diffusion/decoders.py``: "topk" | "ancestral" | "threshold" |
-  "block"), ``num_steps``, ``greedy``,
-  ``temperature``, ``top_p`` (0 = off), ``remask``, ``unmask_schedule``, ``threshold``,
-  ``num_blocks``, ``block_inner``, ``length_mode`` ("head" | "fixed"), ``length_beam``,
-  ``length_select`` ("decode_scores": the authors' choice among the length beam by the mean decode-time
-  log-prob | "rescore": one more pass with nothing masked; ``masked_lm_decode``), ``gen_length`` (static sequence length of the generation program), ``eval_max_examples``,
-  ``eval_batch_size``, ``show_steps_shown``.
+  ``tasks/textgen_task.py``): ``decoder`` (``diffusion/decoders.py``) and its options, ``length_mode``
+  ("head" | "fixed"), ``length_beam``, ``length_select`` ("decode_scores": the authors' choice among the
+  length beam by the mean decode-time log-prob | "rescore": one more pass with nothing masked),
+  ``gen_length`` (static length of the generation program), ``eval_max_examples``, ``show_steps_shown``.
 * metrics: ``bleu_tokenizer`` (sacrebleu, "13a"), ``bleu_lowercase`` (paper 002's authors: True); the
   convention is written next to every BLEU in results.json (``bleu_convention``).
 
@@ -32,7 +30,7 @@ accuracy (and the same per instruction task); references are the targets as the 
 them back (lower case for an uncased model), so an exact copy scores 100. ``generate``'s prompts keep at
 most half the ``gen_length`` row (their last tokens: training's truncation policy for a long target), so the
 output always has room; a cut is printed and recorded per prompt (``prompt_truncated``, ``tasks/prompts.py``).
-Every field has a range (``validate_task_config``, ``tasks/masked_lm_fields.py``), checked before anything loads.
+Every field has a range (``MaskedLMConfig``, ``tasks/masked_lm_fields.py``), checked before anything loads.
 """
 
 from __future__ import annotations
@@ -44,6 +42,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from diffjax.checkpoints import hf_bert
+from diffjax.checkpoints.pretrained import pick_architecture
 from diffjax.checkpoints.hf import read_hf_config
 from diffjax.data import instructions
 from diffjax.data.text import Packer, PackingFormat, TextBatcher, TextExamples, load_tokenizer, parse_source, tokenize_cached
@@ -53,7 +52,7 @@ from diffjax.evaluation import text_metrics
 from diffjax.tasks import masked_lm_decode as dec
 from diffjax.tasks import prompts as prompt_lib
 from diffjax.tasks.base import register_task
-from diffjax.tasks.masked_lm_fields import validate_task_config
+from diffjax.tasks.masked_lm_fields import MaskedLMConfig
 from diffjax.tasks.textgen_task import EvalSet, TextGenTask
 
 
@@ -79,16 +78,19 @@ def padding_as_target(batch: dict) -> dict:
 class MaskedLMTask(TextGenTask):
     name = "masked_lm"
 
-    def __init__(self, cfg):
+    def __init__(self, cfg: MaskedLMConfig, arch_source: str | None = None):
+        """``arch_source``: the model ``config.init_from`` gives (``build_task``); None = random init from
+        ``cfg.architecture``."""
         self.cfg = cfg
-        self.tokenizer = self.tok = tok = load_tokenizer(cfg.tokenizer or cfg.model_dir)
+        source = pick_architecture(arch_source, cfg.architecture, required=True)
+        self.tokenizer = self.tok = tok = load_tokenizer(cfg.tokenizer or source)
         if tok.mask_id is None:
-            raise ValueError(f"tokenizer of {cfg.tokenizer or cfg.model_dir} has no [MASK] token: a masked diffusion LM needs one")
+            raise ValueError(f"tokenizer of {cfg.tokenizer or source} has no [MASK] token: a masked diffusion LM needs one")
         self.fmt = PackingFormat.for_tokenizer(tok, "bert")
         self.mask_id, self.pad_id, self.sep_id = tok.mask_id, self.fmt.pad_id, self.fmt.end_id
         self.stop_ids = {self.sep_id, self.pad_id}  # an output ends at the first [SEP] / [PAD]
-        overrides = dict(cfg.model.to_dict()) if cfg.model is not None else {}
-        self.model = hf_bert.model_from_hf_config(read_hf_config(cfg.model_dir), mlm_head=True, use_pooler=False,
+        overrides = dict(cfg.model.items()) if cfg.model is not None else {}
+        self.model = hf_bert.model_from_hf_config(read_hf_config(source), mlm_head=True, use_pooler=False,
                                                   length_max=int(cfg.length_max), **overrides)
         self.use_segments = self.model.config.type_vocab_size >= 2
         self._batcher = None
@@ -246,6 +248,6 @@ class MaskedLMTask(TextGenTask):
         return res
 
 
-@register_task("masked_lm", validate=validate_task_config)
-def from_config(cfg):
-    return MaskedLMTask(cfg)
+@register_task("masked_lm", config=MaskedLMConfig)
+def from_config(cfg: MaskedLMConfig, arch_source: str | None = None):
+    return MaskedLMTask(cfg, arch_source)

@@ -133,7 +133,8 @@ class TextGenTask(Task):
 
     def bleu_kwargs(self) -> dict:
         """The BLEU convention of the config (paper 002's configs: sacrebleu 13a after lower-casing)."""
-        return {k: (bool(self.cfg[k]) if k == "bleu_lowercase" else self.cfg[k]) for k in BLEU_FIELDS if k in self.cfg}
+        return {k: (bool(getattr(self.cfg, k)) if k == "bleu_lowercase" else getattr(self.cfg, k))
+                for k in BLEU_FIELDS if hasattr(self.cfg, k)}
 
     def text_metrics(self, hyps: list[str], refs: list[str], tasks: list[str] | None) -> dict:
         """BLEU / EM / SQuAD EM-F1 over all examples and, with several instruction tasks, per task."""
@@ -144,7 +145,7 @@ class TextGenTask(Task):
         for name in sorted(set(tasks)):
             sel = [i for i, t in enumerate(tasks) if t == name]
             m = text_metrics.generation_metrics([hyps[i] for i in sel], [refs[i] for i in sel], **self.bleu_kwargs())
-            m["zero_shot"] = name in tuple(self.cfg.get("zero_shot_tasks", ()))
+            m["zero_shot"] = name in tuple(getattr(self.cfg, "zero_shot_tasks", ()))
             per_task[name] = m
         if len(per_task) > 1:
             res["per_task"] = per_task

@@ -9,16 +9,20 @@ workdir>``, ``train.num_steps=<stageS.steps>``, ``optimizer.learning_rate=<stage
 four the pipeline sets); a stage whose workdir already holds ``results.json`` is skipped, and an
 interrupted stage resumes from its own checkpoints when rerun.
 
-Default (chain): ``DIR/stage1`` (AR prefix LM; skipped when ``stage1.steps`` is 0 and the config
-names a pretrained ``model_source``, which then seeds stage 2) -> ``DIR/stage2`` -> ``DIR/stage3``.
+The pretrained start P is the config's ``init_from`` (e.g. the SmolLM2 GGUF): it gives the weights and the
+architecture of every stage that chains from it. With ``init_from=""`` the architecture is the task's
+(``task.architecture``, or the ``task.model`` fields) and stage 1 trains from random init.
 
-``--compare``: equal total training steps S = stage2.steps + stage3.steps after the pretrained
-start P (``model_source``, e.g. the SmolLM2 GGUF; for a config without one, ``DIR/pretrain`` =
-stage 1 for ``stage1.steps`` from random init):
+Default (chain): ``DIR/stage1`` (AR prefix LM from P; skipped when ``stage1.steps`` is 0 and P is set, P
+then seeds stage 2) -> ``DIR/stage2`` -> ``DIR/stage3``.
+
+``--compare``: equal total training steps S = stage2.steps + stage3.steps after P (for a config without
+one, ``DIR/pretrain`` = stage 1 for ``stage1.steps`` from random init):
   ar       stage 1 (AR finetune on the stage-3 task data) for S steps from P, AR decoding;
   ar2diff  stage 2 for N = stage2.steps from P, then stage 3 for stage3.steps (AR2Diff, N > 0);
   n0       stage 3 for S steps from P (N = 0);
-  scratch  stage 3 for S steps from random init (diffusion from scratch, same architecture);
+  scratch  stage 3 for S steps from random init (diffusion from scratch, same architecture: P's,
+           as ``task.architecture``);
   scratch2 stage 2 for N steps from random init (the adaptation baseline for ar2diff's stage 2).
 Stage-2 runs evaluate the held-out diffusion loss every ``--stage2_eval_every`` steps. Writes
 ``DIR/comparison.json``, ``DIR/comparison.md`` and ``DIR/loss.png`` (``train/loss_plots.py``).
@@ -30,6 +34,7 @@ import json
 import os
 import time
 
+from diffjax.checkpoints.pretrained import architecture_source
 from diffjax.train import trainer
 
 ARMS = ("ar", "ar2diff", "n0", "scratch", "scratch2")
@@ -66,9 +71,9 @@ def run_stage(config, workdir: str, stage: int, steps: int, lr: float, init_from
 
 
 def chain(config, root: str) -> dict:
-    """Stages 1 (unless a pretrained ``model_source`` and no stage-1 steps), 2 and 3 under ``root``."""
+    """Stages 1 (unless a pretrained ``init_from`` and no stage-1 steps), 2 and 3 under ``root``."""
     t = config.task
-    source = os.path.expanduser(t.model_source) if t.model_source else ""
+    source = config.init_from
     out = {}
     if int(t.stage1.steps) > 0 or not source:
         out["stage1"] = run_stage(config, os.path.join(root, "stage1"), 1, int(t.stage1.steps),
@@ -86,7 +91,10 @@ def compare(config, root: str, arms, stage2_eval_every: int) -> dict:
     t = config.task
     n, m = int(t.stage2.steps), int(t.stage3.steps)
     total = n + m
-    source = os.path.expanduser(t.model_source) if t.model_source else ""
+    source = config.init_from
+    # random-init arms: init_from "" and P's architecture (none: the task's own architecture fields)
+    arch = architecture_source(source)
+    scratch = {"task.architecture": arch} if arch else {}
     if not source:  # no pretrained model: pretrain an AR model first (stage 1 from random init)
         run_stage(config, os.path.join(root, "pretrain"), 1, int(t.stage1.steps), float(t.stage1.learning_rate), "")
         source = os.path.join(root, "pretrain")
@@ -106,9 +114,9 @@ def compare(config, root: str, arms, stage2_eval_every: int) -> dict:
         elif arm == "n0":
             rows[arm] = run_stage(config, d, 3, total, lr3, source)
         elif arm == "scratch":
-            rows[arm] = run_stage(config, d, 3, total, lr3, "")
+            rows[arm] = run_stage(config, d, 3, total, lr3, "", scratch)
         elif arm == "scratch2":
-            rows[arm] = run_stage(config, d, 2, n, lr2, "", s2)
+            rows[arm] = run_stage(config, d, 2, n, lr2, "", {**s2, **scratch})
         else:
             raise ValueError(f"unknown arm {arm!r}; known: {ARMS}")
     return {"total_steps": total, "stage2_steps": n, "stage3_steps": m, "source": source, "arms": rows}

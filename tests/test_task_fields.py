@@ -277,7 +277,7 @@ def test_text_ood_architecture_only_without_init_from():
     with pytest.raises(ConfigError, match=r"^config.task.architecture='embedded:minilm' is invalid: expected ''"):
         base.build_task(c.task, init_from=c.init_from)
     c = _config("text_ood_demo.py:tiny")
-    with pytest.raises(ConfigError, match=r"^config.init_from='' is invalid: expected the pretrained encoder"):
+    with pytest.raises(ConfigError, match=r"^config.task.architecture='' is invalid: expected an HF model dir"):
         base.build_task(c.task, init_from="")
 
 

@@ -1,12 +1,15 @@
 """Config fields checked before anything runs (design.md conventions 1 and 10).
 
-``ConfigError`` is the one error of a config field outside its valid range: one line naming the
-field, its value, the valid range and the flag to change. The trainer's fields are checked by
-``diffjax.train.validate.validate_config``; every task registers a ``validate_task_config(c)``
-(``register_task(name, validate=...)``) that checks its ``config.task`` fields with a table of
-``(field, Check)`` rows and ``check_fields``, plus the ranges that depend on other fields
-(``require``). Both run before any data, tokenizer or weights load, and before a checkpoint is
-restored (``eval`` / ``sweep`` / ``generate`` / ``score`` with ``--config.task.x=...`` overrides).
+``ConfigError`` (``diffjax.errors``) is the one error of a config field outside its valid range: one
+line naming the field, its value, the valid range and the flag to change. The trainer's fields are
+checked by ``diffjax.train.validate.validate_config``. Each task declares its ``config.task`` fields
+as a typed config: a frozen dataclass on ``TaskConfig`` with one ``field(check, default, doc)`` per
+field (the ``Check`` builders below: ``integer``, ``number``, ``choice``, ...), cross-field rules in
+``check()``, and ``RENAMED`` for removed fields; ``register_task(name, config=...)`` builds it once
+(``from_config``) before any data, tokenizer or weights load, and before a checkpoint is restored
+(``eval`` / ``sweep`` / ``generate`` / ``score`` with ``--config.task.x=...`` overrides).
+``check_fields`` checks a table of ``(field, Check)`` rows on a ConfigDict (the older route, still
+open to a task outside diffjax via ``register_task(name, validate=...)``).
 """
 
 from __future__ import annotations

@@ -21,17 +21,9 @@ def backbone_source(arch_source: str | None, architecture: str) -> tuple[str, bo
     ``build_task``; its weights are read) or, with ``init_from = ""``, of ``task.architecture`` (an HF
     dir or ``embedded:NAME``; architecture and tokenizer only, random init). ``ConfigError`` when both
     or neither name one; ``FileNotFoundError`` when the model is not an HF dir (paper 000's encoders)."""
-    from diffjax.checkpoints.pretrained import resolve_model_path
-    from diffjax.errors import ConfigError
+    from diffjax.checkpoints.pretrained import pick_architecture
 
-    if arch_source and architecture:
-        raise ConfigError(f"config.task.architecture={architecture!r} is invalid: expected '' while config.init_from "
-                          f"gives the encoder ({arch_source}); task.architecture is for a random init "
-                          "(config.init_from='') only (--config.task.architecture=)")
-    if not arch_source and not architecture:
-        raise ConfigError("config.init_from='' is invalid: expected the pretrained encoder, e.g. 'embedded:minilm' or "
-                          "a Hugging Face model dir (or task.architecture for a random init) (--config.init_from=...)")
-    path = arch_source or resolve_model_path(architecture)
+    path = pick_architecture(arch_source, architecture, required=True)
     if not os.path.isfile(os.path.join(path, "config.json")):
         raise FileNotFoundError(f"text_ood encoder {path!r} is not a Hugging Face model directory (no config.json); "
                                 "set config.init_from to an HF BERT / RoBERTa / XLM-R dir or 'embedded:minilm'")

@@ -34,6 +34,13 @@ def test_architecture_source_follows_workdir_chains(tmp_path):
     assert architecture_source(s2) == str(hf) and architecture_source(s2 + ":7") == str(hf)
     assert architecture_source(_run(tmp_path, "scratch", "")) is None  # a fresh-init run at the root
     assert split_step("/a/b:12") == ("/a/b", 12) and split_step("/a/b") == ("/a/b", None)
+    bare = tmp_path / "bare"
+    (bare / "checkpoints").mkdir(parents=True)
+    with pytest.raises(FileNotFoundError, match="has no config.json"):
+        architecture_source(str(bare))
+    (bare / "config.json").write_text("[1, 2")
+    with pytest.raises(Exception, match="not valid JSON"):
+        architecture_source(str(bare))
     loop = _run(tmp_path, "loop", "")
     (tmp_path / "loop" / "config.json").write_text(json.dumps({"init_from": loop}))
     with pytest.raises(ValueError, match="loops"):

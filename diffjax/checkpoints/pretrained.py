@@ -93,10 +93,12 @@ def architecture_source(init_from: str, *, _seen: tuple = ()) -> str | None:
         return path
     if path in _seen:
         raise ValueError(f"init_from chain loops at {path}")
-    import json
+    if not os.path.isfile(run_config):
+        raise FileNotFoundError(f"init_from={spec!r}: the run {path} has no config.json, so the model that gives its "
+                                "architecture is unknown; point init_from at a complete diffjax workdir")
+    from diffjax.checkpoints.hf import read_json_object
 
-    with open(run_config) as f:
-        source = json.load(f).get("init_from", "")
+    source = read_json_object(run_config, "a run's config.json").get("init_from", "")
     return architecture_source(source, _seen=_seen + (path,))
 
 

@@ -45,6 +45,11 @@ Top-level fields (read by the trainer, ``diffjax/train/``):
                   param path (e.g. "mlp/hidden_0/kernel"), *first match wins*, unmatched = replicated.
                   ``spec`` is a tuple with one entry per array dim: a mesh axis name ("data",
                   "model") or None. A model module exports its default table as ``SHARDING_RULES``.
+  scan_layers     run a transformer stack as one nn.scan-ned layer (params stacked on a leading
+                  layer axis): compile time independent of depth (diffjax/models/options.py).
+  remat           rematerialise each layer in the backward pass: "none" | "full" | "dots_saveable".
+  precision       "fp32" | "bf16" (bf16 compute; fp32 params, optimizer state, softmax and loss)
+                  | "bf16_params" (bf16 params too).
   ema_decay       exponential moving average of params (0 = off). When on, ``evaluate`` /
                   ``sweep`` / ``generate`` and snapshots get the EMA params.
   ema_warmup      True: latent-diffusion's LitEma warm-up, decay min(ema_decay, (1+n)/(10+n)) at

@@ -284,9 +284,11 @@ def _run(command: str, config, workdir: str, method_kwargs: dict) -> None:
     elif command in ("sweep", "generate", "score"):
         trainer.run_task_method(config, workdir, command, **method_kwargs)
     else:  # demo
+        from diffjax.models.options import ModelOptions
         from diffjax.tasks.base import build_task
 
-        task = build_task(config.task, init_from=config.init_from)
+        task = build_task(config.task, init_from=config.init_from,
+                          model_options=ModelOptions.from_config(config))
         trainer.train(config, workdir, task=task)
         if not config.train.eval_at_end:
             trainer.run_task_method(config, workdir, "evaluate", task=task)

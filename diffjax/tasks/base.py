@@ -171,14 +171,16 @@ def validate_task_config(task_config) -> None:
         _VALIDATORS[name](task_config)
 
 
-def build_task(task_config, *, init_from: str = "") -> Task:
+def build_task(task_config, *, init_from: str = "", model_options=None) -> Task:
     """Builds the task named ``task_config.name``, importing ``diffjax.tasks.<name>`` on demand, after
     checking its fields (a typed config's ``from_config``, or ``validate_task_config``).
 
     ``init_from``: the run's ``config.init_from``. A factory that takes the keyword ``arch_source``
     gets the pretrained model that gives the architecture
     (``diffjax.checkpoints.pretrained.architecture_source``: None for a fresh init), so one field gives
-    both the architecture and the weights.
+    both the architecture and the weights. A factory that takes the keyword ``model_options`` gets
+    ``model_options`` (``diffjax.models.options.ModelOptions``: scanned layers, remat, precision; the
+    defaults when None).
 
     A dotted name (``"my_package.my_task"``) names a task module outside diffjax: that module is
     imported and must register the same name with ``@register_task("my_package.my_task")``.
@@ -193,11 +195,17 @@ def build_task(task_config, *, init_from: str = "") -> Task:
         validate_task_config(task_config)
         cfg = task_config
     factory = _REGISTRY[name]
-    if "arch_source" in inspect.signature(factory).parameters:
+    params = inspect.signature(factory).parameters
+    kwargs = {}
+    if "arch_source" in params:
         from diffjax.checkpoints.pretrained import architecture_source
 
-        return factory(cfg, arch_source=architecture_source(init_from))
-    return factory(cfg)
+        kwargs["arch_source"] = architecture_source(init_from)
+    if "model_options" in params:
+        from diffjax.models.options import DEFAULT
+
+        kwargs["model_options"] = model_options if model_options is not None else DEFAULT
+    return factory(cfg, **kwargs)
 
 
 _PREPARE_CALLS: dict[str, Callable[..., dict]] = {}

@@ -38,6 +38,11 @@ def base_config() -> ml_collections.ConfigDict:
         resume_step=-1))
     c.mesh_shape = (-1, 1)
     c.sharding_rules = ()
+    # Model layout and numerics for every task (diffjax/models/options.py): scanned transformer stack,
+    # rematerialisation policy ("none" | "full" | "dots_saveable"), precision ("fp32" | "bf16" | "bf16_params").
+    c.scan_layers = False
+    c.remat = "none"
+    c.precision = "fp32"
     c.ema_decay = 0.0
     # EMA warm-up (latent-diffusion LitEma): decay min(ema_decay, (1 + n) / (10 + n)) at update n.
     c.ema_warmup = False
@@ -53,5 +58,8 @@ def base_config() -> ml_collections.ConfigDict:
 
 
 # Fields whose change does not make a workdir's checkpoints incompatible (config.json check).
-RESUMABLE_CHANGES = ("train.num_steps", "train.log_every", "train.eval_every", "train.eval_at_end",
+RESUMABLE_CHANGES = ("remat", "train.num_steps", "train.log_every", "train.eval_every", "train.eval_at_end",
                      "train.resume_step", "overwrite", "distributed")
+
+# Fields added after workdirs were written: an older config.json without them is read with these values.
+ADDED_FIELD_DEFAULTS = {"scan_layers": False, "remat": "none", "precision": "fp32"}

@@ -30,6 +30,7 @@ import numpy as np
 import optax
 
 from diffjax.checkpoints import orbax as ckpt_lib
+from diffjax.models.options import ModelOptions
 from diffjax.runtime import Progress, RuntimeContext
 from diffjax.tasks.base import Task, build_task, prepare_call
 from diffjax.train import init_from as init_from_lib
@@ -79,7 +80,8 @@ class Setup:
 
 def build(config, *, task: Task | None = None) -> Setup:
     """Task, mesh, optimizer, the sharded state layout and the jitted train step for ``config``."""
-    task = task if task is not None else build_task(config.task, init_from=config.init_from)
+    task = task if task is not None else build_task(config.task, init_from=config.init_from,
+                                                    model_options=ModelOptions.from_config(config))
     mesh = sh.make_mesh(config.mesh_shape)
     context = RuntimeContext(mesh, process_index=jax.process_index(), process_count=jax.process_count(),
                              batch_spec=task.batch_spec())

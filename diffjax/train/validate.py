@@ -57,4 +57,11 @@ def validate_config(config) -> None:
     _require(len(shape) == 2 and all(isinstance(s, int) and (s >= 1 or s == -1) for s in shape)
              and shape.count(-1) <= 1, "mesh_shape", shape,
              "two integers (data, model), each >= 1 or -1 (at most one -1 = all remaining devices)")
+    from diffjax.models.options import PRECISIONS, REMAT_POLICIES
+
+    for field, choices in (("remat", REMAT_POLICIES), ("precision", PRECISIONS)):
+        if field in config:
+            _require(config[field] in choices, field, config[field], f"one of {', '.join(choices)}")
+    if "scan_layers" in config:
+        _require(isinstance(config.scan_layers, bool), "scan_layers", config.scan_layers, "True or False")
     validate_task_config(config.task)

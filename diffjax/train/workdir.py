@@ -17,7 +17,7 @@ import time
 import jax
 
 from diffjax.checkpoints.trees import flatten_tree
-from diffjax.train.config import RESUMABLE_CHANGES
+from diffjax.train.config import ADDED_FIELD_DEFAULTS, RESUMABLE_CHANGES
 
 CONFIG_FILE = "config.json"
 LOCK_FILE = ".lock"
@@ -36,6 +36,7 @@ def config_differences(old: dict, new: dict) -> list[str]:
     """Dotted fields that differ between two config dicts, ignoring ``RESUMABLE_CHANGES``."""
     dotted = dict(separator=".", is_leaf=lambda x: isinstance(x, list) or x is None)  # lists stay leaves
     a, b = flatten_tree(old, **dotted), flatten_tree(new, **dotted)
+    a = {**ADDED_FIELD_DEFAULTS, **a}  # a config.json written before these fields existed
     diffs = []
     for k in sorted(set(a) | set(b)):
         if any(k == r or k.startswith(r + ".") for r in RESUMABLE_CHANGES):

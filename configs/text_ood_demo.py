@@ -53,9 +53,13 @@ def task_fields():
         time_mult=4,  # timestep MLP D -> time_mult D -> D, then a zero-initialised Dense(D)
         dropout=0.0,  # encoder dropout while training (0 = off)
         # Scores: one x0 prediction from x_t at score_t, averaged over num_seeds fixed noise draws.
-        # score_t = 0: chosen on held-out ID only, the first grid t where the held-out ID deploy loss has
-        # risen by score_t_rise of its rise over the grid (never from OOD data).
-        score_t=0, score_t_rise=0.1, num_seeds=5, score_seed=0, score_chunk=32,
+        # score_t = 0: chosen on held-out ID only (never from OOD data), by score_t_by: "rounding" = the
+        # largest grid t where nearest-embedding rounding of x_t still recovers score_t_min_rounding_acc of
+        # the held-out ID tokens (OOD loss rises faster with t: the noisiest t whose input still carries the
+        # sentence) | "rise" = the first grid t where the held-out ID deploy loss has risen by score_t_rise
+        # of its rise over the grid (where ID denoising starts to fail).
+        score_t=0, score_t_by="rounding", score_t_min_rounding_acc=0.5, score_t_rise=0.1,
+        num_seeds=5, score_seed=0, score_chunk=32,
         lc_row_batch=8,  # rows per lax.map step of the rounding CE (bounds the [rows, L, V] logits)
         deploy_score="ld_lc",  # the score whose threshold (95% of held-out ID accepted) `score` uses
         score_text_field="",  # .jsonl inputs of `score`: the text field ("" = text / target / sentence)

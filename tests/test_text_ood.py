@@ -327,6 +327,29 @@ def test_score_t_is_chosen_from_id_loss_only():
     assert choose_score_t(ts, [3.0, 2.0, 1.0, 1.0, 1.0, 1.0], 0.1) == 1  # no rise: the smallest t
 
 
+def test_score_t_by_rounding_is_the_noisiest_t_that_keeps_the_tokens():
+    """The default rule: the largest grid t whose held-out ID rounding accuracy is >= the bound; it reads
+    only by_t's ID fields (the OOD losses are set to NaN: reading them would change nothing or fail)."""
+    import types
+
+    from diffjax.ood.text_scores import choose_score_t_by_rounding, pick_score_t
+
+    ts = [1, 5, 20, 80, 200, 500]
+    acc = [1.0, 1.0, 0.99, 0.7, 0.3, 0.0]
+    assert choose_score_t_by_rounding(ts, acc, 0.5) == 80
+    assert choose_score_t_by_rounding(ts, acc, 0.2) == 200
+    assert choose_score_t_by_rounding(ts, [0.1] * 6, 0.5) == 1  # nothing qualifies: the smallest t
+    by_t = [{"t": t, "rounding_acc": a, "id_loss": float(i), "cos_x0": 1.0, "ood_loss": {"x": float("nan")}}
+            for i, (t, a) in enumerate(zip(ts, acc))]
+    c = types.SimpleNamespace(score_t=0, score_t_by="rounding", score_t_min_rounding_acc=0.5, score_t_rise=0.1,
+                              deploy_score="ld_lc")
+    t, rule = pick_score_t(c, ts, by_t)
+    assert t == 80 and "rounding" in rule and "held-out ID only" in rule
+    assert pick_score_t(types.SimpleNamespace(**{**vars(c), "score_t_by": "rise"}), ts, by_t)[0] == 5
+    assert pick_score_t(types.SimpleNamespace(**{**vars(c), "score_t": 33}), ts, by_t) == (
+        33, "task.score_t (fixed in the config)")
+
+
 def test_v_prediction_skips_x_t_through(tiny):
     """prediction="v": x0_hat = sqrt(abar_t) x_t - sqrt(1 - abar_t) v_hat (numpy), so at small t x0_hat ~ x_t
     whatever the network; "x0" returns the network's output itself."""

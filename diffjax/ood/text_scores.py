@@ -19,8 +19,8 @@ The denoiser and the noising space x_0 = s E[w] are ``diffjax.models.text_denois
   (mean negative log unigram probability under the ID train counts).
 
 * ``rounding_curve``: the model-free rounding accuracy of x_t per t (how much of the input survives),
-  and ``choose_score_t`` / ``by_t_rows``: the held-out-ID rule that picks the score's t and the per-t
-  diagnostics of results.json.
+  ``pick_score_t`` (``choose_score_t_by_rounding`` / ``choose_score_t``): the held-out-ID rules that pick
+  the score's t; ``by_t_rows``: the per-t diagnostics of results.json.
 
 Pure functions of params and arrays; the task (``tasks/text_ood.py``) binds them to data and config.
 """
@@ -188,6 +188,34 @@ def choose_score_t(ts, id_loss, rise: float) -> int:
     if not np.isfinite(total) or total <= 0:
         return ts[0]
     return ts[int(np.argmax(y - y[0] >= float(rise) * total))]
+
+
+def choose_score_t_by_rounding(ts, rounding_acc, min_acc: float) -> int:
+    """The largest t of the grid ``ts`` at which the nearest-embedding rounding accuracy of x_t on
+    held-out ID (``rounding_acc [n_t]``, model-free) is still >= ``min_acc``: the noisiest level at which
+    x_t still identifies that fraction of its tokens. Paper 000's mechanism is that OOD loss rises faster
+    with t than ID loss, so the score wants the largest t whose input still carries the sentence.
+    Uses ID data only; if no t qualifies, the smallest t."""
+    ts, acc = [int(t) for t in ts], np.asarray(rounding_acc, np.float64)
+    ok = np.flatnonzero(acc >= float(min_acc))
+    return ts[int(ok[-1])] if ok.size else ts[0]
+
+
+def pick_score_t(c, ts, by_t: list[dict]) -> tuple[int, str]:
+    """``(score_t, rule in words)`` for the text-OOD config ``c``: ``c.score_t`` when set, else the held-out
+    ID rule ``c.score_t_by`` ("rounding": ``choose_score_t_by_rounding``; "rise": ``choose_score_t``) on the
+    grid ``ts`` and its ``by_t`` rows (``by_t_rows``). Never reads OOD data."""
+    if int(c.score_t):
+        return int(c.score_t), "task.score_t (fixed in the config)"
+    if c.score_t_by == "rounding":
+        acc = float(c.score_t_min_rounding_acc)
+        return (choose_score_t_by_rounding(ts, [r["rounding_acc"] for r in by_t], acc),
+                f"largest grid t where nearest-embedding rounding of x_t still recovers >= {acc:g} of the "
+                f"held-out ID tokens (held-out ID only)")
+    rise = float(c.score_t_rise)
+    return (choose_score_t(ts, [r["id_loss"] for r in by_t], rise),
+            f"first grid t where the held-out ID {c.deploy_score} has risen by {rise:g} of its rise over the "
+            f"grid (held-out ID only)")
 
 
 def by_t_rows(ts, grids: dict, deploy_score: str) -> list[dict]:

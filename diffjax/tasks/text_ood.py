@@ -10,8 +10,9 @@ by a hash of its tokens (the same sentence gets the same score anywhere).
 Timesteps follow the signal: the grid (``sweep_ts``, or ``sweep_num_ts`` steps evenly spaced in log
 SNR up to the t where nearest-embedding rounding of x_t on held-out ID falls below
 ``sweep_min_rounding_acc``) and, with ``score_t = 0``, the score's t are chosen on **held-out ID
-only** (``choose_score_t``: the first grid t where the deploy loss has risen by ``score_t_rise`` of
-its rise over the grid). Controls and baselines beside the scores: ``tasks/text_ood_baselines.py``.
+only** (``ood.text_scores.pick_score_t``; ``score_t_by = "rounding"``: the largest grid t where rounding of
+x_t still recovers ``score_t_min_rounding_acc`` of the held-out ID tokens; ``"rise"``: the first grid t
+where the deploy loss has risen by ``score_t_rise`` of its rise over the grid). Controls and baselines beside the scores: ``tasks/text_ood_baselines.py``.
 
 ``OODTask`` writes results.json (plus ``by_t``, ``controls``, ``threshold``), results_table.txt, roc.png,
 threshold.json (95% of held-out ID), sweep.json / sweep.png and the ``score`` rows. Sets:
@@ -30,7 +31,7 @@ from diffjax.data import text_ood_sets as tdata
 from diffjax.diffusion.schedules import gaussian_schedule
 from diffjax.models import text_denoiser as tdn
 from diffjax.ood import report, sweep as sweep_lib, text_scores as ts_lib
-from diffjax.ood.text_scores import by_t_rows, choose_score_t  # noqa: F401 (the held-out-ID rule)
+from diffjax.ood.text_scores import by_t_rows, choose_score_t, pick_score_t  # noqa: F401 (held-out-ID rules)
 from diffjax.runtime import log
 from diffjax.tasks import text_ood_baselines as tb
 from diffjax.tasks.base import register_prepare_call, register_task
@@ -176,12 +177,7 @@ class TextOODTask(OODTask):
                                    seed=int(c.score_seed), stage="sweep", context=context, max_examples=n)
                  for k in ["heldout"] + [f"ood/{o}" for o in self.ood_names]}  # by_t: the sweep's sample
         by_t = by_t_rows(ts, grids, c.deploy_score)
-        if int(c.score_t):
-            score_t, rule = int(c.score_t), "task.score_t (fixed in the config)"
-        else:
-            score_t = choose_score_t(ts, [r["id_loss"] for r in by_t], float(c.score_t_rise))
-            rule = (f"first grid t where the held-out ID {c.deploy_score} has risen by {float(c.score_t_rise):g} "
-                    f"of its rise over the grid (held-out ID only)")
+        score_t, rule = pick_score_t(c, ts, by_t)
         log(f"text_ood: score_t = {score_t} ({rule})")
         return {"score_t": score_t, "score_t_rule": rule, "by_t": by_t}
 
@@ -234,8 +230,7 @@ class TextOODTask(OODTask):
 
     def sweep_score_t(self, ts, res) -> int:
         """The deploy t: fixed, or the same held-out-ID rule as evaluate (the same grid and by_t sample)."""
-        c = self.c
-        return int(c.score_t) or choose_score_t(ts, [r["id_loss"] for r in res["by_t"]], float(c.score_t_rise))
+        return pick_score_t(self.c, ts, res["by_t"])[0]
 
     def sweep_figure(self, ts, res, num_seeds):
         curves = report.sweep_curves(res)

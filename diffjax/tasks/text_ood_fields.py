@@ -63,7 +63,10 @@ class TextOODConfig(F.TaskConfig):
     time_mult: int = F.field(F.integer(1), 4, "timestep MLP width, in D")
     dropout: float = F.field(F.number(0.0, 1.0, high_open=True), 0.0, "encoder dropout while training")
     score_t: int = F.field(None, 0, "the table's t in [0, T]; 0 = chosen on held-out ID (checked in check())")
-    score_t_rise: float = F.field(F.number(0.0, 1.0), 0.1, "score_t = 0: the rise of the held-out ID loss")
+    score_t_by: str = F.field(F.choice("rounding", "rise"), "rounding", "score_t = 0: the held-out ID rule")
+    score_t_min_rounding_acc: float = F.field(F.number(0.0, 1.0), 0.5,
+                                              "score_t_by=rounding: x_t's held-out ID rounding accuracy kept")
+    score_t_rise: float = F.field(F.number(0.0, 1.0), 0.1, "score_t_by=rise: the rise of the held-out ID loss")
     num_seeds: int = F.field(F.integer(1), 5, "fixed noise draws averaged per score")
     score_seed: int = F.field(F.integer(0), 0, "the draws' base seed")
     score_chunk: int = F.field(F.integer(1), 32, "examples per jitted scoring call")

@@ -114,7 +114,7 @@ def main():
         x0_hat = a.sqrt() * x_t - (1 - a).sqrt() * v_hat
         m = mask.float()
         n = m.sum(1).clamp(min=1)
-        ld = (((x0_hat - x0) ** 2).sum(-1) * m).sum(1) / n
+        ld = (((x0_hat - x0) ** 2).sum(-1) * m).sum(1) / n / scale ** 2  # the paper's units (x_0 = E[w])
         logits = k * scale * (x0_hat @ E.T)  # k (x0_hat) (s E)^T
         nll = torch.logsumexp(logits, -1) - logits.gather(-1, tokens[..., None])[..., 0]
         return ld + (nll * m).sum(1) / n

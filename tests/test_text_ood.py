@@ -10,6 +10,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from diffjax.diffusion import gaussian as gaussian_lib
 from diffjax.diffusion.schedules import gaussian_schedule
 from diffjax.models.bert import BertConfig
 from diffjax.ood import sweep as sweep_lib
@@ -78,6 +79,28 @@ def test_loss_runs_and_depends_on_weights(tiny):
     fixed = jax.grad(lambda p: tm.diffusion_loss(model, p, x["tokens"], x["mask"], rng, schedule=SCHED,
                                                  lc_learnt_scale=False)[0])(params)
     assert float(fixed["rounding_log_scale"]) == 0.0  # ... unless the paper's fixed tied logits are asked for
+
+
+def test_score_ld_is_in_the_papers_units(tiny):
+    """The score's L_d is paper 000's: on x_0 = E[w], i.e. the noising-space error / s^2 (numpy from the
+    same x0_hat), so L_d + L_c weighs the terms as the paper does at any x0_std; L_c is unchanged."""
+    model, params, _ = tiny
+    x = _data()
+    score_fn = tm.make_score_fn(model, SCHED, x0_std=1.0, prediction="v")
+    t = jnp.full((6,), 300, jnp.int32)
+    keys = jax.vmap(lambda i: jax.random.fold_in(jax.random.PRNGKey(1), i))(jnp.arange(6))
+    out = score_fn(params, x, t, keys)
+    emb = tm.embedding_matrix(params)
+    s = float(tm.embedding_scale(emb, 1.0))
+    assert s > 2.0  # a real rescaling, so a missing / s^2 would show
+    x0 = np.asarray(emb)[x["tokens"]] * s
+    noise = jax.vmap(lambda k: tm.position_noise(k, L, D))(keys)
+    x_t = gaussian_lib.q_sample(SCHED, jnp.asarray(x0), t, noise)
+    x0_hat = np.asarray(tm.predict_x0(model, params, SCHED, x_t, t, jnp.asarray(x["mask"]), s, "v"))
+    m = x["mask"]
+    ref = (np.square(x0_hat - x0).sum(-1) * m).sum(1) / m.sum(1) / s ** 2
+    np.testing.assert_allclose(np.asarray(out["ld"]), ref, rtol=1e-4)
+    np.testing.assert_allclose(np.asarray(out["ld_lc"]), ref + np.asarray(out["lc"]), rtol=1e-4)
 
 
 def test_score_independent_of_batch_and_padding(tiny):

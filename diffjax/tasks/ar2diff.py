@@ -43,9 +43,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from diffjax.checkpoints.presets import is_preset, preset_model
 from diffjax.checkpoints.pretrained import load_pretrained, pick_architecture
 from diffjax.data.ar2diff_data import prepare_split
-from diffjax.data.text import PackingFormat, load_text_batcher, load_tokenizer
+from diffjax.data.text import PackingFormat, load_text_batcher, load_tokenizer, padding_batch
 from diffjax.diffusion.masked import masked_diffusion_elbo, token_log_probs
 from diffjax.diffusion.uniform import unrolled_denoising_loss
 from diffjax.models import t5 as t5_lib
@@ -54,11 +55,17 @@ from diffjax.tasks import ar2diff_decode as dec
 from diffjax.tasks import ar2diff_model as model_lib
 from diffjax.tasks import fields as F
 from diffjax.tasks.ar2diff_fields import AR2DiffConfig
-from diffjax.tasks.base import register_task
+from diffjax.tasks.base import batch_shapes, register_task
 from diffjax.tasks.textgen_task import EvalSet, TextGenTask
 
 _pretrained = functools.lru_cache(maxsize=2)(load_pretrained)  # (model, params), loaded once per process
 _tokenizer = functools.lru_cache(maxsize=4)(load_tokenizer)
+
+
+def with_step(batch: dict, step: int) -> dict:
+    """A training batch with ``step [b] int32`` added (attention annealing reads it)."""
+    batch["step"] = np.full(batch["tokens"].shape[:1], step, np.int32)
+    return batch
 
 
 class AR2DiffTask(TextGenTask):
@@ -90,7 +97,8 @@ class AR2DiffTask(TextGenTask):
         kw = dict(cache_dir=cache_dir, buckets=(self.length,), style=self.fmt, seed=int(cfg.seed))
         self.batcher = load_text_batcher(train_path, self.tok, **kw)
         self.eval_batcher = load_text_batcher(eval_path, self.tok, **kw)
-        model = _pretrained(os.path.abspath(source))[0] if source else None  # (its weights: init_from's)
+        model = ((preset_model(source) if is_preset(source) else _pretrained(os.path.abspath(source))[0])
+                 if source else None)  # (its weights: init_from's)
         self.model = model_lib.build_model(cfg, self.arch, self.diffusion, model, source)
         self.vocab_size = int(self.model.config.vocab_size)
         self.mask_id = int(cfg.mask_id) if int(cfg.mask_id) >= 0 else self.tok.mask_id
@@ -177,8 +185,10 @@ class AR2DiffTask(TextGenTask):
         it = self.batcher.batches(start_step, global_batch_size=global_batch_size, process_index=process_index,
                                   process_count=process_count)
         for step, batch in enumerate(it, start=int(start_step)):
-            batch["step"] = np.full(batch["tokens"].shape[:1], step, np.int32)  # attention annealing
-            yield batch
+            yield with_step(batch, step)
+
+    def abstract_batch(self, global_batch_size):
+        return batch_shapes(with_step(padding_batch(self.fmt, self.length, global_batch_size), 0))
 
     # ------------------------------------------------------------------ TextGenTask hooks
 

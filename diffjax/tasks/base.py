@@ -40,6 +40,8 @@ Trainer hooks (``diffjax/train/trainer.py``):
   pretrained weights from disk (they are then ``device_put`` onto their shardings).
 * ``batch_spec()``: ``{field: spec}`` for batch fields not sharded as ``("data",)`` on the leading
   axis (spec: tuple of mesh axis names / None per dim, as in ``config.sharding_rules``).
+* ``abstract_batch(global_batch_size)``: the shapes of a global training batch at its largest
+  bucket (``batch_shapes`` of a template batch built by the task's batching code), for ``plan``.
 * Every method also gets ``step=``: the training step of the params (e.g. recorded in the OOD
   tasks' ``threshold.json``).
 * ``@register_prepare_call(name)`` on ``prepare_call(task_config, workdir, method, kwargs) -> kwargs``:
@@ -113,6 +115,21 @@ class Task(abc.ABC):
     def batch_spec(self) -> Mapping[str, Any] | None:
         """Per-field batch partition specs; None = every field sharded over "data" on axis 0."""
         return None
+
+    def abstract_batch(self, global_batch_size: int) -> dict:
+        """``{field: jax.ShapeDtypeStruct}`` of one global training batch ``[global_batch_size, ...]`` at its
+        largest shape (the longest bucket), from the task's own batching code, reading no data where it can:
+        what ``python -m diffjax plan`` compiles the train step for (``batch_shapes`` of a template batch)."""
+        raise NotImplementedError(f"task {self.name!r} has no abstract_batch, which `python -m diffjax plan` needs")
+
+
+def batch_shapes(batch: Mapping[str, Any]) -> dict:
+    """A host batch (numpy arrays) -> ``{field: jax.ShapeDtypeStruct}`` with the dtypes JAX gives them
+    (int64 -> int32 unless x64 is enabled)."""
+    import numpy as np
+
+    return {k: jax.ShapeDtypeStruct(np.shape(v), jax.dtypes.canonicalize_dtype(np.asarray(v).dtype))
+            for k, v in batch.items()}
 
 
 _REGISTRY: dict[str, Callable[[Any], Task]] = {}

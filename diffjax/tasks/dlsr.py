@@ -149,6 +149,10 @@ class DLSRTask(OODTask):
                                           seed=int(self.c.data.seed)):
             yield {"features": raw[idx]}
 
+    def abstract_batch(self, global_batch_size):
+        """Raw features [B, D] float32 (``ood.features.extract_features``'s dtype), D = the encoder's stage dims."""
+        return {"features": jax.ShapeDtypeStruct((int(global_batch_size), sum(self.dims)), jnp.float32)}
+
     # -- scoring (the OODTask hooks) ----------------------------------------------------------
     def _sweep_fn(self, per_layer: bool):
         if ("sweep", per_layer) not in self._fns:

@@ -23,7 +23,7 @@ from diffjax.diffusion.schedules import GAUSSIAN_KINDS, gaussian_schedule
 from diffjax.models.mlp import MLPDenoiser
 from diffjax.runtime import RuntimeContext
 from diffjax.tasks import fields as F
-from diffjax.tasks.base import Task, register_task
+from diffjax.tasks.base import Task, batch_shapes, register_task
 
 
 def mixture_means(num_components: int, radius: float) -> np.ndarray:
@@ -125,6 +125,9 @@ class Gaussian2DTask(Task):
             x = sample_mixture(rng, global_batch_size, self.means, self.std)
             yield {"x": x[process_index * per:(process_index + 1) * per]}
             step += 1
+
+    def abstract_batch(self, global_batch_size: int) -> dict:
+        return batch_shapes(next(self.train_batches(0, global_batch_size=global_batch_size)))
 
     def _sample_batch(self, params, rng, index):
         """``[Bg, 2]`` DDIM samples; sample ``i`` uses ``fold_in(rng, index[i])`` for all its noise,

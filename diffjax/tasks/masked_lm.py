@@ -45,13 +45,14 @@ from diffjax.checkpoints import hf_bert
 from diffjax.checkpoints.pretrained import pick_architecture
 from diffjax.checkpoints.hf import read_hf_config
 from diffjax.data import instructions
-from diffjax.data.text import Packer, PackingFormat, TextBatcher, TextExamples, load_tokenizer, parse_source, tokenize_cached
+from diffjax.data.text import (Packer, PackingFormat, TextBatcher, TextExamples, load_tokenizer, padding_batch,
+                               parse_source, tokenize_cached)
 from diffjax.diffusion import decoders
 from diffjax.diffusion.masked import masked_diffusion_elbo, rdm_loss
 from diffjax.evaluation import text_metrics
 from diffjax.tasks import masked_lm_decode as dec
 from diffjax.tasks import prompts as prompt_lib
-from diffjax.tasks.base import register_task
+from diffjax.tasks.base import batch_shapes, register_task
 from diffjax.tasks.masked_lm_fields import MaskedLMConfig
 from diffjax.tasks.textgen_task import EvalSet, TextGenTask
 
@@ -128,6 +129,9 @@ class MaskedLMTask(TextGenTask):
     def train_batches(self, start_step, *, global_batch_size, process_index=0, process_count=1):
         return self.batcher.batches(start_step, global_batch_size=global_batch_size, process_index=process_index,
                                     process_count=process_count)
+
+    def abstract_batch(self, global_batch_size):
+        return batch_shapes(padding_batch(self.fmt, max(self.cfg.buckets), global_batch_size))
 
     # ------------------------------------------------------------------ model
     def init_params(self, rng):

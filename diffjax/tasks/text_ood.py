@@ -34,7 +34,7 @@ from diffjax.ood import report, sweep as sweep_lib, text_scores as ts_lib
 from diffjax.ood.text_scores import by_t_rows, choose_score_t, pick_score_t  # noqa: F401 (held-out-ID rules)
 from diffjax.runtime import log
 from diffjax.tasks import text_ood_baselines as tb
-from diffjax.tasks.base import register_prepare_call, register_task
+from diffjax.tasks.base import batch_shapes, register_prepare_call, register_task
 from diffjax.tasks.ood_task import OODTask, ood_prepare_call
 from diffjax.tasks.text_ood_backbone import TextBackbone, backbone_name, backbone_source
 from diffjax.tasks.text_ood_fields import TextOODConfig
@@ -119,10 +119,21 @@ class TextOODTask(OODTask):
         batcher = TextBatcher(train.packer, seed=int(self.c.data.seed))
         for b in batcher.batches(start_step, global_batch_size=global_batch_size, process_index=process_index,
                                  process_count=process_count):
-            out = {"tokens": b["tokens"], "mask": b["valid"]}
-            if self.cls_model is not None:
-                out["labels"] = train.labels[b["example_index"]]
-            yield out
+            yield self._train_fields(b, train)
+
+    def _train_fields(self, b: dict, train) -> dict:
+        """A ``TextBatcher`` batch of the ID train set -> the fields ``loss_fn`` reads."""
+        out = {"tokens": b["tokens"], "mask": b["valid"]}
+        if self.cls_model is not None:
+            out["labels"] = train.labels[b["example_index"]]
+        return out
+
+    def abstract_batch(self, global_batch_size):
+        from diffjax.data.text import padding_batch
+
+        train = self.sets()["train"]
+        b = padding_batch(train.packer.fmt, max(train.packer.buckets), global_batch_size)
+        return batch_shapes(self._train_fields(b, train))
 
     # -- scoring (the OODTask hooks) ----------------------------------------------------------
     def score_set(self, params, key, s, ts, *, num_seeds, seed, stage, context, snapshots=None,

@@ -8,7 +8,7 @@ truncation), ``batches`` (``TextBatcher``), ``pipeline`` (``load_text_batcher``)
 Nothing here imports ``diffjax.train`` or ``diffjax.tasks``.
 """
 
-from diffjax.data.text.batches import TextBatcher
+from diffjax.data.text.batches import TextBatcher, padding_batch
 from diffjax.data.text.cache import RaggedTokens, TokenizedExamples, tokenize, tokenize_cached
 from diffjax.data.text.embedded import CORPORA, read_embedded
 from diffjax.data.text.examples import TextExamples
@@ -22,6 +22,6 @@ from diffjax.data.text.tokenizer import TextTokenizer, load_tokenizer
 __all__ = [
     "CORPORA", "Packer", "PackingFormat", "RaggedTokens", "TextBatcher", "TextExamples", "TextSource",
     "TextTokenizer", "TokenizedExamples", "TruncationStats", "choose_bucket", "load_text_batcher",
-    "load_tokenizer", "parse_source", "read_embedded", "read_examples", "read_jsonl", "read_tfds",
+    "load_tokenizer", "padding_batch", "parse_source", "read_embedded", "read_examples", "read_jsonl", "read_tfds",
     "read_tsv", "read_txt", "tokenize", "tokenize_cached",
 ]

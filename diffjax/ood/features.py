@@ -1,6 +1,6 @@
 """Multi-stage image features for DLSR (papers.md, paper 003, "Features").
 
-Pipeline (one jitted function per encoder):
+Pipeline (one jitted function per encoder, run over global batches on a mesh by ``extract_features``):
 
     images [B, H, W, 3] uint8 -> float in [0, 1] -> resize to the encoder's resolution (bilinear,
     antialiased) -> (x - mean) / std -> frozen encoder -> stage maps F_l [B, h_l, w_l, C_l]
@@ -18,14 +18,14 @@ fitted on the same numbers:
 
 from __future__ import annotations
 
-from typing import Callable, Sequence
+from typing import Any, Callable, Sequence
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 from diffjax.data.images import check_images
-from diffjax.runtime import Progress
+from diffjax.runtime import RuntimeContext
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -70,24 +70,39 @@ def global_average_pool(stage_maps: Sequence[jax.Array]) -> jax.Array:
     return jnp.concatenate([jnp.mean(f.astype(jnp.float32), axis=(1, 2)) for f in stage_maps], axis=-1)
 
 
+def make_feature_program(encode_stages: Callable[[Any, jax.Array], Sequence[jax.Array]], *, image_size: int,
+                         mean=IMAGENET_MEAN, std=IMAGENET_STD) -> Callable[[Any, jax.Array], jax.Array]:
+    """``(variables, images [B, H, W, 3] uint8 or float in [0, 1]) -> raw GAP features [B, D] float32``, jitted.
+
+    ``encode_stages(variables, x: [B, S, S, 3] float32 normalised) -> [F_l: [B, h_l, w_l, C_l]]`` (any
+    dtype: GAP sums in float32). The frozen encoder's variables are an argument, so one compiled program
+    serves them wherever they are placed (replicated on a mesh: ``image_encoder.FeatureExtractor.on``).
+    The input layout is checked at trace time (``preprocess``); ``extract_features`` checks the range.
+    """
+
+    @jax.jit
+    def program(variables, images):
+        return global_average_pool(encode_stages(variables, preprocess(images, image_size, mean, std)))
+
+    return program
+
+
 def make_feature_fn(encode_stages: Callable[[jax.Array], Sequence[jax.Array]], *, image_size: int,
                     mean=IMAGENET_MEAN, std=IMAGENET_STD) -> Callable[[jax.Array], jax.Array]:
     """``images [B, H, W, 3] uint8 (or float in [0, 1]) -> raw GAP features [B, D]``, jitted.
 
     ``encode_stages(x: [B, S, S, 3] float32 normalised) -> [F_l: [B, h_l, w_l, C_l]]`` closes over
-    the frozen encoder's params (they are constants of the compiled function, never trained).
+    the frozen encoder's params (they are constants of the compiled function, never trained; the
+    task's extractor passes them as an argument instead: ``make_feature_program``).
     The returned function checks its input on the host before the jitted call with the same
     ``data.images.check_images`` as ``to_rgb_uint8`` and the ``.npy`` reader: 0..255 floats (read as
     0..1 before), NCHW, RGBA and ambiguous 3-d arrays are refused (under an outer ``jit``: layout only).
     """
-
-    @jax.jit
-    def jitted(images):
-        return global_average_pool(encode_stages(preprocess(images, image_size, mean, std)))
+    program = make_feature_program(lambda _, x: encode_stages(x), image_size=image_size, mean=mean, std=std)
 
     def feature_fn(images):
         check_images(images)
-        return jitted(images)
+        return program(None, images)
 
     return feature_fn
 
@@ -126,22 +141,19 @@ def normalize_features(raw: jax.Array, dims: Sequence[int], mode: str = "per_sam
 
 
 def extract_features(feature_fn: Callable[[jax.Array], jax.Array], images: np.ndarray, *,
-                     batch_size: int = 256, desc: str = "features", progress: bool = True) -> np.ndarray:
-    """Runs ``feature_fn`` over ``images [N, H, W, 3]`` in fixed-size batches -> [N, D] float32 numpy.
+                     batch_size: int = 256, desc: str = "features", progress: bool = True,
+                     context: RuntimeContext | None = None) -> np.ndarray:
+    """Runs ``feature_fn`` over ``images [N, H, W, 3]`` on ``context``'s mesh -> [N, D] float32 numpy.
 
-    The last batch is padded (by repeating the last image) so that one compilation serves the
-    whole set; a long run prints images/s and ETA on stderr (``runtime.Progress``, process 0).
+    ``context.map_batches`` (``RuntimeContext.local()`` when None: every local device on "data"):
+    global batches of ``batch_size`` images (rounded up to the data axis) sharded over "data", the last
+    one padded by repeating the last image so that one compilation serves the whole set, the features
+    gathered back in input order on every host. Per-image features do not depend on the mesh or the
+    batch size (up to float rounding of the batch shape). A long run prints images/s and ETA on stderr
+    (``runtime.Progress``, process 0). ``images`` is checked once (``check_images``) on the host.
     """
     check_images(images)
-    n = images.shape[0]
-    out = []
-    bar = Progress.loop(n, desc, unit="images", active=jax.process_index() == 0) if progress else None
-    for start in range(0, n, batch_size):
-        batch = images[start:start + batch_size]
-        m = batch.shape[0]
-        if m < batch_size and n > batch_size:
-            batch = np.concatenate([batch, np.repeat(batch[-1:], batch_size - m, axis=0)])
-        out.append(np.asarray(feature_fn(jnp.asarray(batch)))[:m])
-        if bar is not None:
-            bar.update(start + m)
-    return np.concatenate(out, axis=0).astype(np.float32)
+    context = context if context is not None else RuntimeContext.local()
+    out = context.map_batches(lambda batch, index: feature_fn(batch), np.asarray(images), batch_size=int(batch_size),
+                              progress=desc if progress else None)
+    return np.asarray(out, np.float32)

@@ -38,7 +38,7 @@ from diffjax.diffusion.schedules import gaussian_schedule
 from diffjax.models.lfdn import LFDN
 from diffjax.ood import baselines, feature_cache, features as feat, image_encoder, report, scores as scores_lib
 from diffjax.ood import sweep as sweep_lib
-from diffjax.runtime import log
+from diffjax.runtime import RuntimeContext, log
 from diffjax.tasks.base import register_prepare_call, register_task
 from diffjax.tasks.dlsr_fields import DLSRConfig
 from diffjax.tasks.ood_task import OODTask, ood_prepare_call
@@ -81,18 +81,24 @@ class DLSRTask(OODTask):
         train, test, ood = load_sets(self.c.data, image_size=image_encoder.input_size(self.c.encoder))
         return {"train": train, "test": test, **{f"ood/{k}": v for k, v in ood.items()}}
 
-    def extract(self, images: np.ndarray, desc: str) -> np.ndarray:
-        """Raw concatenated GAP features of ``images`` -> [N, D] (the encoder is built once)."""
+    def extract(self, images: np.ndarray, desc: str, context: RuntimeContext | None = None) -> np.ndarray:
+        """Raw concatenated GAP features of ``images`` -> [N, D] float32, in global batches of
+        ``encoder.batch_size`` sharded over ``context``'s "data" axis (None: every local device,
+        ``RuntimeContext.local()``: the trainer gives no context to ``__init__`` / ``train_batches``).
+        The encoder is built once; its variables are placed on each context's mesh per call."""
         if self._encoder is None:
-            self._encoder = image_encoder.image_feature_fn(self.c.encoder)
-        return feat.extract_features(self._encoder, images, batch_size=int(self.c.encoder.batch_size), desc=desc)
+            self._encoder = image_encoder.feature_extractor(self.c.encoder)
+        context = context if context is not None else RuntimeContext.local()
+        return feat.extract_features(self._encoder.on(context), images, batch_size=int(self.c.encoder.batch_size),
+                                     desc=desc, context=context)
 
-    def raw_features(self, key: str) -> np.ndarray:
-        """Raw features of set ``key`` ("train", "test", "ood/<name>") -> [N, D], kept and disk-cached."""
+    def raw_features(self, key: str, context: RuntimeContext | None = None) -> np.ndarray:
+        """Raw features of set ``key`` ("train", "test", "ood/<name>") -> [N, D], kept and disk-cached
+        (the cache key is the encoder + data config and the set: the same file serves every mesh)."""
         if key not in self._raw:
             def compute():
                 t0 = time.time()
-                raw = self.extract(self.sets()[key].images, key)
+                raw = self.extract(self.sets()[key].images, key, context)
                 log(f"dlsr: features of {key}: {raw.shape} in {time.time() - t0:.1f}s")
                 return raw
 
@@ -109,14 +115,16 @@ class DLSRTask(OODTask):
         stats = jax.lax.stop_gradient(params["stats"]) if "stats" in params else None
         return feat.normalize_features(raw, self.dims, self.c.normalize, stats=stats, ddof=int(self.c.zscore_ddof))
 
-    def z0_of(self, raw: np.ndarray, params) -> np.ndarray:
-        """``normalize`` as one jitted function (compiles once per shape) -> numpy [N, D]."""
+    def z0_of(self, raw: np.ndarray, params, context: RuntimeContext) -> np.ndarray:
+        """``normalize`` (per example) as one jitted function over ``context``'s mesh -> numpy [N, D]."""
         if "normalize" not in self._fns:
-            self._fns["normalize"] = jax.jit(self.normalize)
-        return np.asarray(self._fns["normalize"](jnp.asarray(raw), params))
+            self._fns["normalize"] = jax.jit(lambda p, x: self.normalize(x, p))
+        norm = self._fns["normalize"]
+        return context.map_batches(lambda x, index: norm(params, x), np.asarray(raw, np.float32),
+                                   batch_size=int(self.c.score_chunk), progress=None)
 
-    def z0(self, key: str, params) -> np.ndarray:
-        return self.z0_of(self.raw_features(key), params)
+    def z0(self, key: str, params, context: RuntimeContext) -> np.ndarray:
+        return self.z0_of(self.raw_features(key, context), params, context)
 
     # -- training -----------------------------------------------------------------------------
     def init_params(self, rng):
@@ -173,8 +181,8 @@ class DLSRTask(OODTask):
         snapshot is there; examples sharded over ``context``'s mesh, ``score_chunk`` at a time
         (``sweep_chunk`` in the sweep)."""
         c = self.c
-        raw = self.extract(s.images, "score: features") if key == "inputs" else self.raw_features(key)
-        z0 = self.z0_of(raw, params)[:max_examples]
+        raw = self.extract(s.images, "score: features", context) if key == "inputs" else self.raw_features(key, context)
+        z0 = self.z0_of(raw, params, context)[:max_examples]
         wants_lr = names is None or any(n.startswith("lr_") for n in names)
         early = self._early(snapshots) if wants_lr else None
         if names is not None and wants_lr and early is None:
@@ -195,19 +203,21 @@ class DLSRTask(OODTask):
     def extra_scores(self, params, score_t, keys, context, snapshots) -> dict:
         """Mahalanobis / kNN (``config.task.baselines``) on the same z_0, fitted on ID train: {set: {name: [N]}}."""
         c, out = self.c, {k: {} for k in keys}
-        z = {k: self.z0(k, params) for k in ["train"] + list(keys)}
+        z = {k: self.z0(k, params, context) for k in ["train"] + list(keys)}
         if "mahalanobis" in c.baselines:
             fit = baselines.fit_mahalanobis(z["train"])
             for k in keys:
-                out[k]["mahalanobis"] = np.asarray(baselines.mahalanobis_score(fit, jnp.asarray(z[k])))
+                out[k]["mahalanobis"] = baselines.mahalanobis_scores(fit, z[k], chunk=int(c.score_chunk),
+                                                                     context=context)
         if "knn" in c.baselines:
             for k in keys:
-                out[k]["knn"] = baselines.knn_score(z["train"], z[k], k=int(c.knn_k))
+                out[k]["knn"] = baselines.knn_score(z["train"], z[k], k=int(c.knn_k), chunk=int(c.score_chunk),
+                                                    context=context)
         return out
 
     def result_entries(self, params, point, table, snapshots) -> dict:
         early = self._early(snapshots)
-        return {"ddim_steps": int(self.c.ddim_steps),
+        return {"ddim_steps": int(self.c.ddim_steps), "feature_dtype": str(self.c.encoder.dtype),
                 "lr_snapshot_step": int(self.c.lr_snapshot_step) if early is not None else None}
 
     def table_header(self, results: dict) -> str:

@@ -54,7 +54,11 @@ class DLSREncoder(F.TaskConfig):
                                                  "'random' (tests)")
     image_size: int = F.field(F.integer(0, what="0 = the variant's resolution"), 224, "input side")
     batch_size: int = F.field(F.integer(1), 100, "images per feature call")
-    dtype: str = F.field(F.choice("float32", "bfloat16", "float16"), "float32", "compute dtype")
+    dtype: str = F.field(F.choice("float32", "bfloat16"), "float32",
+                         "feature extraction precision: 'bfloat16' = params and activations in bf16, BN "
+                         "statistics and the GAP sum in float32, features stored float32; independent of the "
+                         "top-level config.precision (the trained models' params / compute), which does not reach "
+                         "the frozen encoder")
     random_seed: int = F.field(F.integer(0), 0, "weights='random': their seed")
 
 

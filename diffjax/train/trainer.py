@@ -1,7 +1,8 @@
 """The generic trainer: any ``diffjax.tasks.base.Task`` on any mesh, resumable, NaN-guarded.
 
 ``train(config, workdir)`` builds the task from ``config.task``, a ("data", "model") mesh from
-``config.mesh_shape``, shards params / optimizer state / EMA by ``config.sharding_rules``, and runs
+``config.mesh_shape``, shards params / optimizer state / EMA by ``config.sharding`` ("replicated", "tp",
+"fsdp", "fsdp+tp"; the TP table is ``config.sharding_rules`` or the task's own), and runs
 one ``jax.jit`` train step with explicit in/out shardings (no pmap) on global batches. It writes
 ``workdir/config.json``, ``metrics.jsonl``, TensorBoard events, orbax checkpoints (every
 ``train.checkpoint_every`` steps and at the end) and, with ``train.eval_at_end``, ``results.json``.
@@ -78,6 +79,12 @@ class Setup:
     init_state: Callable[..., TrainState]
 
 
+def tp_rules(config, task: Task):
+    """The tensor-parallel rule table of a run: ``config.sharding_rules`` when set (back-compat),
+    else the task's family table (``task.sharding_rules``)."""
+    return tuple(config.sharding_rules) or tuple(task.sharding_rules)
+
+
 def build(config, *, task: Task | None = None) -> Setup:
     """Task, mesh, optimizer, the sharded state layout and the jitted train step for ``config``."""
     task = task if task is not None else build_task(config.task, init_from=config.init_from,
@@ -94,7 +101,7 @@ def build(config, *, task: Task | None = None) -> Setup:
         return task.init_params(init_rng)
 
     abstract_params = jax.eval_shape(init_params)
-    p_shardings = sh.param_shardings(abstract_params, config.sharding_rules, mesh)
+    p_shardings = sh.param_shardings(abstract_params, tp_rules(config, task), mesh, config.get("sharding", "tp"))
     abstract_opt = jax.eval_shape(optimizer.init, abstract_params)
     o_shardings = sh.mirror_shardings(abstract_opt, abstract_params, p_shardings, mesh)
     rep = sh.replicated(mesh)

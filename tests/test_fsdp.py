@@ -1,0 +1,210 @@
+"""``config.sharding`` ("replicated", "tp", "fsdp", "fsdp+tp"): the pure spec functions, train steps of
+the real task models under each choice equal to a single-device replicated run (the trainer's jitted
+step), params / Adam moments / EMA really split, and checkpoints restored onto another mesh and choice."""
+
+import os
+
+import jax
+import numpy as np
+import pytest
+from jax.sharding import PartitionSpec as P
+
+from diffjax.checkpoints.orbax import Checkpointer
+from diffjax.cli import _load_config_file
+from diffjax.tasks.base import build_task
+from diffjax.train import sharding as sh
+from diffjax.train import trainer
+from diffjax.train.validate import ConfigError, validate_config
+from tests._config_util import set_fields, small_config
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _abstract(shapes: dict) -> dict:
+    return {k: jax.ShapeDtypeStruct(s, np.float32) for k, s in shapes.items()}
+
+
+# ------------------------------------------------------------------------------------ spec functions
+
+def test_specs_for_each_choice():
+    mesh = sh.make_mesh((2, 2))
+    rules = ((r"attn/query/kernel$", (None, "model")), (r"attn/query/bias$", ("model",)))
+    params = {"attn": {"query": {"kernel": jax.ShapeDtypeStruct((256, 128), np.float32),
+                                 "bias": jax.ShapeDtypeStruct((128,), np.float32)}},
+              **_abstract({"emb": (129, 256), "odd": (129, 127), "small": (64, 64), "scalar": ()})}
+
+    def specs(choice, **kw):
+        tree = sh.specs_for_choice(params, choice, rules, mesh, **kw)
+        return {sh.path_str(p): s for p, s in jax.tree_util.tree_leaves_with_path(
+            tree, is_leaf=lambda x: isinstance(x, P))}
+
+    assert set(specs("replicated").values()) == {P()}
+    tp = specs("tp")
+    assert tp["attn/query/kernel"] == P(None, "model") and tp["attn/query/bias"] == P("model")
+    assert tp["emb"] == P() and tp["scalar"] == P()
+    fsdp = specs("fsdp")
+    assert fsdp["attn/query/kernel"] == P("data")  # the largest dim
+    assert fsdp["emb"] == P(None, "data")  # 129 does not divide by 2: the next dim
+    assert fsdp["odd"] == P() and fsdp["small"] == P() and fsdp["scalar"] == P()  # no dim divides / < 2**14
+    assert fsdp["attn/query/bias"] == P()
+    assert specs("fsdp", min_elements=1)["small"] == P("data")  # the first on a tie
+    both = specs("fsdp+tp")
+    assert both["attn/query/kernel"] == P("data", "model")  # TP first, "data" on what is left
+    assert both["emb"] == P(None, "data")
+    with pytest.raises(ValueError, match="expected one of replicated, tp, fsdp, fsdp"):
+        sh.specs_for_choice(params, "zero3", rules, mesh)
+    # A "data" axis of size 1: fsdp is replicated.
+    assert set(jax.tree_util.tree_leaves(sh.specs_for_choice(params, "fsdp", (), sh.make_mesh((1, 4))),
+                                         is_leaf=lambda x: isinstance(x, P))) == {P()}
+
+
+def test_stacked_layers_take_one_layer_rules_and_are_never_the_fsdp_dim():
+    """A scanned stack (``layers/``, leading layer axis L) uses the per-layer rule with None prepended."""
+    mesh = sh.make_mesh((2, 2))
+    rules = ((r"attention/query/kernel$", (None, "model")), (r"attention/query/bias$", ("model",)))
+    stacked = {"encoder": {"layers": {"attention": {"query": {
+        "kernel": jax.ShapeDtypeStruct((8, 64, 128), np.float32),
+        "bias": jax.ShapeDtypeStruct((8, 128), np.float32)}}}}}
+    q = lambda t: t["encoder"]["layers"]["attention"]["query"]  # noqa: E731
+    tp = sh.specs_for_choice(stacked, "tp", rules, mesh)
+    assert q(tp)["kernel"] == P(None, None, "model") and q(tp)["bias"] == P(None, "model")
+    unrolled = {"encoder": {"layer_0": {"attention": {"query": {"kernel": jax.ShapeDtypeStruct((64, 128), np.float32)}}}}}
+    assert sh.specs_for_choice(unrolled, "tp", rules, mesh)["encoder"]["layer_0"]["attention"]["query"]["kernel"] == \
+        P(None, "model")
+    # fsdp: the layer axis (64) is the largest dim that divides, but it is never split
+    tall = {"layers": {"w": jax.ShapeDtypeStruct((64, 32, 16), np.float32)}}
+    assert sh.specs_for_choice(tall, "fsdp", (), mesh, min_elements=1)["layers"]["w"] == P(None, "data")
+    assert sh.specs_for_choice({"w": tall["layers"]["w"]}, "fsdp", (), mesh, min_elements=1)["w"] == P("data")
+    both = sh.specs_for_choice(stacked, "fsdp+tp", rules, mesh, min_elements=1)
+    assert q(both)["kernel"] == P(None, "data", "model") and q(both)["bias"] == P(None, "model")
+
+
+def test_sharding_field_is_validated_and_resumable():
+    c = small_config(sharding="zero3")
+    with pytest.raises(ConfigError, match=r"sharding='zero3' is invalid.*one of replicated, tp, fsdp, fsdp\+tp"):
+        validate_config(c)
+    from diffjax.train.workdir import config_differences, config_to_dict
+
+    old = config_to_dict(small_config(mesh_shape=(4, 1)))
+    old.pop("sharding")  # a config.json written before the field existed
+    new = config_to_dict(small_config(sharding="fsdp+tp", mesh_shape=(2, 2)))
+    assert config_differences(old, new) == []
+
+
+# ------------------------------------------------------------------------------------ train-step parity
+
+def _config(name: str, overrides: dict):
+    c = _load_config_file(os.path.join(REPO, "configs", name))
+    with c.unlocked():
+        set_fields(c, {"optimizer.warmup_steps": 0, **overrides})
+    return c
+
+
+def _train(config, task, mesh_shape, sharding, steps):
+    """``steps`` steps of the trainer's jitted step with ``sharding`` on ``mesh_shape`` ->
+    (state, [loss per step], params before the first step as numpy)."""
+    with config.unlocked():
+        config.mesh_shape, config.sharding = mesh_shape, sharding
+    setup = trainer.build(config, task=task)
+    state = setup.init_state()
+    p0 = jax.device_get(state.params)
+    gbs = int(config.train.global_batch_size)
+    batches = task.train_batches(0, global_batch_size=gbs)
+    losses = []
+    for _ in range(steps):
+        state, metrics = setup.train_step(state, setup.context.global_batch(next(batches), gbs))
+        losses.append(float(metrics["loss"]))
+    return state, losses, p0
+
+
+def _split(arr) -> bool:
+    """True when this process's first shard of ``arr`` is smaller than the global array."""
+    return arr.addressable_shards[0].data.shape != arr.shape
+
+
+def _leaves(tree) -> dict:
+    return {sh.path_str(p): x for p, x in jax.tree_util.tree_leaves_with_path(tree)}
+
+
+def _check_against_replicated(config, task, steps=2, *, big=2 ** 14):
+    """Each choice on its mesh trains to the single-device replicated run (loss per step, params,
+    Adam moments) to 1e-5; under fsdp every leaf of >= ``big`` elements with a dim dividing by 4 is
+    split (params, both Adam moments, EMA); under tp / fsdp+tp the TP table splits something."""
+    ref, ref_losses, p0 = _train(config, task, (1, 1), "replicated", steps)
+    moved = max(float(np.abs(np.asarray(a) - np.asarray(b)).max())
+                for a, b in zip(jax.tree_util.tree_leaves(p0), jax.tree_util.tree_leaves(ref.params)))
+    assert moved > 1e-4  # the steps moved the params: the comparison is not vacuous
+    ref_params, ref_opt = _leaves(ref.params), _leaves(ref.opt_state)
+    for mesh_shape, choice in (((4, 1), "fsdp"), ((2, 2), "tp"), ((2, 2), "fsdp+tp")):
+        state, losses, _ = _train(config, task, mesh_shape, choice, steps)
+        np.testing.assert_allclose(losses, ref_losses, rtol=1e-5, atol=1e-5, err_msg=f"{choice} {mesh_shape}")
+        params, opt = _leaves(state.params), _leaves(state.opt_state)
+        for k, v in params.items():
+            np.testing.assert_allclose(np.asarray(v), np.asarray(ref_params[k]), rtol=1e-5, atol=1e-5,
+                                       err_msg=f"{choice} {mesh_shape} {k}")
+        for k, v in opt.items():
+            np.testing.assert_allclose(np.asarray(v), np.asarray(ref_opt[k]), rtol=1e-5, atol=1e-5,
+                                       err_msg=f"{choice} {mesh_shape} opt {k}")
+        split = {k for k, v in params.items() if _split(v)}
+        if choice == "fsdp":
+            expected = {k for k, v in params.items() if v.size >= big and any(d % 4 == 0 for d in v.shape)}
+            assert expected and split == expected, (sorted(expected), sorted(split))
+            for k in expected:  # the Adam moments (mu, nu) and the EMA of each split param are split too
+                moments = [o for path, o in opt.items() if path.endswith("/" + k) and o.shape == params[k].shape]
+                assert len(moments) == 2 and all(_split(o) for o in moments), k
+                if state.ema_params is not None:
+                    assert _split(_leaves(state.ema_params)[k]), k
+        else:
+            assert split, f"{choice}: the TP table split nothing"
+
+
+def test_masked_lm_bert_choices_equal_replicated():
+    """BERT (MiniLM's architecture, 1 small layer, random init; its 30522-word embedding kept)."""
+    import ml_collections
+
+    small = ml_collections.ConfigDict(dict(num_layers=1, hidden_size=64, num_heads=4, intermediate_size=128))
+    config = _config("rdm_minilm_demo.py:tiny", {"sharding_rules": (), "init_from": "",  # the task's own table
+                                                 "task.architecture": "embedded:minilm", "task.model": small})
+    task = build_task(config.task)
+    assert task.sharding_rules and task.sharding_rules[0][0].startswith("(.*/)?embeddings")
+    _check_against_replicated(config, task)
+
+
+@pytest.fixture()
+def small_fsdp_leaves(monkeypatch):
+    """The tiny models' kernels are under 2**14 elements: let fsdp split leaves from 1024 on."""
+    monkeypatch.setattr(sh, "FSDP_MIN_ELEMENTS", 1024)
+    return 1024
+
+
+def _ar2diff(tmp_path, **task_fields):
+    config = _config("ar2diff_smollm2_demo.py:tiny", {"task.cache_dir": str(tmp_path), "task.eval_examples": 8,
+                                                      **{f"task.{k}": v for k, v in task_fields.items()}})
+    return config, build_task(config.task, init_from=config.init_from)
+
+
+def test_ar2diff_llama_choices_equal_replicated(tmp_path, small_fsdp_leaves):
+    config, task = _ar2diff(tmp_path)
+    assert task.sharding_rules[0][0].startswith("self_attn/")  # the Llama table
+    _check_against_replicated(config, task, big=small_fsdp_leaves)
+
+
+@pytest.mark.slow
+def test_ar2diff_t5_choices_equal_replicated(tmp_path, small_fsdp_leaves):
+    import ml_collections
+
+    model = ml_collections.ConfigDict(dict(
+        vocab_size=49152, d_model=16, d_kv=4, d_ff=32, num_layers=1, num_heads=2, dropout_rate=0.0,
+        tie_word_embeddings=True, pad_token_id=2, eos_token_id=2, decoder_start_token_id=2))
+    config, task = _ar2diff(tmp_path, arch="encoder_decoder", model=model, target_length=8)
+    assert "cross_attention" in task.sharding_rules[0][0]  # the T5 table
+    _check_against_replicated(config, task, big=small_fsdp_leaves)
+
+
+def test_dlsr_lfdn_choices_equal_replicated(small_fsdp_leaves):
+    config = _config("dlsr_mnist_demo.py:tiny", {})
+    task = build_task(config.task)
+    rng = np.random.default_rng(0)
+    task._raw["train"] = rng.normal(size=(64, sum(task.dims))).astype(np.float32)  # no encoder run needed
+    assert config.ema_decay > 0 and task.sharding_rules  # EMA params mirror the params' shardings
+    _check_against_replicated(config, task, big=small_fsdp_leaves)

@@ -208,3 +208,41 @@ def test_dlsr_lfdn_choices_equal_replicated(small_fsdp_leaves):
     task._raw["train"] = rng.normal(size=(64, sum(task.dims))).astype(np.float32)  # no encoder run needed
     assert config.ema_decay > 0 and task.sharding_rules  # EMA params mirror the params' shardings
     _check_against_replicated(config, task, big=small_fsdp_leaves)
+
+
+# ------------------------------------------------------------------------------------ resharding restore
+
+def test_fsdp_checkpoint_restores_onto_other_meshes_and_resumes(tmp_path):
+    """Saved by the trainer on (4,1) "fsdp"; restored on (2,2) "fsdp+tp" and (1,1) with identical
+    values and the new layout; training then resumes there and ends where an uninterrupted run does."""
+    common = {"task.model.hidden": 128, "train.checkpoint_every": 2, "train.eval_at_end": False,
+              "optimizer.warmup_steps": 0, "optimizer.schedule": "constant"}  # lr not tied to num_steps
+    saved_cfg = small_config(mesh_shape=(4, 1), sharding="fsdp", **{**common, "train.num_steps": 2})
+    wd = str(tmp_path / "run")
+    saved = trainer.train(saved_cfg, wd)
+    kernel = saved.params["hidden_1"]["kernel"]  # [128, 128]: split over "data" on (4,1)
+    assert kernel.sharding.spec == P("data") and _split(kernel)
+    saved_leaves = _leaves(jax.device_get(saved))
+
+    for mesh_shape, choice in (((2, 2), "fsdp+tp"), ((1, 1), "tp")):
+        setup = trainer.build(small_config(mesh_shape=mesh_shape, sharding=choice, **common))
+        ckpt = Checkpointer(os.path.join(wd, "checkpoints"))
+        try:
+            restored = ckpt.restore(2, setup.abstract_state)
+        finally:
+            ckpt.close()
+        for k, v in _leaves(restored).items():
+            np.testing.assert_array_equal(np.asarray(v), np.asarray(saved_leaves[k]), err_msg=k)
+            assert v.sharding.is_equivalent_to(_leaves(setup.state_shardings)[k], v.ndim), k
+        k2 = restored.params["hidden_1"]["kernel"]
+        assert len(k2.sharding.mesh.devices.flat) == mesh_shape[0] * mesh_shape[1]
+        if choice == "fsdp+tp":  # mlp.SHARDING_RULES: hidden kernels (None, "model"), then "data" on dim 0
+            assert k2.sharding.spec == P("data", "model")
+
+    # resume the (4,1) fsdp workdir on (2,2) fsdp+tp, to step 4
+    resumed = trainer.train(small_config(mesh_shape=(2, 2), sharding="fsdp+tp", **{**common, "train.num_steps": 4}), wd)
+    straight = trainer.train(small_config(mesh_shape=(4, 1), sharding="fsdp", **{**common, "train.num_steps": 4}),
+                             str(tmp_path / "straight"))
+    assert int(resumed.step) == 4
+    for a, b in zip(jax.tree_util.tree_leaves(resumed.params), jax.tree_util.tree_leaves(straight.params)):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-6)

@@ -35,7 +35,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 from diffjax.runtime import batch_shardings, global_batch, path_str, replicated  # noqa: F401
 
 __all__ = ["batch_shardings", "global_batch", "path_str", "replicated", "make_mesh", "param_shardings",
-           "mirror_shardings", "spec_for", "specs_for_choice", "fsdp_spec", "resolve_mesh_shape",
+           "mirror_shardings", "gathered_shardings", "spec_for", "specs_for_choice", "fsdp_spec", "resolve_mesh_shape",
            "check_batch_divisibility", "maybe_initialize_distributed", "MESH_AXES", "SHARDING_CHOICES",
            "FSDP_MIN_ELEMENTS"]
 
@@ -183,6 +183,25 @@ def param_shardings(params: PyTree, rules, mesh: Mesh, choice: str = "tp", *,
     (default "tp": the rule table ``rules`` over "model", replicated over "data")."""
     specs = specs_for_choice(params, choice, rules, mesh, min_elements=min_elements)
     return jax.tree_util.tree_map(lambda s: NamedSharding(mesh, s), specs, is_leaf=lambda x: isinstance(x, P))
+
+
+def gathered_shardings(p_shardings: PyTree) -> PyTree:
+    """The layout the train step computes with under "fsdp" / "fsdp+tp": each param's sharding with
+    "data" removed (``P("data", "model")`` -> ``P(None, "model")``). Constraining the params to it
+    inside the step makes XLA all-gather the weights (ZeRO-3) instead of following their "data" split
+    into the activations: measured on the tiny Llama (ar2diff tiny, B=16, (4,1) mesh) this removed the
+    batch all-gathers and vocab all-to-alls of the hidden states / logits and cut the step's temp
+    memory from 196 to 140 MB (the replicated run's 138 MB)."""
+
+    def one(s: NamedSharding) -> NamedSharding:
+        def drop(e):
+            if isinstance(e, (tuple, list)):
+                kept = tuple(a for a in e if a != "data")
+                return kept if len(kept) > 1 else (kept[0] if kept else None)
+            return None if e == "data" else e
+        return NamedSharding(s.mesh, P(*(drop(e) for e in s.spec)))
+
+    return jax.tree_util.tree_map(one, p_shardings)
 
 
 def mirror_shardings(tree: PyTree, params: PyTree, p_shardings: PyTree, mesh: Mesh) -> PyTree:

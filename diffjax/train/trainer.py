@@ -130,8 +130,9 @@ def build(config, *, task: Task | None = None) -> Setup:
                 init_from_lib.write_report(workdir, report)
         return jax.jit(make_state, in_shardings=(p_shardings,), out_shardings=state_shardings)(params)
 
+    fsdp = p_shardings if "fsdp" in config.get("sharding", "tp") else None
     step_fn = make_train_step_fn(task, optimizer, schedule, ema_decay=ema_decay, ema_warmup=bool(config.ema_warmup),
-                                 accumulate_steps=int(config.train.accumulate_steps))
+                                 accumulate_steps=int(config.train.accumulate_steps), fsdp_shardings=fsdp)
     # Batches arrive as global arrays already sharded by ``context.global_batch`` (batch_spec), so
     # their in_shardings are taken from the arguments (None).
     train_step = jax.jit(step_fn, in_shardings=(state_shardings, None), out_shardings=(state_shardings, rep),
@@ -142,7 +143,7 @@ def build(config, *, task: Task | None = None) -> Setup:
 
 
 def make_train_step_fn(task: Task, optimizer, schedule, *, ema_decay: float = 0.0, ema_warmup: bool = False,
-                       accumulate_steps: int = 1):
+                       accumulate_steps: int = 1, fsdp_shardings=None):
     """The pure train step ``(state, batch) -> (new_state, metrics)``.
 
     EMA (when ``state.ema_params`` is not None): ``ema <- d * ema + (1 - d) * params`` after the
@@ -154,7 +155,13 @@ def make_train_step_fn(task: Task, optimizer, schedule, *, ema_decay: float = 0.
     (example ``j*k + i`` goes to micro-batch ``i``, which keeps each device's examples local) whose
     grads are averaged in a ``lax.scan``. If the loss or the global grad norm is non-finite the
     state is returned unchanged and ``metrics["finite"]`` is False (the host then stops).
+
+    ``fsdp_shardings`` (the params' shardings under "fsdp" / "fsdp+tp"): the params enter the loss
+    constrained to ``sharding.gathered_shardings`` of them (weights all-gathered, activations stay
+    split over "data" on the batch) and the gradients are constrained back to the split layout
+    (reduce-scattered) before the optimizer update, which then runs on each device's slice.
     """
+    gathered = sh.gathered_shardings(fsdp_shardings) if fsdp_shardings is not None else None
     k = int(accumulate_steps)
     grad_fn = jax.value_and_grad(task.loss_fn, has_aux=True)
 
@@ -188,7 +195,12 @@ def make_train_step_fn(task: Task, optimizer, schedule, *, ema_decay: float = 0.
 
     def step_fn(state: TrainState, batch):
         rng = jax.random.fold_in(state.rng, state.step)
-        loss, metrics, grads = loss_and_grads(state.params, batch, rng)
+        params = state.params
+        if gathered is not None:
+            params = jax.lax.with_sharding_constraint(params, gathered)
+        loss, metrics, grads = loss_and_grads(params, batch, rng)
+        if gathered is not None:
+            grads = jax.lax.with_sharding_constraint(grads, fsdp_shardings)
         grad_norm = optax.global_norm(grads)
         finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
         updates, opt_state = optimizer.update(grads, state.opt_state, state.params)

@@ -265,3 +265,76 @@ def test_fsdp_step_gathers_weights_not_activations():
     assert re.search(r"\ball-gather(-start)?\(", hlo)  # the weights
     assert not re.search(r"\ball-to-all(-start)?\(", hlo)
     assert not re.search(r"f32\[64,256\]\{[0-9,]+\} all-gather", hlo)
+
+
+# ------------------------------------------------------------------------------------ init_from per shard
+
+def _save_tiny_hf(kind: str, d: str) -> str:
+    import torch
+    import transformers
+
+    torch.manual_seed(0)
+    if kind == "bert":
+        cfg = transformers.BertConfig(vocab_size=96, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                                      intermediate_size=64, max_position_embeddings=64)
+        model = transformers.BertForMaskedLM(cfg)
+    else:
+        cfg = transformers.LlamaConfig(vocab_size=96, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                                       num_attention_heads=4, num_key_value_heads=2, tie_word_embeddings=False)
+        model = transformers.LlamaForCausalLM(cfg)
+    model.save_pretrained(d, safe_serialization=True)
+    return d
+
+
+@pytest.mark.parametrize("kind", ["bert", "llama"])
+def test_init_from_hf_reads_each_shard_only(tmp_path, monkeypatch, kind):
+    """An HF safetensors dir (transformers' save_pretrained) loads into "fsdp+tp" shards equal to the whole
+    load (``load_hf_checkpoint``), and every slice read is the size of one shard, never a whole split param."""
+    from diffjax.checkpoints import hf_slices
+    from diffjax.checkpoints.hf import load_hf_checkpoint
+    from diffjax.tasks.base import Task
+    from diffjax.train import init_from as init_from_lib
+
+    d = _save_tiny_hf(kind, str(tmp_path / kind))
+    model, whole = load_hf_checkpoint(d)
+    mesh = sh.make_mesh((2, 2))
+    rules = {"bert": "diffjax.models.bert", "llama": "diffjax.models.llama"}[kind]
+    shardings = sh.param_shardings(whole, __import__(rules, fromlist=["x"]).SHARDING_RULES, mesh, "fsdp+tp",
+                                   min_elements=256)
+    fresh = jax.device_put(jax.tree_util.tree_map(lambda x: np.zeros(x.shape, x.dtype), whole), shardings)
+    asked = []  # (param path, requested slice shape)
+    leaf_readers = hf_slices.leaf_readers
+
+    def recording(path):
+        def wrap(p, r):
+            def read(index):
+                out = r.read(index)
+                asked.append((p, out.shape))
+                return out
+            return hf_slices.LeafReader(r.hf_key, r.shape, read)
+        return {p: wrap(p, r) for p, r in leaf_readers(path).items()}
+
+    monkeypatch.setattr(hf_slices, "leaf_readers", recording)
+
+    class Pretrained(Task):  # the default pretrained_params: the model's own tree
+        def init_params(self, rng):
+            return whole
+
+        def loss_fn(self, params, batch, rng):
+            raise NotImplementedError
+
+        def train_batches(self, start_step, **kw):
+            raise NotImplementedError
+
+    params, report = init_from_lib.init_params_from(d, Pretrained(), fresh, shardings)
+    assert not report.fresh and report.loaded == sorted(_leaves(whole))
+    got, want, sh_of = _leaves(params), _leaves(whole), _leaves(shardings)
+    for k, v in want.items():
+        assert got[k].sharding == sh_of[k], k
+        np.testing.assert_array_equal(np.asarray(got[k]), np.asarray(v), err_msg=k)
+    shard_shape = {k: v.addressable_shards[0].data.shape for k, v in got.items()}
+    assert sum(shard_shape[k] != v.shape for k, v in got.items()) >= 3  # embeddings, attention, MLP kernels
+    assert {p for p, _ in asked} == set(want)
+    for p, part in asked:  # every read is one shard of its param
+        assert part == shard_shape[p], (p, part)
+    assert any(part != want[p].shape for p, part in asked)

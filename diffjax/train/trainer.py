@@ -121,11 +121,9 @@ def build(config, *, task: Task | None = None) -> Setup:
             params = jax.jit(init_params, out_shardings=p_shardings)()
         else:  # e.g. pretrained weights read from disk: keep them out of the compiled program
             params = jax.device_put(init_params(), p_shardings)
-        source = init_from_lib.source_params(config.init_from, task)
-        if source is not None:
-            tree, name = source
-            params, report = init_from_lib.merge_params(params, tree, source_name=name)
-            params = jax.device_put(params, p_shardings)
+        loaded = init_from_lib.init_params_from(config.init_from, task, params, p_shardings)
+        if loaded is not None:
+            params, report = loaded
             if workdir is not None:
                 init_from_lib.write_report(workdir, report)
         return jax.jit(make_state, in_shardings=(p_shardings,), out_shardings=state_shardings)(params)

@@ -68,7 +68,8 @@ def test_stacked_layers_take_one_layer_rules_and_are_never_the_fsdp_dim():
     q = lambda t: t["encoder"]["layers"]["attention"]["query"]  # noqa: E731
     tp = sh.specs_for_choice(stacked, "tp", rules, mesh)
     assert q(tp)["kernel"] == P(None, None, "model") and q(tp)["bias"] == P(None, "model")
-    unrolled = {"encoder": {"layer_0": {"attention": {"query": {"kernel": jax.ShapeDtypeStruct((64, 128), np.float32)}}}}}
+    kernel = jax.ShapeDtypeStruct((64, 128), np.float32)
+    unrolled = {"encoder": {"layer_0": {"attention": {"query": {"kernel": kernel}}}}}
     assert sh.specs_for_choice(unrolled, "tp", rules, mesh)["encoder"]["layer_0"]["attention"]["query"]["kernel"] == \
         P(None, "model")
     # fsdp: the layer axis (64) is the largest dim that divides, but it is never split

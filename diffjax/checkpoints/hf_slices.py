@@ -79,8 +79,10 @@ def leaf_readers(path: str, **overrides) -> dict[str, LeafReader] | None:
     if canon is not None:
         tensors = canon(tensors, model)
     expected = hf.expected_hf_shapes(family, model)
+    source = f"{path} (safetensors)"
     hf.check_tensors(tensors, expected, ignored_patterns=tuple(family.IGNORED_KEYS),
-                     model_type=hf_config.get("model_type"), source=f"{path} (safetensors)")
+                     model_type=hf_config.get("model_type"), source=source)
+    hf.check_float_dtypes(tensors, [k for k, (_, dt) in expected.items() if hf.is_float_dtype(dt)], source)
     abstract = jax.eval_shape(lambda: family.init_params(model, jax.random.key(0)))
     markers = jax.tree_util.tree_map_with_path(lambda p, x: _Marker(path_str(p), tuple(x.shape)), abstract)
     try:

@@ -35,9 +35,9 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 from diffjax.runtime import batch_shardings, global_batch, path_str, replicated  # noqa: F401
 
 __all__ = ["batch_shardings", "global_batch", "path_str", "replicated", "make_mesh", "param_shardings",
-           "mirror_shardings", "gathered_shardings", "spec_for", "specs_for_choice", "fsdp_spec", "resolve_mesh_shape",
-           "check_batch_divisibility", "maybe_initialize_distributed", "MESH_AXES", "SHARDING_CHOICES",
-           "FSDP_MIN_ELEMENTS"]
+           "mirror_shardings", "gathered_shardings", "spec_for", "specs_for_choice", "fsdp_spec",
+           "resolve_mesh_shape", "check_batch_divisibility", "maybe_initialize_distributed", "MESH_AXES",
+           "SHARDING_CHOICES", "FSDP_MIN_ELEMENTS"]
 
 MESH_AXES = ("data", "model")
 SHARDING_CHOICES = ("replicated", "tp", "fsdp", "fsdp+tp")

@@ -60,7 +60,8 @@ def validate_config(config) -> None:
     if "sharding" in config:
         from diffjax.train.sharding import SHARDING_CHOICES
 
-        _require(config.sharding in SHARDING_CHOICES, "sharding", config.sharding, f"one of {', '.join(SHARDING_CHOICES)}")
+        _require(config.sharding in SHARDING_CHOICES, "sharding", config.sharding,
+                 f"one of {', '.join(SHARDING_CHOICES)}")
     from diffjax.models.options import PRECISIONS, REMAT_POLICIES
 
     for field, choices in (("remat", REMAT_POLICIES), ("precision", PRECISIONS)):

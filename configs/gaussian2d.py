@@ -40,11 +40,16 @@ Top-level fields (read by the trainer, ``diffjax/train/``):
     eval_at_end        run ``task.evaluate`` after training and write ``results.json``.
   mesh_shape      (data, model) device-mesh shape; -1 in one slot = "all remaining devices".
                   (-1, 1) = pure data parallel; (1, 1) = one device.
-  sharding_rules  tuple of ``(regex, spec)`` for params (and, by the same paths, the optimizer
-                  state and EMA). ``regex`` is matched with ``re.search`` against the '/'-joined
-                  param path (e.g. "mlp/hidden_0/kernel"), *first match wins*, unmatched = replicated.
-                  ``spec`` is a tuple with one entry per array dim: a mesh axis name ("data",
-                  "model") or None. A model module exports its default table as ``SHARDING_RULES``.
+  sharding        how params, optimizer state and EMA are laid out (diffjax/train/sharding.py):
+                  "replicated" | "tp" (default: the TP rule table over "model", replicated over
+                  "data") | "fsdp" (ZeRO-3: every leaf of >= 2**14 elements split over "data" on its
+                  largest dividing dim) | "fsdp+tp" (the TP rule, then "data" on another dim).
+  sharding_rules  the TP table: tuple of ``(regex, spec)`` for params (and, by the same paths, the
+                  optimizer state and EMA). ``regex`` is matched with ``re.search`` against the
+                  '/'-joined param path (e.g. "mlp/hidden_0/kernel"), *first match wins*, unmatched =
+                  replicated. ``spec`` is a tuple with one entry per array dim: a mesh axis name
+                  ("data", "model") or None. () = the task's model family's table
+                  (``Task.sharding_rules``; a model module exports it as ``SHARDING_RULES``).
   scan_layers     run a transformer stack as one nn.scan-ned layer (params stacked on a leading
                   layer axis): compile time independent of depth (diffjax/models/options.py).
   remat           rematerialise each layer in the backward pass: "none" | "full" | "dots_saveable".
@@ -55,7 +60,8 @@ Top-level fields (read by the trainer, ``diffjax/train/``):
   ema_warmup      True: latent-diffusion's LitEma warm-up, decay min(ema_decay, (1+n)/(10+n)) at
                   update n (an early snapshot is then a trained model, not the init). Default False.
   overwrite       False: refuse a workdir whose config.json differs (except in train.num_steps,
-                  train.log_every, train.eval_every, overwrite, distributed). True: rewrite
+                  train.log_every, train.eval_every, overwrite, distributed, remat, and mesh_shape /
+                  sharding / sharding_rules: checkpoints are restored onto the current layout). True: rewrite
                   config.json and resume anyway (shape mismatches still fail, naming tree paths).
   init_from       "" (fresh init) or where the params start from: another run's WORKDIR (latest
                   checkpoint), WORKDIR:STEP (that checkpoint or snapshot), a local Hugging Face model

@@ -29,8 +29,13 @@ from diffjax.models.embeddings import sinusoidal_embedding
 # PyTorch nn.Linear default: U(-1/sqrt(fan_in), 1/sqrt(fan_in)).
 _torch_like = nn.initializers.variance_scaling(1.0 / 3.0, "fan_in", "uniform")
 
-# The LFDN is small (~67M params at D=720, 16 blocks): replicate it (no tensor-parallel rules).
-SHARDING_RULES: tuple = ()
+# Megatron-style inside each residual block: dense_in / dense_emb split their M outputs over "model",
+# dense_out its M inputs (one all-reduce per block). The rest (~W x D, small) stays replicated.
+SHARDING_RULES = (
+    (r"block_\d+/(dense_in|dense_emb)/kernel$", (None, "model")),
+    (r"block_\d+/(dense_in|dense_emb)/bias$", ("model",)),
+    (r"block_\d+/dense_out/kernel$", ("model", None)),
+)
 
 
 def _dense(features: int, name: str, zero: bool = False, dtype=None) -> nn.Dense:

@@ -100,6 +100,7 @@ class AR2DiffTask(TextGenTask):
         model = ((preset_model(source) if is_preset(source) else _pretrained(os.path.abspath(source))[0])
                  if source else None)  # (its weights: init_from's)
         self.model = model_lib.build_model(cfg, self.arch, self.diffusion, model, source)
+        self.sharding_rules = model_lib.SHARDING_RULES[self.arch]
         self.vocab_size = int(self.model.config.vocab_size)
         self.mask_id = int(cfg.mask_id) if int(cfg.mask_id) >= 0 else self.tok.mask_id
         if self.objective == "masked" and self.mask_id is None:

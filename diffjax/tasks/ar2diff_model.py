@@ -14,6 +14,9 @@ import jax.numpy as jnp
 from diffjax.models import llama as llama_lib
 from diffjax.models import t5 as t5_lib
 
+# The tensor-parallel rule table of each arch (Task.sharding_rules).
+SHARDING_RULES = {"decoder": llama_lib.SHARDING_RULES, "encoder_decoder": t5_lib.SHARDING_RULES}
+
 
 def anneal_ratio(step, anneal_steps: int):
     """DiffuLLaMA's attention-annealing ratio: min(1, (step + 1) / anneal_steps); 1 when anneal_steps <= 0."""

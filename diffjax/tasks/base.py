@@ -38,6 +38,9 @@ Trainer hooks (``diffjax/train/trainer.py``):
 * ``jit_init``: True (default) runs ``init_params`` under ``jax.jit`` with the params' shardings as
   ``out_shardings`` (nothing materialises unsharded); set False when ``init_params`` reads
   pretrained weights from disk (they are then ``device_put`` onto their shardings).
+* ``sharding_rules``: the tensor-parallel rule table of the task's model family (e.g.
+  ``models.bert.SHARDING_RULES``) used by ``config.sharding`` "tp" / "fsdp+tp" when
+  ``config.sharding_rules`` is empty (``diffjax/train/sharding.py``).
 * ``batch_spec()``: ``{field: spec}`` for batch fields not sharded as ``("data",)`` on the leading
   axis (spec: tuple of mesh axis names / None per dim, as in ``config.sharding_rules``).
 * ``abstract_batch(global_batch_size)``: the shapes of a global training batch at its largest
@@ -69,6 +72,7 @@ class Task(abc.ABC):
     name: str = "task"
     snapshot_steps: tuple[int, ...] = ()
     jit_init: bool = True
+    sharding_rules: tuple = ()  # the model family's tensor-parallel table (config.sharding_rules overrides)
 
     @abc.abstractmethod
     def init_params(self, rng: jax.Array) -> PyTree:

@@ -35,7 +35,7 @@ from diffjax.data.image_sets import load_sets
 from diffjax.data.images import load_user_images
 from diffjax.diffusion import gaussian
 from diffjax.diffusion.schedules import gaussian_schedule
-from diffjax.models.lfdn import LFDN
+from diffjax.models.lfdn import LFDN, SHARDING_RULES as LFDN_RULES
 from diffjax.ood import baselines, feature_cache, features as feat, image_encoder, report, scores as scores_lib
 from diffjax.ood import sweep as sweep_lib
 from diffjax.runtime import RuntimeContext, log
@@ -58,6 +58,7 @@ def read_user_images(c, inputs: str):
 
 class DLSRTask(OODTask):
     name = "dlsr"
+    sharding_rules = LFDN_RULES
     baseline_names = BASELINES
     threshold_set = "test"  # DLSR has no held-out split: the threshold accepts 95% of ID test
     read_user_inputs = staticmethod(read_user_images)

@@ -42,6 +42,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from diffjax.checkpoints import hf_bert
+from diffjax.models import bert
 from diffjax.checkpoints.pretrained import pick_architecture
 from diffjax.checkpoints.hf import read_hf_config
 from diffjax.data import instructions
@@ -78,6 +79,7 @@ def padding_as_target(batch: dict) -> dict:
 
 class MaskedLMTask(TextGenTask):
     name = "masked_lm"
+    sharding_rules = bert.SHARDING_RULES
 
     def __init__(self, cfg: MaskedLMConfig, arch_source: str | None = None):
         """``arch_source``: the model ``config.init_from`` gives (``build_task``); None = random init from

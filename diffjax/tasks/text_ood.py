@@ -29,6 +29,7 @@ import numpy as np
 
 from diffjax.data import text_ood_sets as tdata
 from diffjax.diffusion.schedules import gaussian_schedule
+from diffjax.models import bert
 from diffjax.models import text_denoiser as tdn
 from diffjax.ood import report, sweep as sweep_lib, text_scores as ts_lib
 from diffjax.ood.text_scores import by_t_rows, choose_score_t, pick_score_t  # noqa: F401 (held-out-ID rules)
@@ -47,6 +48,7 @@ def read_user_texts(c, inputs: str):
 
 class TextOODTask(OODTask):
     name = "text_ood"
+    sharding_rules = bert.SHARDING_RULES  # the encoder's (its paths end the same in the denoiser)
     jit_init = False  # init_params reads the pretrained weights from disk
     baseline_names, control_names = tb.BASELINES, tb.CONTROLS
     score_names = ts_lib.SCORE_NAMES

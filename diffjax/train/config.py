@@ -37,6 +37,10 @@ def base_config() -> ml_collections.ConfigDict:
         # corrupt latest; later checkpoints are moved to checkpoints_set_aside/, nothing is deleted).
         resume_step=-1))
     c.mesh_shape = (-1, 1)
+    # Params / optimizer state / EMA layout (diffjax/train/sharding.py): "replicated" | "tp" (the TP rule
+    # table over "model") | "fsdp" (ZeRO-3: each big leaf split over "data") | "fsdp+tp" (both).
+    c.sharding = "tp"
+    # The TP rule table; () = the task's model family's own (Task.sharding_rules).
     c.sharding_rules = ()
     # Model layout and numerics for every task (diffjax/models/options.py): scanned transformer stack,
     # rematerialisation policy ("none" | "full" | "dots_saveable"), precision ("fp32" | "bf16" | "bf16_params").
@@ -58,8 +62,9 @@ def base_config() -> ml_collections.ConfigDict:
 
 
 # Fields whose change does not make a workdir's checkpoints incompatible (config.json check).
-RESUMABLE_CHANGES = ("remat", "train.num_steps", "train.log_every", "train.eval_every", "train.eval_at_end",
-                     "train.resume_step", "overwrite", "distributed")
+# Checkpoints are restored onto the current mesh and sharding (orbax reshards), so those may change too.
+RESUMABLE_CHANGES = ("remat", "sharding", "sharding_rules", "mesh_shape", "train.num_steps", "train.log_every",
+                     "train.eval_every", "train.eval_at_end", "train.resume_step", "overwrite", "distributed")
 
 # Fields added after workdirs were written: an older config.json without them is read with these values.
-ADDED_FIELD_DEFAULTS = {"scan_layers": False, "remat": "none", "precision": "fp32"}
+ADDED_FIELD_DEFAULTS = {"scan_layers": False, "remat": "none", "precision": "fp32", "sharding": "tp"}

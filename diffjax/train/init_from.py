@@ -30,7 +30,7 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
-from diffjax.checkpoints import orbax as ckpt_lib
+from diffjax.checkpoints import hf_slices, orbax as ckpt_lib
 from diffjax.checkpoints.pretrained import is_gguf, resolve_model_path, split_step
 from diffjax.checkpoints.trees import flatten_tree
 from diffjax.runtime import path_str
@@ -160,27 +160,74 @@ def merge_params(fresh: PyTree, source: PyTree, *, source_name: str) -> tuple[Py
     Raises ``CheckpointMismatchError`` listing every path whose shapes differ (source vs run).
     """
     src = flatten_tree(source)
-    dst = flatten_tree(fresh)
-    bad = [(p, tuple(np.shape(src[p])), tuple(np.shape(x))) for p, x in dst.items()
-           if p in src and tuple(np.shape(src[p])) != tuple(np.shape(x))]
-    if bad:
-        raise ckpt_lib.CheckpointMismatchError(
-            f"init_from {source_name}: shapes differ from the params this config builds:\n" +
-            "\n".join(f"  {p}: source {s}, this run {d}" for p, s, d in bad) +
-            "\nMake the model config match the source (sizes, vocabulary), or start fresh (init_from='').")
+    report = _check_and_report({p: np.shape(x) for p, x in src.items()}, fresh, source_name)
 
     def take(path, x):
         p = path_str(path)
         return np.asarray(src[p]).astype(x.dtype) if p in src else x
 
-    merged = jax.tree_util.tree_map_with_path(take, fresh)
+    return jax.tree_util.tree_map_with_path(take, fresh), report
+
+
+def _check_and_report(src_shapes: dict, fresh: PyTree, source_name: str) -> InitReport:
+    """The ``InitReport`` of overlaying a source with params ``{path: shape}`` on ``fresh``; raises
+    ``CheckpointMismatchError`` listing every path whose shapes differ, or when no path matches."""
+    src = {p: tuple(s) for p, s in src_shapes.items()}
+    dst = {p: tuple(np.shape(x)) for p, x in flatten_tree(fresh).items()}
+    bad = [(p, src[p], d) for p, d in dst.items() if p in src and src[p] != d]
+    if bad:
+        raise ckpt_lib.CheckpointMismatchError(
+            f"init_from {source_name}: shapes differ from the params this config builds:\n" +
+            "\n".join(f"  {p}: source {s}, this run {d}" for p, s, d in bad) +
+            "\nMake the model config match the source (sizes, vocabulary), or start fresh (init_from='').")
     report = InitReport(source=source_name, loaded=sorted(p for p in dst if p in src),
                         fresh=sorted(p for p in dst if p not in src), unused=sorted(p for p in src if p not in dst))
     if not report.loaded:
         raise ckpt_lib.CheckpointMismatchError(
             f"init_from {source_name}: no parameter path of the source matches this run's params "
             f"(source has e.g. {sorted(src)[:3]}, this run e.g. {sorted(dst)[:3]}).")
-    return merged, report
+    return report
+
+
+def sharded_hf_params(path: str, fresh: PyTree, shardings: PyTree, *, source_name: str):
+    """``merge_params`` of an HF safetensors dir straight into shards: each loaded param is built with
+    ``jax.make_array_from_callback(shape, sharding, cb)`` whose ``cb(index)`` reads only that slice of
+    the file (``checkpoints.hf_slices``), so no param is ever whole on one device or in host memory
+    (beyond one shard). ``fresh``: the run's params (their dtypes kept), ``shardings``: their
+    ``NamedSharding``s. Returns ``(params, InitReport)``, or None when the dir has no safetensors
+    weights or its family does not map params to single tensors (then read it whole)."""
+    readers = hf_slices.leaf_readers(path)
+    if readers is None:
+        return None
+    report = _check_and_report({p: r.shape for p, r in readers.items()}, fresh, source_name)
+
+    def take(p, x, sharding):
+        reader = readers.get(path_str(p))
+        if reader is None:
+            return x
+        dtype = x.dtype
+        return jax.make_array_from_callback(tuple(x.shape), sharding, lambda index: reader.read(index).astype(dtype))
+
+    return jax.tree_util.tree_map_with_path(take, fresh, shardings), report
+
+
+def init_params_from(spec: str, task, fresh: PyTree, shardings: PyTree):
+    """``config.init_from`` applied to the run's fresh params: ``(params placed on shardings, InitReport)``
+    (None when ``spec`` is empty). An HF safetensors dir read by a task with the default
+    ``Task.pretrained_params`` (the model's own params tree) is read per shard (``sharded_hf_params``);
+    any other source is read whole on the host and merged (``merge_params``)."""
+    from diffjax.tasks.base import Task
+
+    source = parse_init_from(spec)
+    if source is None:
+        return None
+    if source.kind == "hf" and type(task).pretrained_params is Task.pretrained_params:
+        out = sharded_hf_params(source.path, fresh, shardings, source_name=f"hf {source.path}")
+        if out is not None:
+            return out
+    tree, name = source_params(spec, task)
+    params, report = merge_params(fresh, tree, source_name=name)
+    return jax.device_put(params, shardings), report
 
 
 def write_report(workdir: str, report: InitReport) -> None:

@@ -1,7 +1,8 @@
 """The generic trainer: any ``diffjax.tasks.base.Task`` on any mesh, resumable, NaN-guarded.
 
 ``train(config, workdir)`` builds the task from ``config.task``, a ("data", "model") mesh from
-``config.mesh_shape``, shards params / optimizer state / EMA by ``config.sharding_rules``, and runs
+``config.mesh_shape``, shards params / optimizer state / EMA by ``config.sharding`` ("replicated", "tp",
+"fsdp", "fsdp+tp"; the TP table is ``config.sharding_rules`` or the task's own), and runs
 one ``jax.jit`` train step with explicit in/out shardings (no pmap) on global batches. It writes
 ``workdir/config.json``, ``metrics.jsonl``, TensorBoard events, orbax checkpoints (every
 ``train.checkpoint_every`` steps and at the end) and, with ``train.eval_at_end``, ``results.json``.
@@ -78,6 +79,12 @@ class Setup:
     init_state: Callable[..., TrainState]
 
 
+def tp_rules(config, task: Task):
+    """The tensor-parallel rule table of a run: ``config.sharding_rules`` when set (back-compat),
+    else the task's family table (``task.sharding_rules``)."""
+    return tuple(config.sharding_rules) or tuple(task.sharding_rules)
+
+
 def build(config, *, task: Task | None = None) -> Setup:
     """Task, mesh, optimizer, the sharded state layout and the jitted train step for ``config``."""
     task = task if task is not None else build_task(config.task, init_from=config.init_from,
@@ -94,7 +101,7 @@ def build(config, *, task: Task | None = None) -> Setup:
         return task.init_params(init_rng)
 
     abstract_params = jax.eval_shape(init_params)
-    p_shardings = sh.param_shardings(abstract_params, config.sharding_rules, mesh)
+    p_shardings = sh.param_shardings(abstract_params, tp_rules(config, task), mesh, config.get("sharding", "tp"))
     abstract_opt = jax.eval_shape(optimizer.init, abstract_params)
     o_shardings = sh.mirror_shardings(abstract_opt, abstract_params, p_shardings, mesh)
     rep = sh.replicated(mesh)
@@ -114,17 +121,16 @@ def build(config, *, task: Task | None = None) -> Setup:
             params = jax.jit(init_params, out_shardings=p_shardings)()
         else:  # e.g. pretrained weights read from disk: keep them out of the compiled program
             params = jax.device_put(init_params(), p_shardings)
-        source = init_from_lib.source_params(config.init_from, task)
-        if source is not None:
-            tree, name = source
-            params, report = init_from_lib.merge_params(params, tree, source_name=name)
-            params = jax.device_put(params, p_shardings)
+        loaded = init_from_lib.init_params_from(config.init_from, task, params, p_shardings)
+        if loaded is not None:
+            params, report = loaded
             if workdir is not None:
                 init_from_lib.write_report(workdir, report)
         return jax.jit(make_state, in_shardings=(p_shardings,), out_shardings=state_shardings)(params)
 
+    fsdp = p_shardings if "fsdp" in config.get("sharding", "tp") else None
     step_fn = make_train_step_fn(task, optimizer, schedule, ema_decay=ema_decay, ema_warmup=bool(config.ema_warmup),
-                                 accumulate_steps=int(config.train.accumulate_steps))
+                                 accumulate_steps=int(config.train.accumulate_steps), fsdp_shardings=fsdp)
     # Batches arrive as global arrays already sharded by ``context.global_batch`` (batch_spec), so
     # their in_shardings are taken from the arguments (None).
     train_step = jax.jit(step_fn, in_shardings=(state_shardings, None), out_shardings=(state_shardings, rep),
@@ -135,7 +141,7 @@ def build(config, *, task: Task | None = None) -> Setup:
 
 
 def make_train_step_fn(task: Task, optimizer, schedule, *, ema_decay: float = 0.0, ema_warmup: bool = False,
-                       accumulate_steps: int = 1):
+                       accumulate_steps: int = 1, fsdp_shardings=None):
     """The pure train step ``(state, batch) -> (new_state, metrics)``.
 
     EMA (when ``state.ema_params`` is not None): ``ema <- d * ema + (1 - d) * params`` after the
@@ -147,7 +153,13 @@ def make_train_step_fn(task: Task, optimizer, schedule, *, ema_decay: float = 0.
     (example ``j*k + i`` goes to micro-batch ``i``, which keeps each device's examples local) whose
     grads are averaged in a ``lax.scan``. If the loss or the global grad norm is non-finite the
     state is returned unchanged and ``metrics["finite"]`` is False (the host then stops).
+
+    ``fsdp_shardings`` (the params' shardings under "fsdp" / "fsdp+tp"): the params enter the loss
+    constrained to ``sharding.gathered_shardings`` of them (weights all-gathered, activations stay
+    split over "data" on the batch) and the gradients are constrained back to the split layout
+    (reduce-scattered) before the optimizer update, which then runs on each device's slice.
     """
+    gathered = sh.gathered_shardings(fsdp_shardings) if fsdp_shardings is not None else None
     k = int(accumulate_steps)
     grad_fn = jax.value_and_grad(task.loss_fn, has_aux=True)
 
@@ -181,7 +193,12 @@ def make_train_step_fn(task: Task, optimizer, schedule, *, ema_decay: float = 0.
 
     def step_fn(state: TrainState, batch):
         rng = jax.random.fold_in(state.rng, state.step)
-        loss, metrics, grads = loss_and_grads(state.params, batch, rng)
+        params = state.params
+        if gathered is not None:
+            params = jax.lax.with_sharding_constraint(params, gathered)
+        loss, metrics, grads = loss_and_grads(params, batch, rng)
+        if gathered is not None:
+            grads = jax.lax.with_sharding_constraint(grads, fsdp_shardings)
         grad_norm = optax.global_norm(grads)
         finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
         updates, opt_state = optimizer.update(grads, state.opt_state, state.params)

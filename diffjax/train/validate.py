@@ -57,6 +57,11 @@ def validate_config(config) -> None:
     _require(len(shape) == 2 and all(isinstance(s, int) and (s >= 1 or s == -1) for s in shape)
              and shape.count(-1) <= 1, "mesh_shape", shape,
              "two integers (data, model), each >= 1 or -1 (at most one -1 = all remaining devices)")
+    if "sharding" in config:
+        from diffjax.train.sharding import SHARDING_CHOICES
+
+        _require(config.sharding in SHARDING_CHOICES, "sharding", config.sharding,
+                 f"one of {', '.join(SHARDING_CHOICES)}")
     from diffjax.models.options import PRECISIONS, REMAT_POLICIES
 
     for field, choices in (("remat", REMAT_POLICIES), ("precision", PRECISIONS)):

@@ -19,7 +19,6 @@ Batch 64 x 256 tokens (SQuAD: 512), bf16-friendly remat, Megatron rules over the
 
 import ml_collections
 
-from diffjax.models import llama
 from diffjax.train.config import base_config
 
 
@@ -60,7 +59,10 @@ def get_config(arg=None):
     c.train.log_every = 50
     c.train.checkpoint_every = 1000
     c.train.eval_every = 0
+    # Scale-out choices (README "Scaling out"): fsdp over "data" (use "fsdp+tp" with mesh_shape (-1, 2..8) for
+    # models >= 7B), the family's TP table (the task's own), unrolled layers, no remat, fp32.
     c.mesh_shape = (-1, 1)
-    c.sharding_rules = llama.SHARDING_RULES
+    c.sharding = "fsdp"
+    c.scan_layers, c.remat, c.precision = False, "none", "fp32"
     c.lock()
     return c

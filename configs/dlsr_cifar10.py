@@ -77,5 +77,8 @@ def get_config(arg=None):
         c.ema_decay = 0.999
     elif arg not in (None, ""):
         raise ValueError(f"configs/dlsr_cifar10.py: unknown arg {arg!r}; use 'small' or nothing.")
+    # Scale-out choices (README "Scaling out"): the LFDN (~67M params) fits every device: plain data parallel.
+    c.sharding = "replicated"
+    c.scan_layers, c.remat, c.precision = False, "none", "fp32"
     c.lock()
     return c

@@ -15,7 +15,6 @@ top-k decoding; BLEU as the authors: sacrebleu 13a after lower-casing. ``arg``: 
 """
 
 
-from diffjax.models import bert
 from diffjax.train.config import base_config, load_config_module
 
 
@@ -44,9 +43,18 @@ def get_config(arg=None):
     c.train.log_every = 100
     c.train.checkpoint_every = 5000
     c.train.eval_every = 0
+    # Scale-out choices (README "Scaling out"; size a run first with `python -m diffjax plan`): params, Adam
+    # moments split over "data" (ZeRO-3; the 250k-word embedding dominates base / large), the BERT TP table
+    # over "model" (the task's own: models/bert.py SHARDING_RULES), unrolled layers, no remat, fp32.
     c.mesh_shape = (-1, 1)
-    c.sharding_rules = bert.SHARDING_RULES
-    if arg not in (None, "", "base", "large"):
-        raise ValueError(f"configs/rdm_xlmr_wmt14.py: unknown arg {arg!r}; use 'base', 'large' or nothing.")
+    c.sharding = "fsdp"
+    c.scan_layers, c.remat, c.precision = False, "none", "fp32"
+    if arg == "xxl":  # paper 002's XLM-R XXL (10.7B): python -m diffjax plan --config=...:xxl --mesh=64x4 --devices=256
+        c.task.architecture = "preset:xlm-roberta-xxl"  # or c.init_from = "/models/xlm-roberta-xxl" (its weights)
+        c.optimizer.learning_rate = 5e-5
+        c.mesh_shape = (64, 4)
+        c.sharding, c.scan_layers, c.remat, c.precision = "fsdp+tp", True, "full", "bf16"
+    if arg not in (None, "", "base", "large", "xxl"):
+        raise ValueError(f"configs/rdm_xlmr_wmt14.py: unknown arg {arg!r}; use 'base', 'large', 'xxl' or nothing.")
     c.lock()
     return c

@@ -66,5 +66,8 @@ def get_config(arg=None):
         c.train.log_every = 100
         c.train.checkpoint_every = 5000
         c.train.keep = 2
+    # Scale-out choices (README "Scaling out"): RoBERTa-large's params and Adam moments split over "data".
+    c.sharding = "fsdp"
+    c.scan_layers, c.remat, c.precision = False, "none", "fp32"
     c.lock()
     return c

@@ -68,7 +68,7 @@ class AR2DiffTask(TextGenTask):
     name = "ar2diff"
     eval_rng_fold = 2  # decoding in evaluate: fold_in(rng, 2); the held-out loss: fold_in(rng, 1)
 
-    def __init__(self, cfg: AR2DiffConfig, arch_source: str | None = None):
+    def __init__(self, cfg: AR2DiffConfig, arch_source: str | None = None, model_options=None):
         self.cfg = cfg
         self.stage = int(cfg.stage)  # stage, arch, objective, decoder: checked by AR2DiffConfig
         self.arch, self.diffusion = cfg.arch, self.stage > 1
@@ -91,7 +91,7 @@ class AR2DiffTask(TextGenTask):
         self.batcher = load_text_batcher(train_path, self.tok, **kw)
         self.eval_batcher = load_text_batcher(eval_path, self.tok, **kw)
         model = _pretrained(os.path.abspath(source))[0] if source else None  # (its weights: init_from's)
-        self.model = model_lib.build_model(cfg, self.arch, self.diffusion, model, source)
+        self.model = model_lib.build_model(cfg, self.arch, self.diffusion, model, source, model_options)
         self.vocab_size = int(self.model.config.vocab_size)
         self.mask_id = int(cfg.mask_id) if int(cfg.mask_id) >= 0 else self.tok.mask_id
         if self.objective == "masked" and self.mask_id is None:
@@ -254,5 +254,5 @@ class AR2DiffTask(TextGenTask):
 
 
 @register_task("ar2diff", config=AR2DiffConfig)
-def from_config(cfg: AR2DiffConfig, arch_source: str | None = None):
-    return AR2DiffTask(cfg, arch_source)
+def from_config(cfg: AR2DiffConfig, arch_source: str | None = None, model_options=None):
+    return AR2DiffTask(cfg, arch_source, model_options)

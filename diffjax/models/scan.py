@@ -85,19 +85,21 @@ def _stack(leaves):
     return jnp.stack([jnp.asarray(x) for x in leaves])
 
 
-def _stack_node(node: dict, stem: str) -> dict:
+def _stack_node(node: dict, stem: str, count: int | None = None) -> dict:
+    """``node``'s layers ``<stem>0 .. <stem>{count-1}`` (default: all) stacked into ``layers``; later ones kept."""
     idx = sorted(int(m.group(2)) for k in node if (m := _UNROLLED.match(k)) and m.group(1) == stem)
     if not idx:
         raise ValueError(f"no layers named {stem}<i> to stack (found {sorted(node)})")
-    if idx != list(range(len(idx))):
-        raise ValueError(f"layers {stem}<i> are not numbered 0..{len(idx) - 1}: {idx}")
+    if idx[:count] != list(range(len(idx[:count]))) or (count is not None and len(idx) < count):
+        raise ValueError(f"layers {stem}<i> are not numbered 0..{(count or len(idx)) - 1}: {idx}")
+    idx = idx[:count]
     layers = [node[f"{stem}{i}"] for i in idx]
     structure = jax.tree_util.tree_structure(layers[0])
     for i, layer in enumerate(layers):
         if jax.tree_util.tree_structure(layer) != structure:
             raise ValueError(f"{stem}{i} has other params than {stem}0: the layers cannot be stacked")
     stacked = jax.tree_util.tree_map(lambda *xs: _stack(xs), *layers)
-    out = {k: v for k, v in node.items() if not (_UNROLLED.match(k) and _UNROLLED.match(k).group(1) == stem)}
+    out = {k: v for k, v in node.items() if k not in {f"{stem}{i}" for i in idx}}
     out[SCANNED] = stacked
     return out
 
@@ -133,14 +135,19 @@ def relayout_like(source: Any, target: Any) -> Any:
     """``source`` with every layer stack in ``target``'s layout: a stack that ``target`` holds scanned
     (``.../layers``) and ``source`` unrolled (``.../layer_<i>``, ``layers_<i>``, ``block_<i>``) is stacked,
     and the reverse unstacked (with ``target``'s names). Other paths are left as they are (so a partial
-    or larger source stays one); ``init_from`` uses it between runs of different ``config.scan_layers``."""
+    or larger source stays one: a source with more layers than a scanned target gives its first ones, the
+    rest stay unrolled and unused; one with fewer is left unrolled). ``init_from`` uses it between runs of
+    different ``config.scan_layers``."""
     if not (isinstance(source, dict) and isinstance(target, dict)):
         return source
     source = dict(source)
     t_stems = {m.group(1) for k in target if (m := _UNROLLED.match(k))}
     s_stems = {m.group(1) for k in source if (m := _UNROLLED.match(k))}
     if SCANNED in target and SCANNED not in source and len(s_stems) == 1:
-        source = _stack_node(source, s_stems.pop())
+        count = jax.tree_util.tree_leaves(target[SCANNED])[0].shape[0]
+        stem = s_stems.pop()
+        if all(f"{stem}{i}" in source for i in range(count)):
+            source = _stack_node(source, stem, count)
     elif SCANNED in source and SCANNED not in target and len(t_stems) == 1:
         source = _unstack_node(source, t_stems.pop())
     for k in source:

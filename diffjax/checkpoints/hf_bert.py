@@ -26,6 +26,7 @@ import jax.numpy as jnp
 
 from diffjax.checkpoints._keytable import params_to_table, table_to_params
 from diffjax.models.bert import BertConfig, BertEncoder
+from diffjax.models.scan import stack_layers, unstack_layers
 
 MODEL_TYPES = ("bert", "roberta", "xlm-roberta")
 MODEL_CLASSES = (BertEncoder,)
@@ -161,11 +162,17 @@ def _key_table(cfg: BertConfig) -> list[tuple[str, tuple[str, ...], bool]]:
     return rows
 
 
+_LAYERS = "encoder/layer_"  # the unrolled layers; a scanned model (config.scan_layers) stacks them
+
+
 def hf_to_params(tensors: dict, model: BertEncoder) -> dict:
-    return table_to_params(tensors, _key_table(model.config))
+    params = table_to_params(tensors, _key_table(model.config))
+    return stack_layers(params, _LAYERS) if model.config.scan_layers else params
 
 
 def params_to_hf(params, model: BertEncoder) -> dict:
+    if model.config.scan_layers:
+        params = unstack_layers(params, _LAYERS)
     return params_to_table(params, _key_table(model.config))
 
 

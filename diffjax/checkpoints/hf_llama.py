@@ -26,6 +26,7 @@ import numpy as np
 
 from diffjax.checkpoints._keytable import params_to_table, table_to_params
 from diffjax.models.llama import Llama, LlamaConfig
+from diffjax.models.scan import stack_layers, unstack_layers
 
 MODEL_TYPES = ("llama", "qwen2", "mistral")
 MODEL_CLASSES = (Llama,)
@@ -71,7 +72,7 @@ def model_from_hf_config(hf_config: dict, dtype=jnp.float32, **overrides) -> Lla
     """config.json dict -> ``Llama`` (computation and parameter dtype = ``dtype``).
 
     Reads transformers >= 5 ``rope_parameters`` as well as the older ``rope_theta`` / ``rope_scaling``.
-    ``overrides`` replace ``LlamaConfig`` fields (e.g. ``attention="prefix"``, ``remat=True``,
+    ``overrides`` replace ``LlamaConfig`` fields (e.g. ``attention="prefix"``, ``remat="full"``, ``scan_layers=True``,
     ``param_dtype=jnp.float32``); unknown names raise ``TypeError``.
     """
     mt = hf_config.get("model_type", "llama")
@@ -160,15 +161,19 @@ def canonicalize_keys(tensors: dict, model: Llama) -> dict:
 
 
 def hf_to_params(tensors: dict[str, np.ndarray], model: Llama) -> dict:
-    """HF state dict (numpy, PyTorch layout, canonical names) -> params tree. Extra keys are ignored;
-    a missing key raises ``KeyError`` naming it (``hf.load_hf_checkpoint`` checks everything first)."""
-    return table_to_params(tensors, _key_table(model.config), model.config.param_dtype)
+    """HF state dict (numpy, PyTorch layout, canonical names) -> params tree (layers stacked for a scanned
+    model). Extra keys are ignored; a missing key raises ``KeyError`` naming it (``hf.load_hf_checkpoint``
+    checks everything first)."""
+    params = table_to_params(tensors, _key_table(model.config), model.config.param_dtype)
+    return stack_layers(params, "layers_") if model.config.scan_layers else params
 
 
 def params_to_hf(params: dict, model: Llama) -> dict:
     """params tree (or ``{"params": tree}``) -> {HF key: array} in PyTorch layout (traceable: jnp only)."""
     if "params" in params and "embed_tokens" not in params:
         params = params["params"]
+    if model.config.scan_layers:
+        params = unstack_layers(params, "layers_")
     return params_to_table(params, _key_table(model.config))
 
 

@@ -40,6 +40,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from diffjax.checkpoints._keytable import params_to_table, table_to_params
+from diffjax.models.scan import stack_layers, unstack_layers
 from diffjax.models.t5 import T5, T5Config
 
 MODEL_TYPES = ("t5", "mt5", "umt5")
@@ -224,7 +225,10 @@ def hf_to_params(tensors: dict[str, np.ndarray], model: T5) -> dict:
         lines.append("Check that config.json belongs to these weights (feed_forward_proj, num_layers, "
                      "num_decoder_layers, num_heads, d_kv, d_ff, vocab_size).")
         raise ValueError("\n".join(lines))
-    return table_to_params(tensors, table, dtype)
+    params = table_to_params(tensors, table, dtype)
+    if cfg.scan_layers:
+        params = stack_layers(stack_layers(params, "encoder/block_"), "decoder/block_")
+    return params
 
 
 def params_to_hf(params: dict, model: T5) -> dict[str, np.ndarray]:
@@ -235,6 +239,8 @@ def params_to_hf(params: dict, model: T5) -> dict[str, np.ndarray]:
     """
     if "params" in params and "shared" not in params:
         params = params["params"]
+    if model.config.scan_layers:
+        params = unstack_layers(unstack_layers(params, "encoder/block_"), "decoder/block_")
     return params_to_table(params, _key_table(model.config), hint=f" (config {model.config})")
 
 

@@ -21,7 +21,8 @@ e.g. a timestep embedding) to the input sum *before* the embedding LayerNorm:
 
 Param paths (for ``SHARDING_RULES``): ``embeddings/{word_embeddings,position_embeddings,
 token_type_embeddings}/embedding``, ``embeddings/LayerNorm``, ``encoder/layer_{i}/attention/
-{query,key,value,output}``, ``encoder/layer_{i}/{attention_ln,intermediate,output,output_ln}``,
+{query,key,value,output}``, ``encoder/layer_{i}/{attention_ln,intermediate,output,output_ln}`` (with
+``scan_layers``: one ``encoder/layers/...``, params with a leading layer axis, ``diffjax.models.scan``),
 ``pooler/dense``, ``mlm_head/{dense,layer_norm,bias}``, ``classifier/...``, ``length_head``.
 """
 
@@ -36,6 +37,7 @@ import jax.numpy as jnp
 
 from diffjax.models.layers import ACTIVATIONS, add_bias, softmax_attention
 from diffjax.models.inputs import check_token_ids
+from diffjax.models.scan import layer_class, remat_name
 
 Dtype = Any
 
@@ -51,7 +53,7 @@ SHARDING_RULES = (
     (r"(.*/)?attention/output/kernel", ("model", None)),
     (r"(.*/)?intermediate/kernel", (None, "model")),
     (r"(.*/)?intermediate/bias", ("model",)),
-    (r"(.*/)?layer_\d+/output/kernel", ("model", None)),
+    (r"(.*/)?(layer_\d+|layers)/output/kernel", ("model", None)),
 )
 
 
@@ -78,12 +80,15 @@ class BertConfig:
     tie_word_embeddings: bool = True
     num_labels: int = 0  # >0: sequence-classification head
     length_max: int = 0  # >0: length head with classes 0..length_max (paper 002)
+    scan_layers: bool = False  # layout, not architecture: one nn.scan over the layers (diffjax.models.scan)
+    remat: str = "none"  # "none" | "full" | "dots_saveable" (a bool: True = "full")
 
     @property
     def head_style(self) -> str:
         return "bert" if self.family == "bert" else "roberta"
 
     def __post_init__(self):
+        object.__setattr__(self, "remat", remat_name(self.remat))
         if self.hidden_size % self.num_heads:
             raise ValueError(f"hidden_size {self.hidden_size} is not divisible by num_heads {self.num_heads}")
         if self.family not in ("bert", "roberta", "xlm-roberta"):
@@ -131,12 +136,15 @@ class BertSelfAttention(nn.Module):
 
 
 class BertLayer(nn.Module):
+    """Post-LN layer: ``(h [B, L, D], bias [B, 1, 1, L], deterministic, collect) -> (h', h' if collect else
+    None)`` (the scan body's ``(carry, y)``; unrolled stacks take ``[0]``)."""
+
     config: BertConfig
     dtype: Dtype = jnp.float32
     param_dtype: Dtype = jnp.float32
 
     @nn.compact
-    def __call__(self, h, bias, deterministic: bool):
+    def __call__(self, h, bias, deterministic: bool, collect: bool = False):
         cfg, dt, pdt = self.config, self.dtype, self.param_dtype
         a = BertSelfAttention(cfg, dt, pdt, name="attention")(h, bias, deterministic)
         a = nn.Dropout(cfg.hidden_dropout)(a, deterministic=deterministic)
@@ -145,7 +153,8 @@ class BertLayer(nn.Module):
         r = h.reshape(-1, shape[-1])  # the feed-forward on [B*L, D] rows: 2-d dots and weight gradients
         f = _activation(cfg.hidden_act)(_dense(cfg.intermediate_size, cfg, dt, pdt, "intermediate")(r))
         f = nn.Dropout(cfg.hidden_dropout)(_dense(cfg.hidden_size, cfg, dt, pdt, "output")(f), deterministic=deterministic)
-        return _ln(cfg, dt, pdt, "output_ln")(h + f.reshape(shape))
+        h = _ln(cfg, dt, pdt, "output_ln")(h + f.reshape(shape))
+        return h, (h if collect else None)
 
 
 class BertEmbeddings(nn.Module):
@@ -234,6 +243,12 @@ class BertEncoder(nn.Module):
         if cfg.length_max:
             self.length_head = _dense(cfg.length_max + 1, cfg, dt, pdt, None)
 
+    def with_options(self, options) -> "BertEncoder":
+        """This encoder laid out and computed as ``options`` (``models.options.ModelOptions``): scanned or
+        unrolled layers, their remat policy, compute and param dtypes."""
+        cfg = dataclasses.replace(self.config, scan_layers=options.scan_layers, remat=options.remat)
+        return self.clone(config=cfg, dtype=options.compute_dtype, param_dtype=options.param_dtype)
+
     # -- pieces a task may call with model.apply(params, ..., method=...)
     def embed_tokens(self, input_ids):
         """input_ids [B, L] -> word embeddings [B, L, D] (paper 000's x_0 = EMB(w))."""
@@ -296,15 +311,26 @@ class BertEncoder(nn.Module):
 
 
 class BertStack(nn.Module):
+    """The layers: ``(h [B, L, D], bias, deterministic, output_hidden_states) -> (h, hidden or None)``, unrolled
+    (``layer_{i}``) or, with ``config.scan_layers``, one scanned ``layers`` whose per-layer outputs are the
+    hidden states; each layer rematerialised by ``config.remat``."""
+
     config: BertConfig
     dtype: Dtype = jnp.float32
     param_dtype: Dtype = jnp.float32
 
     @nn.compact
     def __call__(self, h, bias, deterministic, output_hidden_states):
+        cfg = self.config
+        block = layer_class(BertLayer, remat=cfg.remat, scan=cfg.scan_layers, length=cfg.num_layers,
+                            in_axes=(nn.broadcast, nn.broadcast, nn.broadcast), static_argnums=(3, 4))
+        if cfg.scan_layers:
+            out, ys = block(cfg, self.dtype, self.param_dtype, name="layers")(h, bias, deterministic,
+                                                                              output_hidden_states)
+            return out, (h, *(ys[i] for i in range(cfg.num_layers))) if output_hidden_states else None
         hidden = [h]
-        for i in range(self.config.num_layers):
-            h = BertLayer(self.config, self.dtype, self.param_dtype, name=f"layer_{i}")(h, bias, deterministic)
+        for i in range(cfg.num_layers):
+            h = block(cfg, self.dtype, self.param_dtype, name=f"layer_{i}")(h, bias, deterministic, False)[0]
             hidden.append(h)
         return h, tuple(hidden) if output_hidden_states else None
 

@@ -22,6 +22,9 @@ Attention masks (papers.md 001, AR2Diff). ``attention`` picks the pattern, combi
 A query row with no visible key (e.g. a left-pad slot under "causal") attends uniformly instead of
 producing NaN; such rows are padding and their outputs are meaningless.
 
+Layers: unrolled ``layers_{i}``, or with ``scan_layers`` one ``nn.scan``-ned ``layers`` (params with a leading
+layer axis, ``diffjax.models.scan``); ``remat``: "none" | "full" | "dots_saveable" per layer.
+
 KV-cache decoding (AR baseline): ``init_cache(config, B, S)`` gives an empty ``KVCache`` with S slots;
 calling the model with ``cache=..., cache_index=i`` writes the new tokens' K/V at slots [i, i + L) and
 attends over every valid slot (so the same call does prefill and one-token steps); it returns
@@ -47,6 +50,7 @@ import numpy as np
 from diffjax.diffusion.tokens import choose_tokens
 from diffjax.models.layers import ACTIVATIONS, RMSNorm, gated_activation
 from diffjax.models.inputs import check_token_ids
+from diffjax.models.scan import layer_class, remat_name
 
 Dtype = Any
 
@@ -78,8 +82,11 @@ class LlamaConfig:
     (Llama's ``attention_bias`` sets both; Qwen2 has ``qkv_bias`` only). ``sliding_window``: None or a
     window W (slot j visible from i only if i - j < W) used by the layers whose ``layer_types`` entry
     is "sliding_attention" (``layer_types`` None = every layer uses the window if one is set).
-    ``attention``: the default mask mode (overridable per call). ``remat``: rematerialise each block
-    in the backward pass. ``dtype``: computation dtype; ``param_dtype``: parameter dtype.
+    ``attention``: the default mask mode (overridable per call). ``remat``: rematerialisation of each
+    block in the backward pass, "none" | "full" | "dots_saveable" (the old bool: True = "full").
+    ``scan_layers``: the blocks as one ``nn.scan`` (params ``layers/...`` [num_hidden_layers, ...], the
+    cache's keys / values [num_hidden_layers, B, S, KVH, hd]). ``dtype``: computation dtype;
+    ``param_dtype``: parameter dtype.
     """
 
     vocab_size: int = 32000
@@ -106,11 +113,13 @@ class LlamaConfig:
     eos_token_id: Optional[int] = 2
     pad_token_id: Optional[int] = None
     model_type: str = "llama"
-    remat: bool = False
+    remat: str = "none"
+    scan_layers: bool = False
     dtype: Dtype = jnp.float32
     param_dtype: Dtype = jnp.float32
 
     def __post_init__(self):
+        object.__setattr__(self, "remat", remat_name(self.remat))
         if self.num_key_value_heads is None:
             object.__setattr__(self, "num_key_value_heads", self.num_attention_heads)
         if self.head_dim is None:
@@ -235,7 +244,8 @@ def make_attention_mask(
 
 
 class KVCache(NamedTuple):
-    """Decode cache. keys/values: per layer [B, S, KVH, hd]; valid: [B, S] bool (slot written with a real token)."""
+    """Decode cache. keys/values: per layer [B, S, KVH, hd] (a tuple; scanned layers: one array
+    [num_layers, B, S, KVH, hd]); valid: [B, S] bool (slot written with a real token)."""
 
     keys: tuple
     values: tuple
@@ -246,9 +256,12 @@ def init_cache(config: LlamaConfig, batch_size: int, max_length: int, dtype: Dty
     """An empty cache with ``max_length`` slots (prompt + new tokens) for every layer."""
     dtype = dtype or config.dtype
     shape = (batch_size, max_length, config.num_key_value_heads, config.head_dim)
+    valid = jnp.zeros((batch_size, max_length), bool)
+    if config.scan_layers:
+        stacked = (config.num_hidden_layers,) + shape
+        return KVCache(jnp.zeros(stacked, dtype), jnp.zeros(stacked, dtype), valid)
     z = tuple(jnp.zeros(shape, dtype) for _ in range(config.num_hidden_layers))
-    return KVCache(z, tuple(jnp.zeros(shape, dtype) for _ in range(config.num_hidden_layers)),
-                   jnp.zeros((batch_size, max_length), bool))
+    return KVCache(z, tuple(jnp.zeros(shape, dtype) for _ in range(config.num_hidden_layers)), valid)
 
 
 # ----------------------------------------------------------------------------- modules
@@ -308,13 +321,18 @@ class LlamaMLP(nn.Module):
 
 
 class LlamaBlock(nn.Module):
-    """Pre-norm decoder layer (HF ``LlamaDecoderLayer``)."""
+    """Pre-norm decoder layer (HF ``LlamaDecoderLayer``): ``(h [B, L, D], ...) -> (h, new (k, v) or None)``.
+
+    ``mask``: [B, 1, L, S] bool, or a pair (full, windowed) picked by ``sliding`` (a bool scalar: this layer
+    uses the sliding window), as a scanned stack of mixed layer types passes them."""
 
     config: LlamaConfig
 
     @nn.compact
-    def __call__(self, h, positions, mask, kv_cache=None, cache_index=None):
+    def __call__(self, h, positions, mask, kv_cache=None, cache_index=None, sliding=None):
         cfg = self.config
+        if isinstance(mask, tuple):
+            mask = jnp.where(sliding, mask[1], mask[0])
         norm = functools.partial(RMSNorm, eps=cfg.rms_norm_eps, dtype=cfg.dtype, param_dtype=cfg.param_dtype)
         a, new_kv = LlamaAttention(cfg, name="self_attn")(norm(name="input_layernorm")(h), positions, mask,
                                                            kv_cache, cache_index)
@@ -349,8 +367,13 @@ class Llama(nn.Module):
         cfg = self.config
         self.embed_tokens = nn.Embed(cfg.vocab_size, cfg.hidden_size, dtype=cfg.dtype, param_dtype=cfg.param_dtype,
                                      embedding_init=nn.initializers.normal(cfg.initializer_range))
-        block = nn.remat(LlamaBlock, static_argnums=()) if cfg.remat else LlamaBlock
-        self.layers = [block(cfg, name=f"layers_{i}") for i in range(cfg.num_hidden_layers)]
+        # scanned: positions, mask, cache_index the same for every layer; the cache and sliding flag per layer
+        block = layer_class(LlamaBlock, remat=cfg.remat, scan=cfg.scan_layers, length=cfg.num_hidden_layers,
+                            in_axes=(nn.broadcast, nn.broadcast, 0, nn.broadcast, 0))
+        if cfg.scan_layers:
+            self.layers = block(cfg, name="layers")
+        else:
+            self.layers = [block(cfg, name=f"layers_{i}") for i in range(cfg.num_hidden_layers)]
         self.norm = RMSNorm(cfg.rms_norm_eps, dtype=cfg.dtype, param_dtype=cfg.param_dtype)
         if not cfg.tie_word_embeddings:
             self.lm_head = _dense(cfg, cfg.vocab_size, False, "lm_head")
@@ -382,6 +405,10 @@ class Llama(nn.Module):
         query_slots = start + jnp.arange(L, dtype=jnp.int32)
         if positions is None:
             positions = jnp.broadcast_to(query_slots, (B, L))
+        if cfg.scan_layers:
+            h, new_cache = self._scan_layers(h, positions, mask, mode, query_slots, S, key_valid, prefix_length,
+                                             cache, start)
+            return self._head(h, return_hidden, new_cache)
         new_keys, new_values = [], []
         for i, layer in enumerate(self.layers):
             if mask is not None:
@@ -394,15 +421,46 @@ class Llama(nn.Module):
             if cache is not None:
                 new_keys.append(new_kv[0])
                 new_values.append(new_kv[1])
+        new_cache = None if cache is None else KVCache(tuple(new_keys), tuple(new_values), key_valid)
+        return self._head(h, return_hidden, new_cache)
+
+    def _scan_layers(self, h, positions, mask, mode, query_slots, S, key_valid, prefix_length, cache, start):
+        """The scanned stack: one mask for every layer (or the (full, windowed) pair and a per-layer flag
+        when the layers' windows differ) -> (h [B, L, D], the new KVCache or None)."""
+        cfg = self.config
+        windows = [cfg.layer_window(i) for i in range(cfg.num_hidden_layers)]
+        key_slots = jnp.arange(S, dtype=jnp.int32)
+        sliding = None
+        if mask is not None:
+            m = jnp.asarray(mask, bool) & key_valid[:, None, None, :]
+        elif len(set(windows)) == 1:
+            m = make_attention_mask(mode, query_slots, key_slots, key_valid, prefix_length, windows[0])
+        else:
+            window = next(w for w in windows if w is not None)
+            m = tuple(make_attention_mask(mode, query_slots, key_slots, key_valid, prefix_length, w)
+                      for w in (None, window))
+            sliding = jnp.asarray([w is not None for w in windows])
+        kv = None if cache is None else (cache.keys, cache.values)
+        h, new_kv = self.layers(h, positions, m, kv, start if cache is not None else None, sliding)
+        return h, (None if cache is None else KVCache(new_kv[0], new_kv[1], key_valid))
+
+    def _head(self, h, return_hidden, new_cache):
+        """Final norm and LM head: logits [B, L, V] float32 (and the hidden states, the new cache)."""
+        cfg = self.config
         h = self.norm(h)
         if cfg.tie_word_embeddings:
             logits = self.embed_tokens.attend(h)
         else:
             logits = self.lm_head(h)
         out = (logits.astype(jnp.float32), h) if return_hidden else logits.astype(jnp.float32)
-        if cache is not None:
-            return out, KVCache(tuple(new_keys), tuple(new_values), key_valid)
-        return out
+        return out if new_cache is None else (out, new_cache)
+
+    def with_options(self, options) -> "Llama":
+        """This model laid out and computed as ``options`` (``models.options.ModelOptions``): scanned or
+        unrolled layers, their remat policy, compute and param dtypes."""
+        cfg = dataclasses.replace(self.config, scan_layers=options.scan_layers, remat=options.remat,
+                                  dtype=options.compute_dtype, param_dtype=options.param_dtype)
+        return self.clone(config=cfg)
 
 
 # ----------------------------------------------------------------------------- generation

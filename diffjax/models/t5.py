@@ -35,6 +35,7 @@ import numpy as np
 
 from diffjax.models.layers import ACTIVATIONS, RMSNorm, gated_activation, softmax_attention
 from diffjax.models.inputs import check_token_ids
+from diffjax.models.scan import layer_class, remat_name
 
 Dtype = Any
 
@@ -50,7 +51,9 @@ class T5Config:
     (diffusion). ``decoder_bidirectional_buckets``: None = follow ``decoder_attention``.
     ``relative_attention_bias_per_layer``: every self-attention layer has its own bias table (UMT5)
     instead of the first layer's table being shared by the stack (T5, mT5).
-    ``remat``: recompute each block's activations in the backward pass (jax.checkpoint; same params).
+    ``remat``: rematerialisation of each block in the backward pass, "none" | "full" | "dots_saveable"
+    (the old bool: True = "full"; same params). ``scan_layers``: each stack's blocks as one ``nn.scan``
+    (params ``{encoder,decoder}/layers/...`` with a leading layer axis, ``diffjax.models.scan``).
     ``dtype`` is the computation dtype, ``param_dtype`` the parameters' dtype.
     ``model_type`` ("t5" / "mt5" / "umt5") only matters when writing an HF checkpoint back.
     """
@@ -75,13 +78,15 @@ class T5Config:
     eos_token_id: int = 1
     decoder_start_token_id: int = 0
     relative_attention_bias_per_layer: bool = False
-    remat: bool = False
+    remat: str = "none"
+    scan_layers: bool = False
     model_type: str = "t5"
     initializer_factor: float = 1.0
     dtype: Dtype = jnp.float32
     param_dtype: Dtype = jnp.float32
 
     def __post_init__(self):
+        object.__setattr__(self, "remat", remat_name(self.remat))
         if self.decoder_attention not in DECODER_ATTENTION_MODES:
             raise ValueError(
                 f"decoder_attention must be one of {DECODER_ATTENTION_MODES}, got {self.decoder_attention!r}."
@@ -213,7 +218,8 @@ class T5MLP(nn.Module):
 
 
 class T5Block(nn.Module):
-    """Pre-norm block: self-attention, (decoder only) cross-attention, feed-forward; residual each."""
+    """Pre-norm block: self-attention, (decoder only) cross-attention, feed-forward; residual each.
+    ``(h [B, L, D], ...) -> (h, None)`` (a scan body's ``(carry, y)``)."""
 
     config: T5Config
     is_decoder: bool = False
@@ -232,7 +238,7 @@ class T5Block(nn.Module):
             x = norm("cross_attention_norm")(h)
             h = h + drop(T5Attention(cfg, name="cross_attention")(x, enc, None, cross_mask, deterministic))
         x = norm("mlp_norm")(h)
-        return h + drop(T5MLP(cfg, name="mlp")(x, deterministic))
+        return h + drop(T5MLP(cfg, name="mlp")(x, deterministic)), None
 
 
 class T5Stack(nn.Module):
@@ -271,9 +277,13 @@ class T5Stack(nn.Module):
         cross_mask = None if enc_mask is None else enc_mask[:, None, None, :]
         num = cfg.num_decoder_layers if self.is_decoder else cfg.num_layers
         h = nn.Dropout(cfg.dropout_rate)(h, deterministic=deterministic)
-        block_cls = nn.remat(T5Block, static_argnums=(6,)) if cfg.remat else T5Block
-        for i in range(num):
-            h = block_cls(cfg, self.is_decoder, name=f"block_{i}")(h, bias, self_mask, enc, cross_mask, deterministic)
+        block_cls = layer_class(T5Block, remat=cfg.remat, scan=cfg.scan_layers, length=num,
+                                in_axes=(nn.broadcast,) * 5, static_argnums=(6,))
+        if cfg.scan_layers:
+            h = block_cls(cfg, self.is_decoder, name="layers")(h, bias, self_mask, enc, cross_mask, deterministic)[0]
+        for i in range(0 if cfg.scan_layers else num):
+            h = block_cls(cfg, self.is_decoder, name=f"block_{i}")(h, bias, self_mask, enc, cross_mask,
+                                                                   deterministic)[0]
         h = RMSNorm(cfg.layer_norm_epsilon, cfg.dtype, cfg.param_dtype, name="final_norm")(h)
         return nn.Dropout(cfg.dropout_rate)(h, deterministic=deterministic)
 
@@ -281,9 +291,11 @@ class T5Stack(nn.Module):
 class T5(nn.Module):
     """T5 encoder-decoder LM: ``__call__`` = ``decode(decoder_input_ids, encode(input_ids))`` -> logits.
 
-    Params: ``shared/embedding`` [V, D]; ``encoder/...``, ``decoder/...`` (``block_i/{self_attention,
-    cross_attention}/{query,key,value,out}/kernel``, ``block_i/mlp/{wi|wi_0,wi_1,wo}/kernel``, norms'
-    ``scale``, ``relative_attention_bias/embedding`` [num_buckets, H] (per block for UMT5:
+    Params (unrolled; ``scan_layers``: ``{encoder,decoder}/layers/...`` in place of the ``block_i``, each
+    param with a leading layer axis): ``shared/embedding`` [V, D]; ``encoder/...``, ``decoder/...``
+    (``block_i/{self_attention,cross_attention}/{query,key,value,out}/kernel``,
+    ``block_i/mlp/{wi|wi_0,wi_1,wo}/kernel``, norms' ``scale``, ``relative_attention_bias/embedding``
+    [num_buckets, H] (per block for UMT5:
     ``block_i/relative_attention_bias/embedding``), ``final_norm/scale``); and
     ``lm_head/kernel`` [D, V] when untied. Dropout (``deterministic=False``) needs the "dropout" rng.
     """
@@ -301,6 +313,13 @@ class T5(nn.Module):
             self.lm_head = nn.Dense(
                 cfg.vocab_size, use_bias=False, dtype=cfg.dtype, param_dtype=cfg.param_dtype,
                 kernel_init=nn.initializers.normal(cfg.initializer_factor * 1.0))
+
+    def with_options(self, options) -> "T5":
+        """This model laid out and computed as ``options`` (``models.options.ModelOptions``): scanned or
+        unrolled blocks, their remat policy, compute and param dtypes."""
+        cfg = dataclasses.replace(self.config, scan_layers=options.scan_layers, remat=options.remat,
+                                  dtype=options.compute_dtype, param_dtype=options.param_dtype)
+        return self.clone(config=cfg)
 
     def encode(self, input_ids, attention_mask=None, deterministic: bool = True):
         """input_ids: [B, S] int; attention_mask: [B, S] (True = token) -> encoder states [B, S, D]."""

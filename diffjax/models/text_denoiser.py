@@ -28,6 +28,8 @@ The losses and OOD scores built on it are ``diffjax.ood.text_scores``; the task 
 
 from __future__ import annotations
 
+from typing import Any
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -40,18 +42,22 @@ from diffjax.models.embeddings import TimestepMLP
 class TextDenoiser(nn.Module):
     """``(x_t [B, L, D], t [B] int32, mask [B, L] bool, scale) -> x0_hat [B, L, D]`` (module docstring).
 
-    ``x_t`` and the output are in the noising space (x_0 = scale * E[w]); ``scale``: a scalar.
+    ``x_t`` and the output are in the noising space (x_0 = scale * E[w]); ``scale``: a scalar. ``dtype``:
+    the encoder's and x0 head's compute dtype (the output is float32), ``param_dtype`` their params'.
     """
 
     config: BertConfig
     time_mult: int = 4
+    dtype: Any = jnp.float32
+    param_dtype: Any = jnp.float32
 
     def setup(self):
-        d = self.config.hidden_size
-        self.time_mlp = TimestepMLP(embed_dim=d, hidden_dim=self.time_mult * d, out_dim=d)
-        self.time_proj = nn.Dense(d, kernel_init=nn.initializers.zeros, bias_init=nn.initializers.zeros)
-        self.encoder = BertEncoder(self.config)
-        self.x0_head = nn.Dense(d, kernel_init=nn.initializers.normal(0.02))
+        d, dt, pdt = self.config.hidden_size, self.dtype, self.param_dtype
+        self.time_mlp = TimestepMLP(embed_dim=d, hidden_dim=self.time_mult * d, out_dim=d, param_dtype=pdt)
+        self.time_proj = nn.Dense(d, kernel_init=nn.initializers.zeros, bias_init=nn.initializers.zeros,
+                                  param_dtype=pdt)
+        self.encoder = BertEncoder(self.config, dtype=dt, param_dtype=pdt)
+        self.x0_head = nn.Dense(d, kernel_init=nn.initializers.normal(0.02), dtype=dt, param_dtype=pdt)
         self.rounding_log_scale = self.param("rounding_log_scale", nn.initializers.zeros, ())
 
     def time_cond(self, t) -> jax.Array:
@@ -63,7 +69,7 @@ class TextDenoiser(nn.Module):
             self.encoder.embed_tokens(jnp.zeros((1, 1), jnp.int32))
         h = self.encoder(attention_mask=mask, inputs_embeds=x_t / scale, cond=self.time_cond(t),
                          deterministic=deterministic)["last_hidden_state"]
-        return self.x0_head(h)
+        return self.x0_head(h).astype(jnp.float32)
 
 
 

@@ -75,7 +75,7 @@ class AR2DiffTask(TextGenTask):
     name = "ar2diff"
     eval_rng_fold = 2  # decoding in evaluate: fold_in(rng, 2); the held-out loss: fold_in(rng, 1)
 
-    def __init__(self, cfg: AR2DiffConfig, arch_source: str | None = None):
+    def __init__(self, cfg: AR2DiffConfig, arch_source: str | None = None, model_options=None):
         self.cfg = cfg
         self.stage = int(cfg.stage)  # stage, arch, objective, decoder: checked by AR2DiffConfig
         self.arch, self.diffusion = cfg.arch, self.stage > 1
@@ -99,7 +99,7 @@ class AR2DiffTask(TextGenTask):
         self.eval_batcher = load_text_batcher(eval_path, self.tok, **kw)
         model = ((preset_model(source) if is_preset(source) else _pretrained(os.path.abspath(source))[0])
                  if source else None)  # (its weights: init_from's)
-        self.model = model_lib.build_model(cfg, self.arch, self.diffusion, model, source)
+        self.model = model_lib.build_model(cfg, self.arch, self.diffusion, model, source, model_options)
         self.sharding_rules = model_lib.SHARDING_RULES[self.arch]
         self.vocab_size = int(self.model.config.vocab_size)
         self.mask_id = int(cfg.mask_id) if int(cfg.mask_id) >= 0 else self.tok.mask_id
@@ -265,5 +265,5 @@ class AR2DiffTask(TextGenTask):
 
 
 @register_task("ar2diff", config=AR2DiffConfig)
-def from_config(cfg: AR2DiffConfig, arch_source: str | None = None):
-    return AR2DiffTask(cfg, arch_source)
+def from_config(cfg: AR2DiffConfig, arch_source: str | None = None, model_options=None):
+    return AR2DiffTask(cfg, arch_source, model_options)

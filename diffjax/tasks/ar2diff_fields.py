@@ -56,7 +56,8 @@ class AR2DiffConfig(F.TaskConfig):
                                 "model fields. Read only when config.init_from gives none; an error beside a "
                                 "pretrained init_from")
     model: object = F.field(F.mapping(), None, "LlamaConfig / T5Config fields of a random init without architecture")
-    remat: bool = F.field(F.boolean(), False)
+    remat: bool = F.field(F.boolean(), False, "older spelling of config.remat='full' (read when config.remat is "
+                          "'none'); prefer the top-level config.remat")
     tokenizer: str = F.field(F.text(), "", "HF dir / .gguf of the tokenizer; '' = the architecture source's")
     style: str = F.field(F.choice("auto", "bert", "llama", "none"), "llama", "packing format")
     cache_dir: str = F.field(F.text(), "~/.cache/diffjax/ar2diff")

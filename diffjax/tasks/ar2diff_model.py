@@ -13,6 +13,7 @@ import jax.numpy as jnp
 
 from diffjax.models import llama as llama_lib
 from diffjax.models import t5 as t5_lib
+from diffjax.models.options import ModelOptions
 
 # The tensor-parallel rule table of each arch (Task.sharding_rules).
 SHARDING_RULES = {"decoder": llama_lib.SHARDING_RULES, "encoder_decoder": t5_lib.SHARDING_RULES}
@@ -52,10 +53,20 @@ def target_region(prompt_length: jax.Array, length: int) -> jax.Array:
     return jnp.arange(length)[None, :] >= jnp.asarray(prompt_length)[:, None]
 
 
-def build_model(cfg, arch: str, diffusion: bool, source=None, source_name: str = ""):
+def model_options(cfg, options: ModelOptions | None) -> ModelOptions:
+    """The run's ``ModelOptions`` (default: fp32, unrolled, no remat), where the older ``task.remat=True``
+    still means ``remat="full"`` when the top-level ``config.remat`` is "none"."""
+    options = options or ModelOptions()
+    if cfg.remat and options.remat == "none":
+        options = dataclasses.replace(options, remat="full")
+    return options
+
+
+def build_model(cfg, arch: str, diffusion: bool, source=None, source_name: str = "", options=None):
     """The model of ``arch`` ("decoder" | "encoder_decoder"): ``source`` (a pretrained model read from
-    ``source_name``; its weights come through init_from) or one built from ``cfg.model``; ``cfg.remat`` set; T5's decoder attention
-    bidirectional in the diffusion stages, causal in stage 1."""
+    ``source_name``; its weights come through init_from) or one built from ``cfg.model``, laid out and
+    computed as ``model_options(cfg, options)``; T5's decoder attention bidirectional in the diffusion
+    stages, causal in stage 1."""
     if source is not None:
         model = source
     else:
@@ -64,10 +75,10 @@ def build_model(cfg, arch: str, diffusion: bool, source=None, source_name: str =
     if arch == "decoder":
         if not isinstance(model, llama_lib.Llama):
             raise ValueError(f"arch='decoder' needs a Llama/Qwen2/Mistral model; {source_name} is {type(model).__name__}")
-        return model.clone(config=dataclasses.replace(model.config, remat=bool(cfg.remat)))
+        return model.with_options(model_options(cfg, options))
     if not isinstance(model, t5_lib.T5):
         raise ValueError(f"arch='encoder_decoder' needs a T5 model; {source_name} is {type(model).__name__}")
-    model = model.clone(config=dataclasses.replace(model.config, remat=bool(cfg.remat)))
+    model = model.with_options(model_options(cfg, options))
     return t5_lib.with_decoder_attention(model, "bidirectional" if diffusion else "causal")
 
 

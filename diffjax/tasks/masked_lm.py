@@ -81,9 +81,9 @@ class MaskedLMTask(TextGenTask):
     name = "masked_lm"
     sharding_rules = bert.SHARDING_RULES
 
-    def __init__(self, cfg: MaskedLMConfig, arch_source: str | None = None):
+    def __init__(self, cfg: MaskedLMConfig, arch_source: str | None = None, model_options=None):
         """``arch_source``: the model ``config.init_from`` gives (``build_task``); None = random init from
-        ``cfg.architecture``."""
+        ``cfg.architecture``. ``model_options``: scanned layers, remat, precision (``models.options``)."""
         self.cfg = cfg
         source = pick_architecture(arch_source, cfg.architecture, required=True)
         self.tokenizer = self.tok = tok = load_tokenizer(cfg.tokenizer or source)
@@ -95,6 +95,8 @@ class MaskedLMTask(TextGenTask):
         overrides = dict(cfg.model.items()) if cfg.model is not None else {}
         self.model = hf_bert.model_from_hf_config(read_hf_config(source), mlm_head=True, use_pooler=False,
                                                   length_max=int(cfg.length_max), **overrides)
+        if model_options is not None:
+            self.model = self.model.with_options(model_options)
         self.use_segments = self.model.config.type_vocab_size >= 2
         self._batcher = None
 
@@ -255,5 +257,5 @@ class MaskedLMTask(TextGenTask):
 
 
 @register_task("masked_lm", config=MaskedLMConfig)
-def from_config(cfg: MaskedLMConfig, arch_source: str | None = None):
-    return MaskedLMTask(cfg, arch_source)
+def from_config(cfg: MaskedLMConfig, arch_source: str | None = None, model_options=None):
+    return MaskedLMTask(cfg, arch_source, model_options)

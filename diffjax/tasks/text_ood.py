@@ -56,7 +56,7 @@ class TextOODTask(OODTask):
     threshold_in_results = True
     read_user_inputs = staticmethod(read_user_texts)
 
-    def __init__(self, c: TextOODConfig, arch_source: str | None = None):
+    def __init__(self, c: TextOODConfig, arch_source: str | None = None, model_options=None):
         """``arch_source``: ``config.init_from``'s HF dir (``build_task``); None: ``task.architecture``."""
         from diffjax.data.text import load_tokenizer
 
@@ -66,10 +66,12 @@ class TextOODTask(OODTask):
         self.schedule = gaussian_schedule("linear", int(c.num_diffusion_steps))
         self.label_names = self._label_names()
         self.backbone = TextBackbone(self.path, num_layers=int(c.num_layers), dropout=float(c.dropout),
-                                     num_labels=len(self.label_names), seed=int(c.data.seed), pretrained=pretrained)
+                                     num_labels=len(self.label_names), seed=int(c.data.seed), pretrained=pretrained,
+                                     options=model_options)
         self.encoder, self.cls_model = self.backbone.encoder, self.backbone.classifier
         self.num_layers = self.backbone.num_layers
-        self.model = tdn.TextDenoiser(self.encoder.config, time_mult=int(c.time_mult))
+        self.model = tdn.TextDenoiser(self.encoder.config, time_mult=int(c.time_mult), dtype=self.encoder.dtype,
+                                      param_dtype=self.encoder.param_dtype)
         self.baselines = tb.FeatureBaselines(self.encoder, self.cls_model, self.model,
                                              batch_size=int(c.feature_batch), knn_k=int(c.knn_k))
         self._fns, self._grid = {}, None
@@ -258,5 +260,5 @@ register_prepare_call("text_ood")(ood_prepare_call(read_user_texts))
 
 
 @register_task("text_ood", config=TextOODConfig)
-def from_config(cfg: TextOODConfig, arch_source: str | None = None) -> TextOODTask:
-    return TextOODTask(cfg, arch_source)
+def from_config(cfg: TextOODConfig, arch_source: str | None = None, model_options=None) -> TextOODTask:
+    return TextOODTask(cfg, arch_source, model_options)

@@ -4,8 +4,9 @@
 all-MiniLM-L6-v2 from PyPI, or a local HF dir; through a ``WORKDIR`` chain, its root) or, for a random
 init, of ``task.architecture``. ``TextBackbone``: its bare encoder (``encoder``, the denoiser's trunk and
 the pretrained feature baseline), the classifier (pooler + a fresh head of ``num_labels`` classes, or None) and their
-pretrained params (``params("encoder" | "classifier")``, read once, as numpy). With ``num_layers``
-below the checkpoint's, the first layers are kept and the rest dropped (tests / smoke runs).
+pretrained params (``params("encoder" | "classifier")``, read once, as numpy), both laid out and computed as
+the run's ``ModelOptions`` (scanned layers: the checkpoint's layers stacked; bf16_params: params in bf16).
+With ``num_layers`` below the checkpoint's, the first layers are kept and the rest dropped (tests / smoke runs).
 """
 
 from __future__ import annotations
@@ -47,18 +48,20 @@ class TextBackbone:
     """The encoder / classifier modules of the HF dir ``path`` and their pretrained params (module docstring)."""
 
     def __init__(self, path: str, *, num_layers: int, dropout: float, num_labels: int, seed: int,
-                 pretrained: bool = True):
+                 pretrained: bool = True, options=None):
+        from diffjax.models.options import ModelOptions
         from diffjax.checkpoints.hf import read_hf_config
         from diffjax.checkpoints.hf_bert import model_from_hf_config
 
         self.path, self.seed, self.num_labels, self.pretrained = path, int(seed), int(num_labels), bool(pretrained)
+        self.options = options = options or ModelOptions()
         hf = read_hf_config(path)
         self.hf_layers = int(hf["num_hidden_layers"])
         self.num_layers = int(num_layers) or self.hf_layers
         arch = dict(num_layers=self.num_layers, hidden_dropout=float(dropout), attention_dropout=float(dropout))
-        self.encoder = model_from_hf_config(hf, mlm_head=False, use_pooler=False, **arch)  # bare encoder
+        self.encoder = model_from_hf_config(hf, mlm_head=False, use_pooler=False, **arch).with_options(options)
         self.classifier = (model_from_hf_config(hf, mlm_head=False, use_pooler=True, num_labels=self.num_labels,
-                                                **arch) if self.num_labels else None)
+                                                **arch).with_options(options) if self.num_labels else None)
         self._params = {}
 
     def params(self, kind: str):
@@ -74,12 +77,13 @@ class TextBackbone:
             from diffjax.checkpoints.hf import load_hf_checkpoint
 
             drop = [rf"(^|\.)encoder\.layer\.{i}\." for i in range(self.num_layers, self.hf_layers)]
+            kw = dict(num_layers=self.num_layers, scan_layers=self.options.scan_layers, dtype=self.options.param_dtype)
             with jax.ensure_compile_time_eval():  # may be called under the trainer's eval_shape
                 if kind == "encoder":
-                    _, p = load_hf_checkpoint(self.path, mlm_head=False, use_pooler=False, num_layers=self.num_layers,
+                    _, p = load_hf_checkpoint(self.path, mlm_head=False, use_pooler=False, **kw,
                                               ignore_unexpected=[r"(^|\.)pooler\.", r"^cls\.", r"^lm_head\."] + drop)
                 else:
-                    _, p = load_hf_checkpoint(self.path, mlm_head=False, use_pooler=True, num_layers=self.num_layers,
+                    _, p = load_hf_checkpoint(self.path, mlm_head=False, use_pooler=True, **kw,
                                               num_labels=self.num_labels, init_missing=[r"^classifier\."],
                                               ignore_unexpected=[r"^cls\.", r"^lm_head\."] + drop,
                                               rng=jax.random.PRNGKey(self.seed))

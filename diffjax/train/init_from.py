@@ -16,7 +16,9 @@ error naming the path and both shapes (all of them, in one ``CheckpointMismatchE
 source lacks (new heads) keep their fresh init and paths of the source the run does not use are
 left out; both lists are printed and written to ``WORKDIR/init_from.json``, so nothing is
 re-initialised or dropped silently. ``init_from`` applies only when the run starts: a run that has
-checkpoints of its own resumes from them.
+checkpoints of its own resumes from them. A source whose layer stacks are laid out otherwise than the run's
+(``config.scan_layers``: scanned ``.../layers`` vs unrolled ``.../layer_<i>``) is converted first
+(``models.scan.relayout_like``).
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ import orbax.checkpoint as ocp
 from diffjax.checkpoints import hf_slices, orbax as ckpt_lib
 from diffjax.checkpoints.pretrained import is_gguf, resolve_model_path, split_step
 from diffjax.checkpoints.trees import flatten_tree
+from diffjax.models.scan import relayout_like
 from diffjax.runtime import path_str
 
 PyTree = Any
@@ -159,7 +162,7 @@ def merge_params(fresh: PyTree, source: PyTree, *, source_name: str) -> tuple[Py
 
     Raises ``CheckpointMismatchError`` listing every path whose shapes differ (source vs run).
     """
-    src = flatten_tree(source)
+    src = flatten_tree(relayout_like(source, fresh))  # scanned <-> unrolled layers (config.scan_layers)
     report = _check_and_report({p: np.shape(x) for p, x in src.items()}, fresh, source_name)
 
     def take(path, x):

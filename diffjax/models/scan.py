@@ -1,0 +1,156 @@
+"""Layer stacks: one ``nn.scan``-ned layer or unrolled layers, rematerialised by policy; the params'
+two layouts and the pure functions converting between them.
+
+* **Layouts.** Unrolled, a stack's layers are sibling modules ``<stack>/<stem><i>`` (BERT
+  ``encoder/layer_<i>``, Llama ``layers_<i>``, T5 ``{encoder,decoder}/block_<i>``). Scanned
+  (``scan_layers=True``), one module ``<stack>/layers`` holds every param with a leading layer axis:
+  ``.../layers/attention/query/kernel`` is ``[num_layers, D, D]``. ``stack_layers`` /
+  ``unstack_layers`` convert one stack (used at the HF importer boundary), ``relayout_like`` a whole
+  tree into another tree's layout (used by ``init_from`` between unrolled and scanned runs).
+* **Remat.** ``"none"`` | ``"full"`` (``nn.remat``: recompute the layer in the backward pass) |
+  ``"dots_saveable"`` (keep matmul outputs, ``jax.checkpoint_policies.dots_saveable``).
+* **Scan.** ``nn.scan`` over the layer class with ``variable_axes={"params": 0}``,
+  ``split_rngs={"params": True, "dropout": True}``: the layer's ``__call__(carry, *args) -> (carry, y)``
+  runs ``length`` times; the per-layer ``y`` come back stacked on a leading axis.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any, Sequence
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from diffjax.models.options import REMAT_POLICIES
+
+SCANNED = "layers"  # the name of a scanned stack's module (sharding rules match it)
+_UNROLLED = re.compile(r"^(layer_|layers_|block_)(\d+)$")  # the unrolled names of the three families
+
+
+def remat_name(value) -> str:
+    """A model config's ``remat`` as a policy name: the old bools map True -> "full", False -> "none"."""
+    if isinstance(value, (bool, np.bool_)):
+        return "full" if value else "none"
+    if value not in REMAT_POLICIES:
+        raise ValueError(f"remat={value!r}: expected one of {REMAT_POLICIES} (config.remat).")
+    return value
+
+
+def rematted(layer_cls, remat: str, *, static_argnums: Sequence[int] = (), scanned: bool = False):
+    """``layer_cls`` rematerialised by policy ``remat`` (module docstring); ``static_argnums`` count from 1
+    (the first argument after ``self``), as ``nn.remat``'s."""
+    remat = remat_name(remat)
+    if remat == "none":
+        return layer_cls
+    policy = jax.checkpoint_policies.dots_saveable if remat == "dots_saveable" else None
+    return nn.remat(layer_cls, policy=policy, static_argnums=tuple(static_argnums), prevent_cse=not scanned)
+
+
+def layer_class(layer_cls, *, remat: str, scan: bool, length: int, in_axes: tuple = (),
+                static_argnums: Sequence[int] = ()):
+    """The class a stack instantiates: ``layer_cls`` (rematerialised by ``remat``), or with ``scan`` one
+    ``nn.scan`` of it over ``length`` layers (instantiate it once, named ``SCANNED``). ``in_axes``: one
+    entry per argument after the carry (``nn.broadcast``: the same for every layer; 0: sliced per layer)."""
+    cls = rematted(layer_cls, remat, static_argnums=static_argnums, scanned=scan)
+    if not scan:
+        return cls
+    return nn.scan(cls, variable_axes={"params": 0}, split_rngs={"params": True, "dropout": True},
+                   in_axes=tuple(in_axes), length=int(length))
+
+
+# ----------------------------------------------------------------------------- params layouts
+
+
+def _node(tree, parts):
+    for p in parts:
+        tree = tree[p]
+    return tree
+
+
+def _replace(tree: dict, parts, node: dict) -> dict:
+    """A copy of ``tree`` with the dict at path ``parts`` replaced by ``node`` (only the path is copied)."""
+    if not parts:
+        return node
+    out = dict(tree)
+    out[parts[0]] = _replace(tree[parts[0]], parts[1:], node)
+    return out
+
+
+def _stack(leaves):
+    if all(isinstance(x, np.ndarray) for x in leaves):
+        return np.stack(leaves)
+    return jnp.stack([jnp.asarray(x) for x in leaves])
+
+
+def _stack_node(node: dict, stem: str, count: int | None = None) -> dict:
+    """``node``'s layers ``<stem>0 .. <stem>{count-1}`` (default: all) stacked into ``layers``; later ones kept."""
+    idx = sorted(int(m.group(2)) for k in node if (m := _UNROLLED.match(k)) and m.group(1) == stem)
+    if not idx:
+        raise ValueError(f"no layers named {stem}<i> to stack (found {sorted(node)})")
+    if idx[:count] != list(range(len(idx[:count]))) or (count is not None and len(idx) < count):
+        raise ValueError(f"layers {stem}<i> are not numbered 0..{(count or len(idx)) - 1}: {idx}")
+    idx = idx[:count]
+    layers = [node[f"{stem}{i}"] for i in idx]
+    structure = jax.tree_util.tree_structure(layers[0])
+    for i, layer in enumerate(layers):
+        if jax.tree_util.tree_structure(layer) != structure:
+            raise ValueError(f"{stem}{i} has other params than {stem}0: the layers cannot be stacked")
+    stacked = jax.tree_util.tree_map(lambda *xs: _stack(xs), *layers)
+    out = {k: v for k, v in node.items() if k not in {f"{stem}{i}" for i in idx}}
+    out[SCANNED] = stacked
+    return out
+
+
+def _unstack_node(node: dict, stem: str) -> dict:
+    stacked = node[SCANNED]
+    n = jax.tree_util.tree_leaves(stacked)[0].shape[0]
+    out = {k: v for k, v in node.items() if k != SCANNED}
+    for i in range(n):
+        out[f"{stem}{i}"] = jax.tree_util.tree_map(lambda x, i=i: x[i], stacked)
+    return out
+
+
+def stack_layers(tree: dict, prefix: str) -> dict:
+    """Unrolled -> scanned: ``prefix = "<stack path>/<stem>"`` (e.g. ``"encoder/layer_"``, ``"layers_"`` at
+    the root) names the layers ``<stem>0 .. <stem>{n-1}`` under the stack; they become one subtree
+    ``<stack path>/layers`` whose leaves are ``[n, ...]`` (each layer's leaf stacked). Pure: ``tree`` is not
+    changed. ``ValueError`` when the layers are missing, not numbered 0..n-1, or differ in their params."""
+    path, _, stem = prefix.rpartition("/")
+    parts = [p for p in path.split("/") if p]
+    return _replace(tree, parts, _stack_node(_node(tree, parts), stem))
+
+
+def unstack_layers(tree: dict, prefix: str) -> dict:
+    """Scanned -> unrolled, the inverse of ``stack_layers(tree, prefix)``: ``<stack path>/layers`` leaves
+    ``[n, ...]`` become ``<stem>0 .. <stem>{n-1}``. Traceable (indexing only)."""
+    path, _, stem = prefix.rpartition("/")
+    parts = [p for p in path.split("/") if p]
+    return _replace(tree, parts, _unstack_node(_node(tree, parts), stem))
+
+
+def relayout_like(source: Any, target: Any) -> Any:
+    """``source`` with every layer stack in ``target``'s layout: a stack that ``target`` holds scanned
+    (``.../layers``) and ``source`` unrolled (``.../layer_<i>``, ``layers_<i>``, ``block_<i>``) is stacked,
+    and the reverse unstacked (with ``target``'s names). Other paths are left as they are (so a partial
+    or larger source stays one: a source with more layers than a scanned target gives its first ones, the
+    rest stay unrolled and unused; one with fewer is left unrolled). ``init_from`` uses it between runs of
+    different ``config.scan_layers``."""
+    if not (isinstance(source, dict) and isinstance(target, dict)):
+        return source
+    source = dict(source)
+    t_stems = {m.group(1) for k in target if (m := _UNROLLED.match(k))}
+    s_stems = {m.group(1) for k in source if (m := _UNROLLED.match(k))}
+    if SCANNED in target and SCANNED not in source and len(s_stems) == 1:
+        count = jax.tree_util.tree_leaves(target[SCANNED])[0].shape[0]
+        stem = s_stems.pop()
+        if all(f"{stem}{i}" in source for i in range(count)):
+            source = _stack_node(source, stem, count)
+    elif SCANNED in source and SCANNED not in target and len(t_stems) == 1:
+        source = _unstack_node(source, t_stems.pop())
+    for k in source:
+        if k in target:
+            source[k] = relayout_like(source[k], target[k])
+    return source

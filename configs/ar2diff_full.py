@@ -41,7 +41,7 @@ def get_config(arg=None):
         length = 512
     c.task = ml_collections.ConfigDict(dict(
         name="ar2diff", stage=3, arch="decoder", architecture="", model=ml_collections.ConfigDict({}),
-        remat=True, tokenizer="", style="llama", cache_dir="~/.cache/diffjax/ar2diff", buckets=(length,), seed=0,
+        tokenizer="", style="llama", cache_dir="~/.cache/diffjax/ar2diff", buckets=(length,), seed=0,
         target_length=128, objective="sundae", normalize="sequence", unroll_steps=2, mask_id=-1,
         logit_shift=False, anneal_steps=0,  # DiffuLLaMA's options (see above), off: paper 001's plain switch
         ar_attention="prefix",
@@ -60,9 +60,10 @@ def get_config(arg=None):
     c.train.checkpoint_every = 1000
     c.train.eval_every = 0
     # Scale-out choices (README "Scaling out"): fsdp over "data" (use "fsdp+tp" with mesh_shape (-1, 2..8) for
-    # models >= 7B), the family's TP table (the task's own), unrolled layers, no remat, fp32.
+    # models >= 7B), the family's TP table (the task's own), one scanned layer, full remat (the memory of the
+    # old task.remat=True), bf16 compute with fp32 params / Adam / softmax / loss.
     c.mesh_shape = (-1, 1)
     c.sharding = "fsdp"
-    c.scan_layers, c.remat, c.precision = False, "none", "fp32"
+    c.scan_layers, c.remat, c.precision = True, "full", "bf16"
     c.lock()
     return c

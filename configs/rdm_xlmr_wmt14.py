@@ -45,10 +45,11 @@ def get_config(arg=None):
     c.train.eval_every = 0
     # Scale-out choices (README "Scaling out"; size a run first with `python -m diffjax plan`): params, Adam
     # moments split over "data" (ZeRO-3; the 250k-word embedding dominates base / large), the BERT TP table
-    # over "model" (the task's own: models/bert.py SHARDING_RULES), unrolled layers, no remat, fp32.
+    # over "model" (the task's own: models/bert.py SHARDING_RULES), one scanned layer (compile time flat in
+    # depth), matmul outputs kept in the backward pass, bf16 compute with fp32 params / Adam / softmax / loss.
     c.mesh_shape = (-1, 1)
     c.sharding = "fsdp"
-    c.scan_layers, c.remat, c.precision = False, "none", "fp32"
+    c.scan_layers, c.remat, c.precision = True, "dots_saveable", "bf16"
     if arg == "xxl":  # paper 002's XLM-R XXL (10.7B): python -m diffjax plan --config=...:xxl --mesh=64x4 --devices=256
         c.task.architecture = "preset:xlm-roberta-xxl"  # or c.init_from = "/models/xlm-roberta-xxl" (its weights)
         c.optimizer.learning_rate = 5e-5

@@ -67,7 +67,8 @@ def get_config(arg=None):
         c.train.checkpoint_every = 5000
         c.train.keep = 2
     # Scale-out choices (README "Scaling out"): RoBERTa-large's params and Adam moments split over "data".
+    # One scanned layer; fp32 kept: the OOD score is a reconstruction error (bf16 is available).
     c.sharding = "fsdp"
-    c.scan_layers, c.remat, c.precision = False, "none", "fp32"
+    c.scan_layers, c.remat, c.precision = True, "none", "fp32"
     c.lock()
     return c

@@ -213,7 +213,7 @@ class RuntimeContext:
         return jax.tree_util.tree_map(lambda x: np.asarray(jax.device_get(x)), tree)
 
     def map_batches(self, fn: Callable[[PyTree, jax.Array], PyTree], inputs: PyTree, *, batch_size: int,
-                    progress: str | None = "progress") -> PyTree:
+                    progress: str | None = "progress", unit: str = "examples") -> PyTree:
         """Applies ``fn(batch, index)`` to all of ``inputs`` in global batches on the mesh.
 
         Args:
@@ -225,7 +225,7 @@ class RuntimeContext:
           batch_size: examples per global batch, rounded up by ``round_batch_size``. The last batch
             is padded by repeating the last example (index ``N + j``); its outputs are dropped.
           progress: the label of the rate / ETA line a long run prints (``Progress.update``, on
-            process 0); None: no line.
+            process 0); None: no line. ``unit``: what that line counts ("examples", "images").
 
         Returns: the outputs as numpy ``[N, ...]`` on every host, in input order.
         """
@@ -242,7 +242,7 @@ class RuntimeContext:
         per = bs // self.process_count
         lo = self.process_index * per
         outputs = []
-        bar = Progress.loop(n, progress, active=self.is_main) if progress else None
+        bar = Progress.loop(n, progress, unit=unit, active=self.is_main) if progress else None
         for start in range(0, n, bs):
             idx = np.arange(start, start + bs)
             take = np.minimum(idx, n - 1)[lo:lo + per]

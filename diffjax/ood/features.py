@@ -155,5 +155,5 @@ def extract_features(feature_fn: Callable[[jax.Array], jax.Array], images: np.nd
     check_images(images)
     context = context if context is not None else RuntimeContext.local()
     out = context.map_batches(lambda batch, index: feature_fn(batch), np.asarray(images), batch_size=int(batch_size),
-                              progress=desc if progress else None)
+                              progress=desc if progress else None, unit="images")
     return np.asarray(out, np.float32)

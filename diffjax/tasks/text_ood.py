@@ -31,7 +31,7 @@ from diffjax.data import text_ood_sets as tdata
 from diffjax.diffusion.schedules import gaussian_schedule
 from diffjax.models import bert
 from diffjax.models import text_denoiser as tdn
-from diffjax.ood import report, sweep as sweep_lib, text_scores as ts_lib
+from diffjax.ood import deploy, report, sweep as sweep_lib, text_scores as ts_lib
 from diffjax.ood.text_scores import by_t_rows, choose_score_t, pick_score_t  # noqa: F401 (held-out-ID rules)
 from diffjax.runtime import log
 from diffjax.tasks import text_ood_baselines as tb
@@ -75,6 +75,7 @@ class TextOODTask(OODTask):
         self.baselines = tb.FeatureBaselines(self.encoder, self.cls_model, self.model,
                                              batch_size=int(c.feature_batch), knn_k=int(c.knn_k))
         self._fns, self._grid = {}, None
+        self._sweep_memo: dict = {}  # the last params' sweep grids (evaluate's by_t and sweep share them)
 
     # -- data and params ----------------------------------------------------------------------
     def _label_names(self) -> list:
@@ -150,10 +151,20 @@ class TextOODTask(OODTask):
                                             lc_learnt_scale=bool(c.lc_learnt_scale), prediction=c.prediction,
                                             row_batch=int(c.lc_row_batch) or None, diagnostics=diagnostics)
             self._fns[("sweep", diagnostics)] = sweep_lib.make_score_sweep(score_fn, t_batch_size=1)
+        memo_key = None
+        if stage == "sweep":  # by_t (evaluate) and the sweep score held-out ID and the OOD sets on the same grid
+            memo_key = (deploy.params_fingerprint(params["denoiser"]), key, tuple(int(t) for t in ts),
+                        int(num_seeds), int(seed), max_examples)
+            if memo_key in self._sweep_memo:
+                return self._sweep_memo[memo_key]
+            self._sweep_memo = {k: v for k, v in self._sweep_memo.items() if k[0] == memo_key[0]}
         keys = sweep_lib.seed_keys(int(seed), int(num_seeds))
-        return sweep_lib.sweep_chunked(self._fns[("sweep", diagnostics)], params["denoiser"], s.inputs(max_examples),
+        grid = sweep_lib.sweep_chunked(self._fns[("sweep", diagnostics)], params["denoiser"], s.inputs(max_examples),
                                        ts, keys, chunk=int(self.c.score_chunk), context=context,
                                        ids=s.ids[:max_examples])
+        if memo_key is not None:
+            self._sweep_memo[memo_key] = grid
+        return grid
 
     def user_set(self, read, inputs):
         ids, texts = read

@@ -83,8 +83,9 @@ class FeatureBaselines:
             feats = {k: self.features(kind, params, pretrained_encoder, sets[k], context) for k in ["train"] + keys}
             fit = baselines.fit_mahalanobis(feats["train"]["feat"])
             for k in keys:
-                out[k][f"maha_{kind}"] = np.asarray(baselines.mahalanobis_score(fit, jnp.asarray(feats[k]["feat"])))
-                out[k][f"knn_{kind}"] = baselines.knn_score(feats["train"]["feat"], feats[k]["feat"], k=self.knn_k)
+                out[k][f"maha_{kind}"] = baselines.mahalanobis_scores(fit, feats[k]["feat"], context=context)
+                out[k][f"knn_{kind}"] = baselines.knn_score(feats["train"]["feat"], feats[k]["feat"], k=self.knn_k,
+                                                            context=context)
                 if kind == "finetuned" and "logits" in feats[k]:
                     lg = np.asarray(feats[k]["logits"], np.float64)
                     lse = np.logaddexp.reduce(lg, axis=-1)

@@ -391,3 +391,23 @@ def test_v_prediction_skips_x_t_through(tiny):
         np.testing.assert_allclose(np.asarray(got), want, rtol=1e-4, atol=1e-4)
         np.testing.assert_allclose(np.asarray(tm.predict_x0(model, params, SCHED, x_t, tt, x["mask"], 1.0, "x0")), net,
                                    rtol=1e-6)
+
+
+def test_sweep_grids_are_memoised_on_the_params(x0_task):
+    """evaluate's by_t and the sweep score held-out ID on the same grid once per params: the same params
+    (another object with equal bytes) reuse the grid, changed params score again."""
+    from diffjax.runtime import RuntimeContext
+
+    task = x0_task
+    context = RuntimeContext.local()
+    params = task.init_params(jax.random.PRNGKey(0))
+    s = task.sets()["heldout"]
+    kw = dict(num_seeds=1, seed=0, stage="sweep", context=context, max_examples=4)
+    a = task.score_set(params, "heldout", s, [5, 50], **kw)
+    again = task.score_set(jax.tree_util.tree_map(np.array, params), "heldout", s, [5, 50], **kw)
+    assert again is a
+    bumped = jax.tree_util.tree_map(lambda x: x * 1.01, params)
+    b = task.score_set(bumped, "heldout", s, [5, 50], **kw)
+    assert b is not a and not np.allclose(a["ld"], b["ld"])
+    fresh = task.score_set(params, "heldout", s, [5, 50], **{**kw, "stage": "evaluate"})  # not memoised
+    np.testing.assert_allclose(fresh["ld"], a["ld"], rtol=1e-5)

@@ -25,7 +25,7 @@ demo: $(STAMP)
 	$(PY) -m diffjax demo --workdir=$(WORKDIR)
 
 test: $(STAMP)
-	$(PY) -m pytest -q -ra --durations=15 -n $(PYTEST_WORKERS) --dist loadfile tests $(PYTEST_ARGS)
+	$(PY) -m pytest -q -ra --durations=40 -n $(PYTEST_WORKERS) --dist loadfile tests $(PYTEST_ARGS)
 
 bench: $(STAMP)
 	for b in benchmarks/[!_]*.py; do $(PY) $$b || exit 1; done

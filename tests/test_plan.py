@@ -120,6 +120,26 @@ def test_abstract_batch_equals_a_real_training_batch(name, overrides):
     got = {k: (tuple(v.shape), v.dtype) for k, v in task.abstract_batch(gbs).items()}
     want = {k: (np.shape(v), jax.dtypes.canonicalize_dtype(np.asarray(v).dtype)) for k, v in real.items()}
     assert got == want
+    plan_task = build_task(c.task, init_from=c.init_from, model_options=ModelOptions.from_config(c), shapes_only=True)
+    assert {k: (tuple(v.shape), v.dtype) for k, v in plan_task.abstract_batch(gbs).items()} == want
+
+
+@pytest.mark.parametrize("name,overrides", [
+    ("text_ood_demo.py:tiny", {"task.data.id": "/nonexistent/id.txt", "task.data.ood": ("/nonexistent/o.txt",)}),
+    pytest.param("ar2diff_smollm2_demo.py:tiny", {"task.stage3.data": "/nonexistent/train.jsonl"},
+                 marks=pytest.mark.slow),
+])
+def test_plan_reads_no_data_set(name, overrides):
+    """``plan`` sizes a run where its data is not (a laptop, before the TPU VM has the tfds files):
+    ``shapes_only`` builds the task and its train step without opening a data set."""
+    c = _config(name, overrides)
+    with pytest.raises(Exception, match="nonexistent"):
+        build_task(c.task, init_from=c.init_from, model_options=ModelOptions.from_config(c)).sets() \
+            if "text_ood" in name else build_task(c.task, init_from=c.init_from)
+    task = build_task(c.task, init_from=c.init_from, model_options=ModelOptions.from_config(c), shapes_only=True)
+    batch = task.abstract_batch(int(c.train.global_batch_size))
+    assert batch["tokens"].shape[0] == int(c.train.global_batch_size)
+    assert jax.eval_shape(task.init_params, jax.random.PRNGKey(0))
 
 
 # --------------------------------------------------------------------------------------------

@@ -70,12 +70,14 @@ def with_step(batch: dict, step: int) -> dict:
 
 class AR2DiffTask(TextGenTask):
     """See the module docstring; ``cfg``: the typed ``config.task``; ``arch_source``: the model
-    ``config.init_from`` gives (``build_task``; None = a random init of ``cfg.architecture`` or ``cfg.model``)."""
+    ``config.init_from`` gives (``build_task``; None = a random init of ``cfg.architecture`` or ``cfg.model``);
+    ``shapes_only`` (``plan``): the stage's data is not read (no batchers: no training, no evaluation)."""
 
     name = "ar2diff"
     eval_rng_fold = 2  # decoding in evaluate: fold_in(rng, 2); the held-out loss: fold_in(rng, 1)
 
-    def __init__(self, cfg: AR2DiffConfig, arch_source: str | None = None, model_options=None):
+    def __init__(self, cfg: AR2DiffConfig, arch_source: str | None = None, model_options=None,
+                 shapes_only: bool = False):
         self.cfg = cfg
         self.stage = int(cfg.stage)  # stage, arch, objective, decoder: checked by AR2DiffConfig
         self.arch, self.diffusion = cfg.arch, self.stage > 1
@@ -87,16 +89,19 @@ class AR2DiffTask(TextGenTask):
         self.fmt = PackingFormat.for_tokenizer(self.tok, cfg.style)
         self.pad_id = int(self.fmt.pad_id)
         self.stop_ids = {i for i in (self.fmt.end_id, self.fmt.pad_id) if i is not None}
-        sc = getattr(cfg, f"stage{self.stage}")
-        cache_dir = os.path.expanduser(cfg.cache_dir)
-        train_path, eval_path = prepare_split(
-            sc.data, sc.derive, cache_dir=cache_dir, eval_examples=int(cfg.eval_examples),
-            max_examples=int(sc.max_examples), max_words=int(sc.max_words), prompt_field=sc.prompt_field or None,
-            target_field=sc.target_field or None, data_dir=sc.data_dir or None, split=sc.split)
         self.length = int(cfg.buckets[-1])
-        kw = dict(cache_dir=cache_dir, buckets=(self.length,), style=self.fmt, seed=int(cfg.seed))
-        self.batcher = load_text_batcher(train_path, self.tok, **kw)
-        self.eval_batcher = load_text_batcher(eval_path, self.tok, **kw)
+        self.batcher = self.eval_batcher = None
+        if not shapes_only:  # the data before any weights load (a missing data set fails first)
+            sc = getattr(cfg, f"stage{self.stage}")
+            cache_dir = os.path.expanduser(cfg.cache_dir)
+            train_path, eval_path = prepare_split(
+                sc.data, sc.derive, cache_dir=cache_dir, eval_examples=int(cfg.eval_examples),
+                max_examples=int(sc.max_examples), max_words=int(sc.max_words),
+                prompt_field=sc.prompt_field or None, target_field=sc.target_field or None,
+                data_dir=sc.data_dir or None, split=sc.split)
+            kw = dict(cache_dir=cache_dir, buckets=(self.length,), style=self.fmt, seed=int(cfg.seed))
+            self.batcher = load_text_batcher(train_path, self.tok, **kw)
+            self.eval_batcher = load_text_batcher(eval_path, self.tok, **kw)
         model = ((preset_model(source) if is_preset(source) else _pretrained(os.path.abspath(source))[0])
                  if source else None)  # (its weights: init_from's)
         self.model = model_lib.build_model(cfg, self.arch, self.diffusion, model, source, model_options)
@@ -265,5 +270,5 @@ class AR2DiffTask(TextGenTask):
 
 
 @register_task("ar2diff", config=AR2DiffConfig)
-def from_config(cfg: AR2DiffConfig, arch_source: str | None = None, model_options=None):
-    return AR2DiffTask(cfg, arch_source, model_options)
+def from_config(cfg: AR2DiffConfig, arch_source: str | None = None, model_options=None, shapes_only: bool = False):
+    return AR2DiffTask(cfg, arch_source, model_options, shapes_only)

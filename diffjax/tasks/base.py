@@ -192,7 +192,7 @@ def validate_task_config(task_config) -> None:
         _VALIDATORS[name](task_config)
 
 
-def build_task(task_config, *, init_from: str = "", model_options=None) -> Task:
+def build_task(task_config, *, init_from: str = "", model_options=None, shapes_only: bool = False) -> Task:
     """Builds the task named ``task_config.name``, importing ``diffjax.tasks.<name>`` on demand, after
     checking its fields (a typed config's ``from_config``, or ``validate_task_config``).
 
@@ -201,7 +201,8 @@ def build_task(task_config, *, init_from: str = "", model_options=None) -> Task:
     (``diffjax.checkpoints.pretrained.architecture_source``: None for a fresh init), so one field gives
     both the architecture and the weights. A factory that takes the keyword ``model_options`` gets
     ``model_options`` (``diffjax.models.options.ModelOptions``: scanned layers, remat, precision; the
-    defaults when None).
+    defaults when None). A factory that takes the keyword ``shapes_only`` gets it: True (``plan``) builds
+    only what ``init_params``, ``abstract_batch`` and the train step need, reading no data set.
 
     A dotted name (``"my_package.my_task"``) names a task module outside diffjax: that module is
     imported and must register the same name with ``@register_task("my_package.my_task")``.
@@ -226,6 +227,8 @@ def build_task(task_config, *, init_from: str = "", model_options=None) -> Task:
         from diffjax.models.options import DEFAULT
 
         kwargs["model_options"] = model_options if model_options is not None else DEFAULT
+    if "shapes_only" in params:
+        kwargs["shapes_only"] = bool(shapes_only)
     return factory(cfg, **kwargs)
 
 

@@ -56,11 +56,14 @@ class TextOODTask(OODTask):
     threshold_in_results = True
     read_user_inputs = staticmethod(read_user_texts)
 
-    def __init__(self, c: TextOODConfig, arch_source: str | None = None, model_options=None):
-        """``arch_source``: ``config.init_from``'s HF dir (``build_task``); None: ``task.architecture``."""
+    def __init__(self, c: TextOODConfig, arch_source: str | None = None, model_options=None,
+                 shapes_only: bool = False):
+        """``arch_source``: ``config.init_from``'s HF dir (``build_task``); None: ``task.architecture``.
+        ``shapes_only`` (``plan``): no data set is read; the classifier baselines' head (with a label field)
+        is sized for 2 classes, a stand-in for the ID labels' count (D x 2 params)."""
         from diffjax.data.text import load_tokenizer
 
-        self.c = c
+        self.c, self.shapes_only = c, bool(shapes_only)
         self.path, pretrained = backbone_source(arch_source, c.architecture)
         self.tok = load_tokenizer(self.path)
         self.schedule = gaussian_schedule("linear", int(c.num_diffusion_steps))
@@ -82,6 +85,8 @@ class TextOODTask(OODTask):
         """The ID classes (sorted label values of the ID train split); [] when there are no labels."""
         if not self.c.data.label_field:
             return []
+        if self.shapes_only:
+            return ["<class 0>", "<class 1>"]
         self.sets()
         return list(self._train_labels)
 
@@ -135,10 +140,13 @@ class TextOODTask(OODTask):
 
     def abstract_batch(self, global_batch_size):
         from diffjax.data.text import padding_batch
+        from diffjax.data.text.packing import PackingFormat
 
-        train = self.sets()["train"]
-        b = padding_batch(train.packer.fmt, max(train.packer.buckets), global_batch_size)
-        return batch_shapes(self._train_fields(b, train))
+        b = padding_batch(PackingFormat.for_tokenizer(self.tok, "bert"), max(self.c.data.buckets), global_batch_size)
+        out = {"tokens": b["tokens"], "mask": b["valid"]}  # ``_train_fields`` of a batch, without the data
+        if self.cls_model is not None:
+            out["labels"] = np.zeros(b["tokens"].shape[:1], np.int32)
+        return batch_shapes(out)
 
     # -- scoring (the OODTask hooks) ----------------------------------------------------------
     def score_set(self, params, key, s, ts, *, num_seeds, seed, stage, context, snapshots=None,
@@ -271,5 +279,6 @@ register_prepare_call("text_ood")(ood_prepare_call(read_user_texts))
 
 
 @register_task("text_ood", config=TextOODConfig)
-def from_config(cfg: TextOODConfig, arch_source: str | None = None, model_options=None) -> TextOODTask:
-    return TextOODTask(cfg, arch_source, model_options)
+def from_config(cfg: TextOODConfig, arch_source: str | None = None, model_options=None,
+                shapes_only: bool = False) -> TextOODTask:
+    return TextOODTask(cfg, arch_source, model_options, shapes_only)

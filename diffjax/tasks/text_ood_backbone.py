@@ -20,11 +20,15 @@ import numpy as np
 def backbone_source(arch_source: str | None, architecture: str) -> tuple[str, bool]:
     """``(HF dir, pretrained)``: the encoder of ``config.init_from`` (``arch_source``, resolved by
     ``build_task``; its weights are read) or, with ``init_from = ""``, of ``task.architecture`` (an HF
-    dir or ``embedded:NAME``; architecture and tokenizer only, random init). ``ConfigError`` when both
+    dir, ``embedded:NAME`` or ``preset:NAME``; architecture and tokenizer only, random init). ``ConfigError`` when both
     or neither name one; ``FileNotFoundError`` when the model is not an HF dir (paper 000's encoders)."""
     from diffjax.checkpoints.pretrained import pick_architecture
+    from diffjax.checkpoints.presets import is_preset, preset_name
 
     path = pick_architecture(arch_source, architecture, required=True)
+    if is_preset(path):  # a named architecture without weights or vocabulary (``plan``, a random init)
+        preset_name(path)
+        return path.strip(), False
     if not os.path.isfile(os.path.join(path, "config.json")):
         raise FileNotFoundError(f"text_ood encoder {path!r} is not a Hugging Face model directory (no config.json); "
                                 "set config.init_from to an HF BERT / RoBERTa / XLM-R dir or 'embedded:minilm'")

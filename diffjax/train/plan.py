@@ -172,7 +172,7 @@ def plan_config(config, *, mesh: tuple[int, int], accelerator: str = "tpu-v4", u
         config.mesh_shape = tuple(mesh)
     validate_config(config)
     t0 = time.perf_counter()
-    setup = trainer.build(config)
+    setup = trainer.build(config, shapes_only=True)
     gbs = int(config.train.global_batch_size)
     batch = setup.task.abstract_batch(gbs)
     shardings = batch_shardings(batch, setup.mesh, setup.task.batch_spec())

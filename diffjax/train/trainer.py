@@ -85,10 +85,12 @@ def tp_rules(config, task: Task):
     return tuple(config.sharding_rules) or tuple(task.sharding_rules)
 
 
-def build(config, *, task: Task | None = None) -> Setup:
-    """Task, mesh, optimizer, the sharded state layout and the jitted train step for ``config``."""
+def build(config, *, task: Task | None = None, shapes_only: bool = False) -> Setup:
+    """Task, mesh, optimizer, the sharded state layout and the jitted train step for ``config``
+    (``shapes_only``: the task reads no data set, ``build_task``; ``plan``)."""
     task = task if task is not None else build_task(config.task, init_from=config.init_from,
-                                                    model_options=ModelOptions.from_config(config))
+                                                    model_options=ModelOptions.from_config(config),
+                                                    shapes_only=shapes_only)
     mesh = sh.make_mesh(config.mesh_shape)
     context = RuntimeContext(mesh, process_index=jax.process_index(), process_count=jax.process_count(),
                              batch_spec=task.batch_spec())

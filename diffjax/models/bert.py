@@ -35,7 +35,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from diffjax.models.layers import ACTIVATIONS, add_bias, slice_rows, softmax_attention, splice_rows
+from diffjax.diffusion.cached_decoding import slice_rows, splice_rows
+from diffjax.models.layers import ACTIVATIONS, add_bias, softmax_attention
 from diffjax.models.inputs import check_token_ids
 from diffjax.models.scan import layer_class, remat_name
 

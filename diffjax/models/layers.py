@@ -1,4 +1,4 @@
-"""Small layers shared by several model families: the activation table, RMSNorm, attention, per-row windows."""
+"""Small layers shared by several model families: the activation table, RMSNorm."""
 
 from __future__ import annotations
 
@@ -146,15 +146,3 @@ class RMSNorm(nn.Module):
         y = (x32 * jax.lax.rsqrt(variance + self.eps)).astype(self.dtype)
         return scale.astype(self.dtype) * y
 
-
-def slice_rows(full, start, width: int):
-    """Per-row window: full [B, S, ...], start [B] int -> [B, width, ...], row b's slots
-    ``[start_b, start_b + width)`` (start clamped to [0, S - width], as ``lax.dynamic_slice``)."""
-    return jax.vmap(lambda f, s: jax.lax.dynamic_slice_in_dim(f, s, width, axis=0))(full, jnp.asarray(start, jnp.int32))
-
-
-def splice_rows(full, rows, start):
-    """Per-row window write, the inverse of ``slice_rows``: full [B, S, ...] with ``rows`` [B, W, ...] written at
-    slots ``[start_b, start_b + W)`` of row b (start clamped to [0, S - W], as ``lax.dynamic_update_slice``)."""
-    return jax.vmap(lambda f, r, s: jax.lax.dynamic_update_slice_in_dim(f, r.astype(f.dtype), s, axis=0))(
-        full, rows, jnp.asarray(start, jnp.int32))

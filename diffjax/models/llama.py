@@ -49,7 +49,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from diffjax.diffusion.tokens import choose_tokens
-from diffjax.models.layers import ACTIVATIONS, RMSNorm, gated_activation, slice_rows, splice_rows
+from diffjax.diffusion.cached_decoding import slice_rows, splice_rows
+from diffjax.models.layers import ACTIVATIONS, RMSNorm, gated_activation
 from diffjax.models.inputs import check_token_ids
 from diffjax.models.scan import layer_class, remat_name
 

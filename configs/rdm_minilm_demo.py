@@ -42,7 +42,7 @@ def task_config() -> ml_collections.ConfigDict:
         loss="rdm", weighting="linear", num_timesteps=50, normalize="token", length_loss_weight=0.1,
         # generation: 50-step top-k with the length head and a length beam of 3 (papers.md 002)
         decoder="topk", num_steps=50, greedy=True, temperature=1.0, top_p=0.0, remask=True,
-        unmask_schedule="linear", threshold=0.9, num_blocks=4, block_inner="topk",
+        unmask_schedule="linear", threshold=0.9, num_blocks=4, block_inner="topk", cache="none", cache_refresh="block",
         length_mode="head", length_beam=3, gen_length=48,
         # the length beam's choice: "decode_scores" = the authors' (mean log-prob of each token when it was
         # predicted from [MASK]) | "rescore" = one more pass on the finished candidates, nothing masked

@@ -7,6 +7,8 @@ names from it, so a typo'd ``decoder`` fails before anything trains.
   (``corruption="absorbing"``: they take ``mask_id``); ``unmask_sample(name, ...)`` runs one by name.
 * ``refine``: paper 001's refinement from uniform random tokens (``corruption="uniform"``: they take
   ``vocab_size``).
+* ``block`` takes ``cache = "none" | "prefix" | "dual"`` and ``cache_refresh = "block" | "step"``: Fast-dLLM's
+  approximate K/V cache (``diffusion/cached_decoding.py``); a cache needs the task's ``CachedLogits``.
 * ``ar``: left-to-right decoding by the model itself (a KV cache where the model has one); its sampler
   is the task's, since it needs the model (``sampler=None`` here; ``corruption="none"``).
 
@@ -20,6 +22,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Callable, Mapping, Optional
 
+from diffjax.diffusion import cached_decoding as cd
 from diffjax.diffusion import discrete_sampling as ds
 
 UNMASK_SCHEDULES = ("linear", "cosine")
@@ -40,11 +43,13 @@ DECODERS: dict[str, Decoder] = {
     "topk": Decoder(ds.topk_unmask_sample, _CHOICE + ("remask", "unmask_schedule"), "absorbing"),
     "ancestral": Decoder(ds.ancestral_unmask_sample, _CHOICE, "absorbing"),
     "threshold": Decoder(ds.threshold_unmask_sample, _CHOICE + ("threshold",), "absorbing"),
-    "block": Decoder(ds.block_unmask_sample, _CHOICE + ("num_blocks", "block_inner"), "absorbing"),
+    "block": Decoder(cd.block_sample, _CHOICE + ("num_blocks", "block_inner", "cache", "cache_refresh"), "absorbing"),
     "refine": Decoder(ds.iterative_refinement_sample, ("num_steps", "temperature", "num_samples", "greedy"), "uniform"),
     "ar": Decoder(None, ("max_new_tokens",), "none"),
 }
 BLOCK_INNER = tuple(ds.BLOCK_INNER)  # the decoders ``block`` runs inside a block
+CACHE_MODES = cd.CACHE_MODES  # ``cache``: the K/V cache of the decoders that proceed in blocks
+CACHE_REFRESH = cd.CACHE_REFRESH  # ``cache_refresh``: when that cache is remade
 
 _TYPES = {"num_steps": int, "num_blocks": int, "num_samples": int, "max_new_tokens": int, "temperature": float,
           "threshold": float, "greedy": bool, "remask": bool, "top_p": lambda v: float(v) or None}
@@ -53,6 +58,11 @@ _TYPES = {"num_steps": int, "num_blocks": int, "num_samples": int, "max_new_toke
 def names(*corruptions: str) -> tuple[str, ...]:
     """The decoder names undoing one of ``corruptions`` (all when none given), in table order."""
     return tuple(n for n, d in DECODERS.items() if not corruptions or d.corruption in corruptions)
+
+
+def cached() -> tuple[str, ...]:
+    """The decoders that take a K/V cache (``cache`` among their options: those that proceed in blocks)."""
+    return tuple(n for n, d in DECODERS.items() if "cache" in d.options)
 
 
 def decoder(name: str) -> Decoder:

@@ -59,7 +59,7 @@ def _top_count(scores: jax.Array, candidates: jax.Array, count: jax.Array) -> ja
     return (ranks < count[:, None]) & candidates
 
 
-def _outputs(x, hist, scores, calls, return_history, return_scores, return_num_calls):
+def sampler_outputs(x, hist, scores, calls, return_history, return_scores, return_num_calls):
     """``x`` alone, or the tuple ``(x[, hist][, scores][, calls])`` of the requested extras."""
     out = (x,)
     if return_history:
@@ -172,7 +172,7 @@ def topk_unmask_sample(
         return (x_new, sc_new), (x_new if return_history else None)
 
     (x, sc), hist = _scan_steps(step, (x, jnp.zeros(x.shape, jnp.float32)), rng, num_steps)
-    return _outputs(x, hist, sc, None, return_history, return_scores, False)
+    return sampler_outputs(x, hist, sc, None, return_history, return_scores, False)
 
 
 def ancestral_unmask_sample(
@@ -231,7 +231,7 @@ def ancestral_unmask_sample(
         return (x_new, jnp.where(unmask, logp, sc)), (x_new if return_history else None)
 
     (x, sc), hist = _scan_steps(step, (x, jnp.zeros(x.shape, jnp.float32)), rng, num_steps)
-    return _outputs(x, hist, sc, None, return_history, return_scores, False)
+    return sampler_outputs(x, hist, sc, None, return_history, return_scores, False)
 
 
 def iterative_refinement_sample(
@@ -369,7 +369,7 @@ def threshold_unmask_sample(
     n_run, x, hist, calls, sc = jax.lax.while_loop(cond, body, init)
     if return_history:
         hist = jnp.where((jnp.arange(num_steps) < n_run)[:, None, None], hist, x[None])
-    return _outputs(x, hist, sc, calls, return_history, return_scores, return_num_calls)
+    return sampler_outputs(x, hist, sc, calls, return_history, return_scores, return_num_calls)
 
 
 BLOCK_INNER = {"topk": topk_unmask_sample, "ancestral": ancestral_unmask_sample,
@@ -435,5 +435,5 @@ def block_unmask_sample(
     (x, sc), (hist, calls) = jax.lax.scan(step, init, (blocks, jax.random.split(rng, num_blocks)))
     if return_history:
         hist = hist.reshape((-1,) + hist.shape[2:])
-    return _outputs(x, hist, sc, jnp.sum(calls, axis=0), return_history, return_scores, return_num_calls)
+    return sampler_outputs(x, hist, sc, jnp.sum(calls, axis=0), return_history, return_scores, return_num_calls)
 

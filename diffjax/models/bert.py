@@ -35,6 +35,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from diffjax.diffusion.cached_decoding import slice_rows, splice_rows
 from diffjax.models.layers import ACTIVATIONS, add_bias, softmax_attention
 from diffjax.models.inputs import check_token_ids
 from diffjax.models.scan import layer_class, remat_name
@@ -120,8 +121,12 @@ class BertSelfAttention(nn.Module):
     param_dtype: Dtype = jnp.float32
 
     @nn.compact
-    def __call__(self, h, bias, deterministic: bool):
-        """h: [B, L, D]; bias: [B, 1, 1, L] additive key mask -> [B, L, D] (before residual)."""
+    def __call__(self, h, bias, deterministic: bool, kv_cache=None, start=None):
+        """h: [B, W, D]; bias: [B, 1, 1, S] additive key mask -> ([B, W, D] before residual, (k, v) [B, W, H, hd]
+        of these rows). Without ``kv_cache`` the rows are the whole sequence (W = S). With ``kv_cache`` (keys,
+        values [B, S, H, hd]) the rows are the window ``[start_b, start_b + W)`` of row b (``start`` [B] int32,
+        clamped to [0, S - W] as ``lax.dynamic_update_slice`` does): their fresh k / v replace the cached ones
+        there and the queries attend over all S keys (the cached ones elsewhere)."""
         cfg = self.config
         b, l, d = h.shape
         nh, hd = cfg.num_heads, d // cfg.num_heads
@@ -129,24 +134,29 @@ class BertSelfAttention(nn.Module):
         q, k, v = (
             _dense(d, cfg, self.dtype, self.param_dtype, n)(rows).reshape(b, l, nh, hd) for n in ("query", "key", "value")
         )
+        keys, values = (k, v) if kv_cache is None else (splice_rows(kv_cache[0], k, start),
+                                                        splice_rows(kv_cache[1], v, start))
         drop = nn.Dropout(cfg.attention_dropout)
-        ctx = softmax_attention(q, k, v, bias, scale=hd ** -0.5,
+        ctx = softmax_attention(q, keys, values, bias, scale=hd ** -0.5,
                                 weights_dropout=lambda e: drop(e, deterministic=deterministic)).reshape(b * l, d)
-        return _dense(d, cfg, self.dtype, self.param_dtype, "output")(ctx).reshape(b, l, d)
+        return _dense(d, cfg, self.dtype, self.param_dtype, "output")(ctx).reshape(b, l, d), (k, v)
 
 
 class BertLayer(nn.Module):
-    """Post-LN layer: ``(h [B, L, D], bias [B, 1, 1, L], deterministic, collect) -> (h', h' if collect else
-    None)`` (the scan body's ``(carry, y)``; unrolled stacks take ``[0]``)."""
+    """Post-LN layer: ``(h [B, L, D], bias [B, 1, 1, L], deterministic, collect, kv_cache, start, return_kv) ->
+    (h', y)`` (the scan body's ``(carry, y)``; unrolled stacks take ``[0]``), y = h' if ``collect``, this
+    layer's (k, v) [B, L, H, hd] if ``return_kv``, else None. ``kv_cache`` / ``start``: the rows are a window
+    attending over cached keys (``BertSelfAttention``)."""
 
     config: BertConfig
     dtype: Dtype = jnp.float32
     param_dtype: Dtype = jnp.float32
 
     @nn.compact
-    def __call__(self, h, bias, deterministic: bool, collect: bool = False):
+    def __call__(self, h, bias, deterministic: bool, collect: bool = False, kv_cache=None, start=None,
+                 return_kv: bool = False):
         cfg, dt, pdt = self.config, self.dtype, self.param_dtype
-        a = BertSelfAttention(cfg, dt, pdt, name="attention")(h, bias, deterministic)
+        a, kv = BertSelfAttention(cfg, dt, pdt, name="attention")(h, bias, deterministic, kv_cache, start)
         a = nn.Dropout(cfg.hidden_dropout)(a, deterministic=deterministic)
         h = _ln(cfg, dt, pdt, "attention_ln")(h + a)
         shape = h.shape
@@ -154,7 +164,7 @@ class BertLayer(nn.Module):
         f = _activation(cfg.hidden_act)(_dense(cfg.intermediate_size, cfg, dt, pdt, "intermediate")(r))
         f = nn.Dropout(cfg.hidden_dropout)(_dense(cfg.hidden_size, cfg, dt, pdt, "output")(f), deterministic=deterministic)
         h = _ln(cfg, dt, pdt, "output_ln")(h + f.reshape(shape))
-        return h, (h if collect else None)
+        return h, (h if collect else kv if return_kv else None)
 
 
 class BertEmbeddings(nn.Module):
@@ -206,6 +216,11 @@ def default_position_ids(cfg: BertConfig, input_ids, shape) -> jax.Array:
         return jnp.broadcast_to(jnp.arange(l, dtype=jnp.int32) + pad + 1, (b, l))
     mask = (input_ids != pad).astype(jnp.int32)
     return jnp.cumsum(mask, axis=1) * mask + pad
+
+
+def _key_bias(attention_mask):
+    """attention_mask [B, L] (True / 1 = real token) -> additive key mask [B, 1, 1, L] float32."""
+    return jnp.where(attention_mask.astype(bool), 0.0, jnp.finfo(jnp.float32).min)[:, None, None, :]
 
 
 def mean_pool(h, mask):
@@ -266,6 +281,30 @@ class BertEncoder(nn.Module):
         """hidden [B, L, D], mask [B, L] -> [B, length_max + 1] (paper 002 length classifier)."""
         return self.length_head(mean_pool(hidden, mask)).astype(jnp.float32)
 
+    def kv_cache(self, input_ids, attention_mask, token_type_ids=None):
+        """Every layer's keys and values over the whole row (deterministic): input_ids [B, L], attention_mask
+        [B, L] -> (keys, values) [num_layers, B, L, H, hd], the cache ``window_logits`` reads."""
+        bias = _key_bias(attention_mask)
+        h = self.embeddings(input_ids, None, token_type_ids, None, None, True)
+        return self.encoder(h, bias, True, False, return_kv=True)[1]
+
+    def window_logits(self, input_ids, attention_mask, token_type_ids, kv_cache, start, width: int):
+        """MLM logits [B, W, V] of the rows ``[start_b, start_b + W)`` (W = ``width``; ``start`` [B] int32 clamped
+        to [0, L - W]) of the full rows input_ids [B, L], computing only those rows: at every layer their fresh
+        k / v replace the cached ones (``kv_cache`` from ``kv_cache``) and they attend over all L keys, the
+        cached ones elsewhere. With a cache made from the same input_ids this equals the full forward's logits
+        there (deterministic); with an older one it is Fast-dLLM's approximate cache (Wu et al. 2025).
+        Positions / token types are the full row's, sliced."""
+        cfg = self.config
+        b, l = input_ids.shape
+        start = jnp.clip(jnp.asarray(start, jnp.int32), 0, l - width)
+        pos = default_position_ids(cfg, input_ids, (b, l))
+        cut = lambda a: slice_rows(a, start, width)
+        tti = None if token_type_ids is None else cut(token_type_ids)
+        h = self.embeddings(cut(input_ids), None, tti, cut(pos), None, True)
+        h = self.encoder(h, _key_bias(attention_mask), True, False, kv_cache=kv_cache, start=start)[0]
+        return self.mlm_logits(h)
+
     def __call__(
         self,
         input_ids=None,
@@ -291,8 +330,7 @@ class BertEncoder(nn.Module):
             )
         if attention_mask is None:
             attention_mask = jnp.ones((b, l), bool)
-        attention_mask = attention_mask.astype(bool)
-        bias = jnp.where(attention_mask, 0.0, jnp.finfo(jnp.float32).min)[:, None, None, :]
+        bias = _key_bias(attention_mask)
         h = self.embeddings(input_ids, inputs_embeds, token_type_ids, position_ids, cond, deterministic)
         h, hidden = self.encoder(h, bias, deterministic, output_hidden_states)
         out = {"last_hidden_state": h}
@@ -306,32 +344,43 @@ class BertEncoder(nn.Module):
             pooled = out["pooler_output"] if cfg.head_style == "bert" else None
             out["cls_logits"] = self.classifier(h, pooled, deterministic)
         if cfg.length_max:
-            out["length_logits"] = self.length_logits(h, attention_mask if length_mask is None else length_mask)
+            pool_mask = attention_mask.astype(bool) if length_mask is None else length_mask
+            out["length_logits"] = self.length_logits(h, pool_mask)
         return out
 
 
 class BertStack(nn.Module):
-    """The layers: ``(h [B, L, D], bias, deterministic, output_hidden_states) -> (h, hidden or None)``, unrolled
-    (``layer_{i}``) or, with ``config.scan_layers``, one scanned ``layers`` whose per-layer outputs are the
-    hidden states; each layer rematerialised by ``config.remat``."""
+    """The layers: ``(h [B, L, D], bias, deterministic, output_hidden_states, kv_cache=None, start=None,
+    return_kv=False) -> (h, hidden or None)``, unrolled (``layer_{i}``) or, with ``config.scan_layers``, one
+    scanned ``layers`` whose per-layer outputs are the hidden states; each layer rematerialised by
+    ``config.remat``. ``return_kv``: the second output is every layer's (keys, values) [num_layers, B, L, H, hd]
+    instead; ``kv_cache`` (that pair) with ``start`` [B]: h is a window of rows attending over the cache."""
 
     config: BertConfig
     dtype: Dtype = jnp.float32
     param_dtype: Dtype = jnp.float32
 
     @nn.compact
-    def __call__(self, h, bias, deterministic, output_hidden_states):
+    def __call__(self, h, bias, deterministic, output_hidden_states, kv_cache=None, start=None, return_kv=False):
         cfg = self.config
         block = layer_class(BertLayer, remat=cfg.remat, scan=cfg.scan_layers, length=cfg.num_layers,
-                            in_axes=(nn.broadcast, nn.broadcast, nn.broadcast), static_argnums=(3, 4))
+                            in_axes=(nn.broadcast,) * 3 + (0, nn.broadcast, nn.broadcast), static_argnums=(3, 4, 7))
         if cfg.scan_layers:
             out, ys = block(cfg, self.dtype, self.param_dtype, name="layers")(h, bias, deterministic,
-                                                                              output_hidden_states)
+                                                                              output_hidden_states, kv_cache, start,
+                                                                              return_kv)
+            if return_kv:
+                return out, ys
             return out, (h, *(ys[i] for i in range(cfg.num_layers))) if output_hidden_states else None
-        hidden = [h]
+        hidden, kvs = [h], []
         for i in range(cfg.num_layers):
-            h = block(cfg, self.dtype, self.param_dtype, name=f"layer_{i}")(h, bias, deterministic, False)[0]
+            kv_i = None if kv_cache is None else (kv_cache[0][i], kv_cache[1][i])
+            h, kv = block(cfg, self.dtype, self.param_dtype, name=f"layer_{i}")(h, bias, deterministic, False, kv_i,
+                                                                                 start, return_kv)
             hidden.append(h)
+            kvs.append(kv)
+        if return_kv:
+            return h, (jnp.stack([k for k, _ in kvs]), jnp.stack([v for _, v in kvs]))
         return h, tuple(hidden) if output_hidden_states else None
 
 

@@ -145,3 +145,4 @@ class RMSNorm(nn.Module):
         variance = jnp.mean(jnp.square(x32), axis=-1, keepdims=True)
         y = (x32 * jax.lax.rsqrt(variance + self.eps)).astype(self.dtype)
         return scale.astype(self.dtype) * y
+

@@ -28,7 +28,8 @@ layer axis, ``diffjax.models.scan``); ``remat``: "none" | "full" | "dots_saveabl
 KV-cache decoding (AR baseline): ``init_cache(config, B, S)`` gives an empty ``KVCache`` with S slots;
 calling the model with ``cache=..., cache_index=i`` writes the new tokens' K/V at slots [i, i + L) and
 attends over every valid slot (so the same call does prefill and one-token steps); it returns
-``(logits, new_cache)``. ``generate`` is greedy / temperature sampling as one ``lax.while_loop``.
+``(logits, new_cache)``. ``cache_index`` [B] gives each row its own window (diffusion decoding with a
+KV cache: ``kv_cache`` / ``window_logits``). ``generate`` is greedy / temperature sampling as one ``lax.while_loop``.
 
 Shapes: ``input_ids: [B, L] int32``; ``positions: [B, L] int32`` (RoPE positions; default
 ``arange(L)`` (+ ``cache_index``) as transformers' forward uses; use ``positions_from_mask`` for
@@ -48,6 +49,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from diffjax.diffusion.tokens import choose_tokens
+from diffjax.diffusion.cached_decoding import slice_rows, splice_rows
 from diffjax.models.layers import ACTIVATIONS, RMSNorm, gated_activation
 from diffjax.models.inputs import check_token_ids
 from diffjax.models.scan import layer_class, remat_name
@@ -291,9 +293,12 @@ class LlamaAttention(nn.Module):
         if kv_cache is not None:
             ck, cv = kv_cache
             idx = jnp.asarray(cache_index, jnp.int32)
-            zero = jnp.zeros((), jnp.int32)
-            k = jax.lax.dynamic_update_slice(ck, k.astype(ck.dtype), (zero, idx, zero, zero))
-            v = jax.lax.dynamic_update_slice(cv, v.astype(cv.dtype), (zero, idx, zero, zero))
+            if idx.ndim:  # [B]: a per-row first slot (a window of each row over a full-length cache)
+                k, v = splice_rows(ck, k, idx), splice_rows(cv, v, idx)
+            else:
+                zero = jnp.zeros((), jnp.int32)
+                k = jax.lax.dynamic_update_slice(ck, k.astype(ck.dtype), (zero, idx, zero, zero))
+                v = jax.lax.dynamic_update_slice(cv, v.astype(cv.dtype), (zero, idx, zero, zero))
             new_kv = (k, v)
         G = H // KVH
         q = q.reshape(B, L, KVH, G, hd)
@@ -355,7 +360,9 @@ class Llama(nn.Module):
       attention: "causal" | "prefix" | "bidirectional"; None = ``config.attention``.
       mask: optional explicit [B, 1, L, S] bool visibility mask (S = L, or the cache length); replaces the pattern (the padding mask
         and cache validity are still applied).
-      cache: a ``KVCache`` (see ``init_cache``) and ``cache_index`` (int scalar, first slot to write).
+      cache: a ``KVCache`` (see ``init_cache``) and ``cache_index`` (int scalar, first slot to write; or [B] int,
+        a first slot per row, clamped to [0, S - L]: the rows are a window of each row, e.g. the current block of
+        diffusion decoding over a cache of the whole row, ``window_logits``).
       return_hidden: also return the final-normed hidden states [B, L, D].
     Returns:
       logits [B, L, V] float32; ``(logits, hidden)`` with return_hidden; ``(..., new_cache)`` with a cache.
@@ -397,12 +404,16 @@ class Llama(nn.Module):
         if cache is not None:
             if cache_index is None:
                 raise ValueError("cache given without cache_index (the first slot to write, int scalar).")
-            start = jnp.asarray(cache_index, jnp.int32)
-            key_valid = jax.lax.dynamic_update_slice(cache.valid, valid, (jnp.zeros((), jnp.int32), start))
             S = cache.valid.shape[1]
+            start = jnp.asarray(cache_index, jnp.int32)
+            if start.ndim:  # per-row windows: clamped as the cache writes clamp them
+                start = jnp.clip(start, 0, S - L)
+                key_valid = splice_rows(cache.valid, valid, start)
+            else:
+                key_valid = jax.lax.dynamic_update_slice(cache.valid, valid, (jnp.zeros((), jnp.int32), start))
         else:
             start, key_valid, S = jnp.zeros((), jnp.int32), valid, L
-        query_slots = start + jnp.arange(L, dtype=jnp.int32)
+        query_slots = start[..., None] + jnp.arange(L, dtype=jnp.int32)  # [L], or [B, L] for per-row windows
         if positions is None:
             positions = jnp.broadcast_to(query_slots, (B, L))
         if cfg.scan_layers:
@@ -461,6 +472,34 @@ class Llama(nn.Module):
         cfg = dataclasses.replace(self.config, scan_layers=options.scan_layers, remat=options.remat,
                                   dtype=options.compute_dtype, param_dtype=options.param_dtype)
         return self.clone(config=cfg)
+
+
+# ----------------------------------------------------------------------------- diffusion decoding with a KV cache
+
+
+def kv_cache(model: Llama, params, input_ids: jax.Array, mask: jax.Array) -> KVCache:
+    """Every layer's keys / values over the whole rows input_ids [B, L] under the visibility mask [B|1, 1, L, L]
+    bool (AR2Diff's diffusion stages: bidirectional) -> a ``KVCache`` of L slots, all valid. Its logits are
+    computed and dropped (XLA removes them from a jitted program)."""
+    B, L = input_ids.shape
+    _, cache = model.apply({"params": params}, input_ids, mask=mask, cache=init_cache(model.config, B, L),
+                           cache_index=0)
+    return cache
+
+
+def window_logits(model: Llama, params, input_ids: jax.Array, mask: jax.Array, cache: KVCache, start: jax.Array,
+                  width: int) -> jax.Array:
+    """Logits [B, W, V] of the rows' slots ``[start_b, start_b + W)`` (W = ``width``, ``start`` [B] int clamped to
+    [0, L - W]) of input_ids [B, L], computing only those slots: at every layer their fresh K/V replace the
+    cached ones there and they attend over all L slots (rows of ``mask`` [B|1, 1, L, L] bool), the cached K/V
+    elsewhere; RoPE positions are the slots. With a cache made from the same ids (``kv_cache``) this equals
+    the full forward's logits there; with an older one it is Fast-dLLM's approximate cache."""
+    B, L = input_ids.shape
+    start = jnp.clip(jnp.asarray(start, jnp.int32), 0, L - width)
+    rows = slice_rows(jnp.broadcast_to(jnp.asarray(mask, bool), (B, 1, L, L))[:, 0], start, width)[:, None]
+    logits, _ = model.apply({"params": params}, slice_rows(input_ids, start, width), mask=rows, cache=cache,
+                            cache_index=start)
+    return logits
 
 
 # ----------------------------------------------------------------------------- generation

@@ -4,7 +4,8 @@ jitted decoding program of the configured decoder (``diffusion/decoders.py``):
 * ``"refine"``: paper 001's refinement from uniform random tokens (``num_steps`` K, ``temperature``,
   ``num_samples`` N in parallel, keep the highest log-prob; ``iterative_refinement_sample``);
 * ``"topk"`` / ``"ancestral"`` / ``"threshold"`` / ``"block"``: the absorbing samplers, from ``mask_id``
-  (objective ``"masked"``);
+  (objective ``"masked"``); ``"block"`` with ``cache`` "prefix" / "dual" runs the decoder-only model on a window
+  over a K/V cache (``models/llama.kv_cache`` / ``window_logits``, ``diffusion/cached_decoding.py``);
 * ``"ar"``: the model's own left-to-right decoding, KV-cached for the decoder-only model
   (``models/llama.generate``); T5: greedy without a cache.
 
@@ -20,6 +21,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from diffjax.diffusion import decoders
+from diffjax.diffusion.cached_decoding import CachedLogits
 from diffjax.models import llama as llama_lib
 from diffjax.models import t5 as t5_lib
 from diffjax.runtime import example_keys
@@ -125,6 +127,10 @@ def decode_program(task, show: bool = False):
                 del t
                 return task.decoder_logits(params, x, full)
 
+            if task.cfg.cache != "none":  # the K/V cache (config validation: decoder-only, no logit shift)
+                logits_fn = CachedLogits(
+                    logits_fn, lambda x: llama_lib.kv_cache(task.model, params, x, full),
+                    lambda x, start, width, c: llama_lib.window_logits(task.model, params, x, full, c, start, width))
             return denoise_one(task, logits_fn, tokens, gen, key, show=show)
         b = {"tokens": tokens[None], "prompt_length": pl[None], "target_length": tlen[None]}
         enc_ids, enc_mask, y, _ = task.t5_views(b)

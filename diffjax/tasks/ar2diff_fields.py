@@ -77,6 +77,10 @@ class AR2DiffConfig(F.TaskConfig):
     num_samples: int = F.field(F.integer(1), 2)
     greedy: bool = F.field(F.boolean(), False)
     max_new_tokens: int = F.field(F.integer(1), 12, "AR decoding")
+    num_blocks: int = F.field(F.integer(1), 4, "decoder 'block'")
+    block_inner: str = F.field(F.choice(*decoders.BLOCK_INNER), "topk", "decoder 'block': the decoder in a block")
+    cache: str = F.field(F.choice(*decoders.CACHE_MODES), "none", "K/V cache of block decoding (Fast-dLLM)")
+    cache_refresh: str = F.field(F.choice(*decoders.CACHE_REFRESH), "block", "when the K/V cache is remade")
     min_target_slots: int = F.field(F.integer(1), 8, "output slots a cut prompt leaves")
     eval_examples: int = F.field(F.integer(1), 32)
     eval_batch_size: int = F.field(F.integer(1), 16)
@@ -101,3 +105,10 @@ class AR2DiffConfig(F.TaskConfig):
         if self.decoder in decoders.names("absorbing"):
             F.require(self.objective == "masked", "task.decoder", self.decoder,
                       "'', 'ar' or 'refine' with task.objective='sundae' (the unmask samplers need objective='masked')")
+        if self.cache != "none":
+            F.require(self.decoder in decoders.cached(), "task.cache", self.cache,
+                      f"'none' with task.decoder={self.decoder!r} (a K/V cache needs a decoder that proceeds in "
+                      f"blocks: {', '.join(decoders.cached())})")
+            F.require(self.arch == "decoder" and not self.logit_shift, "task.cache", self.cache,
+                      "'none' with task.arch='encoder_decoder' or task.logit_shift=True (the K/V cache serves the "
+                      "decoder-only model without the logit shift)")

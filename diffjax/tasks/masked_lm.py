@@ -194,7 +194,15 @@ class MaskedLMTask(TextGenTask):
         def run(params, batch, index, rng):
             model_fn = lambda x, att, seg: self._apply(params, x, att, seg)["logits"]
             length_fn = lambda x, att: self._apply(params, x, att, jnp.zeros_like(x))["length_logits"]
-            return dec.decode_batch(model_fn, length_fn if self.cfg.length_max else None, batch, index, rng, **kw)
+            cached = None
+            if kw["decoder_kwargs"].get("cache", "none") != "none":  # the K/V cache pair (decode_one)
+                types = lambda x, seg: seg if self.use_segments else jnp.zeros_like(x)
+                apply = functools.partial(self.model.apply, {"params": params})
+                cached = (lambda x, att, seg: apply(x, att, types(x, seg), method=bert.BertEncoder.kv_cache),
+                          lambda x, att, seg, c, start, width: apply(x, att, types(x, seg), c, start, width,
+                                                                     method=bert.BertEncoder.window_logits))
+            return dec.decode_batch(model_fn, length_fn if self.cfg.length_max else None, batch, index, rng,
+                                    cached_model=cached, **kw)
 
         return jax.jit(run)
 

@@ -38,6 +38,7 @@ from diffjax.data.text import Packer, TextExamples
 from diffjax.data.text.cache import RaggedTokens, TokenizedExamples, tokenize
 from diffjax.data.text.packing import plan_lengths
 from diffjax.diffusion import decoders
+from diffjax.diffusion.cached_decoding import CachedLogits
 from diffjax.diffusion.decoders import unmask_sample
 from diffjax.diffusion.masked import exclude_token_logit, token_log_probs
 from diffjax.runtime import example_keys
@@ -65,10 +66,13 @@ def length_inputs(tokens, prompt_length, pad_id):
 
 def decode_one(model_fn: Callable, length_fn: Callable | None, tokens, prompt_length, key, *, mask_id: int,
                sep_id: int, pad_id: int, decoder: str, decoder_kwargs: dict, length_mode: str, length_beam: int,
-               length_max: int, return_history: bool, banned_ids: tuple = (), length_select: str = "decode_scores"):
+               length_max: int, return_history: bool, banned_ids: tuple = (), length_select: str = "decode_scores",
+               cached_model: tuple | None = None):
     """One example: tokens [L] (prompt part used), prompt_length [] -> dict (see ``decode_batch``).
     ``banned_ids``: token ids never generated (their logits are -inf at every position);
-    ``length_select``: "decode_scores" | "rescore" (module docstring)."""
+    ``length_select``: "decode_scores" | "rescore" (module docstring); ``cached_model``: for a decoder with a
+    K/V cache (``decoder_kwargs["cache"]``), ``(kv_fn(x, attention, segment) -> cache, window_fn(x, attention,
+    segment, cache, start [K], width) -> [K, width, V])`` (``diffusion/cached_decoding.CachedLogits``)."""
     if length_select not in LENGTH_SELECT:
         raise ValueError(f"length_select={length_select!r}: choose one of {LENGTH_SELECT}")
     L = tokens.shape[-1]
@@ -93,11 +97,18 @@ def decode_one(model_fn: Callable, length_fn: Callable | None, tokens, prompt_le
     K = x_init.shape[0]
     segment = (pos[None] >= prompt_length).astype(jnp.int32) * att
 
+    def ban(logits):
+        return logits.at[..., jnp.asarray(banned_ids)].set(-jnp.inf) if banned_ids else logits
+
     def logits_fn(x, t):
-        logits = model_fn(x, att, segment)
-        if banned_ids:
-            logits = logits.at[..., jnp.asarray(banned_ids)].set(-jnp.inf)
-        return logits
+        return ban(model_fn(x, att, segment))
+
+    if decoder_kwargs.get("cache", "none") != "none":
+        if cached_model is None:
+            raise ValueError(f"cache={decoder_kwargs['cache']!r} needs the model's K/V cache functions (cached_model)")
+        kv_fn, window_fn = cached_model
+        logits_fn = CachedLogits(logits_fn, lambda x: kv_fn(x, att, segment),
+                                 lambda x, start, width, c: ban(window_fn(x, att, segment, c, start, width)))
 
     kw = dict(decoder_kwargs)
     want_calls = decoder in ("threshold", "block")
@@ -154,8 +165,11 @@ def decode_options(cfg, tokenizer, fmt, return_history: bool) -> dict:
     if mode == "head":
         specials |= {sep_id, tokenizer.pad_id}
     banned = tuple(sorted(int(i) for i in specials if i is not None and i != mask_id))
+    kw = decoders.sampler_kwargs(c.decoder, c)
+    if kw.get("cache", "none") != "none" and mode == "head":  # the cache's windows: at most length_max - 1 generated
+        kw["max_generated"] = int(c.length_max) - 1
     return dict(mask_id=mask_id, sep_id=sep_id, pad_id=fmt.pad_id, decoder=c.decoder, banned_ids=banned,
-                decoder_kwargs=decoders.sampler_kwargs(c.decoder, c), length_mode=mode, length_beam=int(c.length_beam),
+                decoder_kwargs=kw, length_mode=mode, length_beam=int(c.length_beam),
                 length_select=c.length_select, length_max=int(c.length_max), return_history=return_history)
 
 

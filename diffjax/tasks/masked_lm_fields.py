@@ -69,6 +69,8 @@ class MaskedLMConfig(F.TaskConfig):
     threshold: float = F.field(F.number(0.0, 1.0), 0.9)
     num_blocks: int = F.field(F.integer(1), 4)
     block_inner: str = F.field(F.choice(*decoders.BLOCK_INNER), "topk")
+    cache: str = F.field(F.choice(*decoders.CACHE_MODES), "none", "K/V cache of block decoding (Fast-dLLM)")
+    cache_refresh: str = F.field(F.choice(*decoders.CACHE_REFRESH), "block", "when the K/V cache is remade")
     length_mode: str = F.field(F.choice(*dec.LENGTH_MODES), "head")
     length_beam: int = F.field(F.integer(1), 3)
     gen_length: int = F.field(F.integer(MIN_LENGTH), 48, "static sequence length of the generation program")
@@ -81,6 +83,10 @@ class MaskedLMConfig(F.TaskConfig):
     bleu_lowercase: bool = F.field(F.boolean(), True)
 
     def check(self) -> None:
+        if self.cache != "none":
+            F.require(self.decoder in decoders.cached(), "task.cache", self.cache,
+                      f"'none' with task.decoder={self.decoder!r} (a K/V cache needs a decoder that proceeds in "
+                      f"blocks: {', '.join(decoders.cached())})")
         if self.length_mode == "head":
             F.require(self.length_max >= 2, "task.length_max", self.length_max,
                       "an integer >= 2 with task.length_mode='head' (the length head predicts 2..length_max; "

@@ -196,3 +196,27 @@ def test_ar_run_log_likelihood_is_the_models_summed_token_log_probs(tmp_path_fac
     direct = sum(logp[i - 1, ids[i]] for i in range(start, len(ids)))
     assert res[0][0] == pytest.approx(float(direct), rel=1e-5)
     assert res[0][1] == all(int(np.argmax(logp[i - 1])) == ids[i] for i in range(start, len(ids)))
+
+
+# ----------------------------------------------------------------------------- lm-evaluation-harness (optional)
+
+
+def test_lm_eval_cli_runs_the_example_tasks(rdm_workdir, tmp_path):
+    """``python -m diffjax.evaluation.lm_eval run --model diffjax ...`` (lm_eval's CLI) on the example tasks,
+    offline, 4 documents each: every task reports its metrics."""
+    pytest.importorskip("lm_eval")
+    from diffjax.evaluation import example_tasks
+
+    tasks_dir, out_dir = tmp_path / "tasks", tmp_path / "out"
+    example_tasks.write_example_tasks(str(tasks_dir), num_examples=4)
+    env = {**os.environ, "HF_DATASETS_OFFLINE": "1", "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
+    cmd = [sys.executable, "-m", "diffjax.evaluation.lm_eval", "run", "--model", "diffjax", "--model_args",
+           f"workdir={rdm_workdir},mc_samples=2,decoder=threshold", "--tasks", ",".join(example_tasks.TASKS),
+           "--include_path", str(tasks_dir), "--output_path", str(out_dir)]
+    proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    (path,) = list(out_dir.rglob("results_*.json"))
+    results = json.load(open(path))["results"]
+    assert 0.0 <= results["diffjax_headline_mc"]["acc,none"] <= 1.0
+    assert 0.0 <= results["diffjax_headline_unshuffle"]["exact_match,none"] <= 1.0
+    assert results["diffjax_headline_ppl"]["word_perplexity,none"] > 1.0

@@ -47,8 +47,9 @@ from diffjax.checkpoints.presets import is_preset, preset_model
 from diffjax.checkpoints.pretrained import load_pretrained, pick_architecture
 from diffjax.data.ar2diff_data import prepare_split
 from diffjax.data.text import PackingFormat, load_text_batcher, load_tokenizer, padding_batch
-from diffjax.diffusion.masked import masked_diffusion_elbo, token_log_probs
+from diffjax.diffusion.masked import exclude_token_logit, masked_diffusion_elbo, token_log_probs
 from diffjax.diffusion.uniform import unrolled_denoising_loss
+from diffjax.evaluation.likelihood import RowLayout
 from diffjax.models import t5 as t5_lib
 from diffjax.runtime import example_keys
 from diffjax.tasks import ar2diff_decode as dec
@@ -250,6 +251,44 @@ class AR2DiffTask(TextGenTask):
     def sample_extras(self, out, inputs, i, show):
         s = {"log_prob": float(out["score"][i])} if "score" in out else {}
         return {**s, **(dec.trajectory(self, out["steps"], inputs, i) if show else {})}
+
+    # ------------------------------------------------------------------ likelihood (TextGenTask hooks)
+
+    @property
+    def likelihood_kind(self) -> str:
+        """"exact" for stage 1 (AR), "elbo" for the masked objective; "" (none) for SUNDAE and T5."""
+        if self.arch != "decoder":
+            return ""
+        return "exact" if not self.diffusion else "elbo" if self.objective == "masked" else ""
+
+    def likelihood_layout(self):
+        F.require(bool(self.likelihood_kind), "task", f"stage={self.stage} objective={self.objective} arch={self.arch}",
+                  "arch='decoder' with stage 1 (exact AR likelihood) or objective='masked' (MC ELBO): SUNDAE and T5 "
+                  "runs have no likelihood here")
+        f = self.fmt
+        return RowLayout(self.length, self.pad_id, f.start_id, f.sep_id, f.end_id)
+
+    @functools.lru_cache(maxsize=1)
+    def log_prob_program(self):
+        """Stage 1: the training forward (``ar_attention``, prefix = the row's prompt), log p(x_l | x_<l) at slot
+        l; masked diffusion: the full attention of decoding over the row with ``masked`` slots set to mask_id."""
+
+        def run(params, batch, index):
+            del index
+            tokens, pl = batch["tokens"], batch["prompt_length"]
+            if not self.diffusion:
+                logits = self.model.apply({"params": params}, tokens, attention=self.cfg.ar_attention,
+                                          prefix_length=pl, attention_mask=batch["valid"])[:, :-1]
+                zero = jnp.zeros_like(tokens[:, :1])
+                lp = jnp.concatenate([zero.astype(logits.dtype), token_log_probs(logits, tokens[:, 1:])], axis=1)
+                return {"log_probs": lp,
+                        "argmax": jnp.concatenate([zero, jnp.argmax(logits, -1).astype(jnp.int32)], axis=1)}
+            x = jnp.where(batch["masked"], self.mask_id, tokens)
+            mask = model_lib.diffusion_attention_mask(pl, tokens.shape[1])
+            logits = exclude_token_logit(self.decoder_logits(params, x, mask), self.mask_id)
+            return {"log_probs": token_log_probs(logits, tokens), "argmax": jnp.argmax(logits, -1).astype(jnp.int32)}
+
+        return jax.jit(run)
 
     # ------------------------------------------------------------------ evaluate
 

@@ -49,7 +49,8 @@ from diffjax.data import instructions
 from diffjax.data.text import (Packer, PackingFormat, TextBatcher, TextExamples, load_tokenizer, padding_batch,
                                parse_source, tokenize_cached)
 from diffjax.diffusion import decoders
-from diffjax.diffusion.masked import masked_diffusion_elbo, rdm_loss
+from diffjax.diffusion.masked import exclude_token_logit, masked_diffusion_elbo, rdm_loss, token_log_probs
+from diffjax.evaluation.likelihood import RowLayout
 from diffjax.evaluation import text_metrics
 from diffjax.tasks import masked_lm_decode as dec
 from diffjax.tasks import prompts as prompt_lib
@@ -243,6 +244,31 @@ class MaskedLMTask(TextGenTask):
                                           mask_id=self.mask_id, stop_ids=self.stop_ids | {self.mask_id},
                                           num_shown=int(self.cfg.show_steps_shown))
         return row
+
+    # ------------------------------------------------------------------ likelihood (TextGenTask hooks)
+    likelihood_kind = "elbo"
+
+    def likelihood_layout(self) -> RowLayout:
+        f = self.fmt
+        return RowLayout(int(self.cfg.gen_length), int(f.pad_id), f.start_id, f.sep_id, f.end_id)
+
+    @functools.lru_cache(maxsize=1)
+    def log_prob_program(self):
+        """Rows as training packs them (the continuation in segment 1); with ``length_mode="fixed"`` the slots
+        after the closing [SEP] are attended and hold [PAD], as ``padding_as_target`` trains them."""
+        fixed = self.cfg.length_mode == "fixed"
+
+        def run(params, batch, index):
+            del index
+            tokens, valid = batch["tokens"], batch["valid"].astype(bool)
+            after = jnp.arange(tokens.shape[1])[None] >= batch["prompt_length"][:, None]
+            att = valid | after if fixed else valid
+            x = jnp.where(batch["masked"], self.mask_id, tokens)
+            logits = exclude_token_logit(self._apply(params, x, att, (after & att).astype(jnp.int32))["logits"],
+                                         self.mask_id)
+            return {"log_probs": token_log_probs(logits, tokens), "argmax": jnp.argmax(logits, -1).astype(jnp.int32)}
+
+        return jax.jit(run)
 
     # ------------------------------------------------------------------ evaluation (TextGenTask hooks)
     def eval_set(self) -> EvalSet:

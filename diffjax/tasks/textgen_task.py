@@ -110,6 +110,21 @@ class TextGenTask(Task):
         """Which field keeps more of a cut prompt (printed with the cut)."""
         return ""
 
+    # ------------------------------------------------------------------ likelihood hooks (evaluation/harness.py)
+
+    likelihood_kind: str = ""  # "elbo" (masked diffusion: the MC ELBO) | "exact" (AR); "" = no likelihood
+
+    def likelihood_layout(self):
+        """The ``evaluation.likelihood.RowLayout`` (special ids, static row length) of scored rows."""
+        raise NotImplementedError(f"{self.name} runs do not serve log-likelihoods")
+
+    def log_prob_program(self) -> Callable:
+        """The jitted ``(params, batch, index [B]) -> {"log_probs" [B, L], "argmax" [B, L]}`` of rows ``batch``
+        (``tokens``, ``valid``, ``prompt_length`` and, for ``likelihood_kind="elbo"``, ``masked`` [B, L]):
+        elbo: log p(tokens[l] | tokens with ``masked`` slots set to [MASK]); exact: log p(tokens[l] | tokens[<l])
+        (0 at slot 0). ``argmax``: the most likely token at each slot (never [MASK])."""
+        raise NotImplementedError(f"{self.name} runs do not serve log-likelihoods")
+
     eval_rng_fold: int | None = None  # evaluate decodes with fold_in(rng, this) (None: rng itself)
     eval_decodes: bool = True
     eval_samples_shown: int = 12

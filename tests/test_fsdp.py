@@ -291,17 +291,22 @@ def _save_tiny_hf(kind: str, d: str) -> str:
     return d
 
 
-@pytest.mark.parametrize("kind", ["bert", "llama"])
-def test_init_from_hf_reads_each_shard_only(tmp_path, monkeypatch, kind):
+@pytest.mark.parametrize("kind,scanned", [("bert", False), ("llama", False), ("bert", True), ("llama", True)],
+                         ids=["bert", "llama", "bert-scanned", "llama-scanned"])
+def test_init_from_hf_reads_each_shard_only(tmp_path, monkeypatch, kind, scanned):
     """An HF safetensors dir (transformers' save_pretrained) loads into "fsdp+tp" shards equal to the whole
-    load (``load_hf_checkpoint``), and every slice read is the size of one shard, never a whole split param."""
+    load (``load_hf_checkpoint``), and every slice read is the size of one shard, never a whole split param.
+    A scanned run (``config.scan_layers``: ``.../layers/x`` of shape ``[L, ...]``) gets the stacked whole
+    load, each layer's slice read from its unrolled tensor."""
     from diffjax.checkpoints import hf_slices
     from diffjax.checkpoints.hf import load_hf_checkpoint
+    from diffjax.models.scan import stack_layers, unrolled_paths
     from diffjax.tasks.base import Task
     from diffjax.train import init_from as init_from_lib
 
     d = _save_tiny_hf(kind, str(tmp_path / kind))
-    model, whole = load_hf_checkpoint(d)
+    model, unrolled = load_hf_checkpoint(d)
+    whole = stack_layers(unrolled, {"bert": "encoder/layer_", "llama": "layers_"}[kind]) if scanned else unrolled
     mesh = sh.make_mesh((2, 2))
     rules = {"bert": "diffjax.models.bert", "llama": "diffjax.models.llama"}[kind]
     shardings = sh.param_shardings(whole, __import__(rules, fromlist=["x"]).SHARDING_RULES, mesh, "fsdp+tp",
@@ -339,7 +344,13 @@ def test_init_from_hf_reads_each_shard_only(tmp_path, monkeypatch, kind):
         np.testing.assert_array_equal(np.asarray(got[k]), np.asarray(v), err_msg=k)
     shard_shape = {k: v.addressable_shards[0].data.shape for k, v in got.items()}
     assert sum(shard_shape[k] != v.shape for k, v in got.items()) >= 3  # embeddings, attention, MLP kernels
-    assert {p for p, _ in asked} == set(want)
-    for p, part in asked:  # every read is one shard of its param
-        assert part == shard_shape[p], (p, part)
-    assert any(part != want[p].shape for p, part in asked)
+    assert not scanned or any("/layers/" in f"/{k}" for k in want)
+    served = {k: k for k in want}  # the path a read was for -> the run's param (a scanned one: its layers' paths)
+    for k, v in want.items():
+        for paths in unrolled_paths(k, v.shape[0] if v.ndim else 0).values():
+            served.update(dict.fromkeys(paths, k))
+    assert {served[p] for p, _ in asked} == set(want)
+    for p, part in asked:  # every read is one shard of its param (of a scanned one: one layer of a shard)
+        k = served[p]
+        assert part == (shard_shape[k] if p == k else shard_shape[k][1:]), (p, part)
+    assert any(part != want[served[p]].shape[p != served[p]:] for p, part in asked)

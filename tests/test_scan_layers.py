@@ -78,9 +78,13 @@ def test_stack_unstack_round_trip_and_errors():
 
 @pytest.fixture(scope="module")
 def masked_lm_setup():
+    return _unrolled_setup(_config("rdm_minilm_demo.py", "tiny"))
+
+
+def _unrolled_setup(c):
+    """(config, the unrolled task, its init params, a batch of 4, its (loss, grads)): the reference."""
     from diffjax.tasks.base import build_task
 
-    c = _config("rdm_minilm_demo.py", "tiny")
     unrolled = build_task(c.task, init_from=c.init_from)
     params = unrolled.init_params(jax.random.key(0))
     batch = next(unrolled.train_batches(0, global_batch_size=4))
@@ -123,15 +127,10 @@ def test_bert_scanned_hidden_states_equal_unrolled():
 
 @pytest.fixture(scope="module")
 def ar2diff_setup(tmp_path_factory):
-    from diffjax.tasks.base import build_task
-
     c = _config("ar2diff_smollm2_demo.py", "tiny")
     with c.unlocked():
         set_fields(c, {"task.cache_dir": str(tmp_path_factory.mktemp("ar2diff_cache")), "task.eval_examples": 8})
-    unrolled = build_task(c.task)
-    params = unrolled.init_params(jax.random.key(0))
-    batch = next(unrolled.train_batches(0, global_batch_size=4))
-    return c, unrolled, params, batch, loss_and_grads(unrolled, params, batch)
+    return _unrolled_setup(c)
 
 
 @pytest.mark.parametrize("remat", REMATS)

@@ -8,6 +8,10 @@ read touches only the bytes of its slice. The HF key and the transposition of ea
 family's own ``params_to_hf`` run on path markers (no second key table), after the family's
 ``canonicalize_keys`` and the same strict key / shape check as ``hf.load_hf_checkpoint``.
 
+``stacked_readers(readers, shapes)`` serves a run with a scanned stack (``config.scan_layers``): the reader
+of ``.../layers/x`` of shape ``[L, ...]`` reads, for the layers its slice asks for, the slice of each
+unrolled ``.../layer_<i>/x`` (the layout ``models.scan.stack_layers`` makes of a whole tree).
+
 Returns None where per-slice reads do not apply (no safetensors weights, or a family whose
 ``params_to_hf`` does more than pick and transpose tensors): the caller then reads the whole model.
 """
@@ -24,7 +28,7 @@ import numpy as np
 from diffjax.checkpoints import hf
 from diffjax.runtime import path_str
 
-__all__ = ["LeafReader", "leaf_readers", "read_slice"]
+__all__ = ["LeafReader", "leaf_readers", "read_slice", "stacked_readers"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -100,4 +104,30 @@ def leaf_readers(path: str, **overrides) -> dict[str, LeafReader] | None:
 
         shape = tuple(tensor.shape[::-1] if m.transposed else tensor.shape)
         out[m.path] = LeafReader(key, shape, read)
+    return out
+
+
+def stacked_readers(readers: dict[str, LeafReader], shapes: dict[str, tuple]) -> dict[str, LeafReader]:
+    """``readers`` (unrolled paths) with, for every scanned param of ``shapes`` (``{path: shape}`` of the
+    run's params; ``.../layers/...`` of shape ``[L, ...]``), a reader stacking layers 0 .. L-1 of the
+    family's unrolled paths; those unrolled readers are then dropped. Unscanned paths are left as they are."""
+    from diffjax.models.scan import unrolled_paths
+
+    out = dict(readers)
+    for path, shape in shapes.items():
+        if path in readers or not shape:
+            continue
+        for paths in unrolled_paths(path, shape[0]).values():
+            layers = [readers.get(p) for p in paths]
+            if paths and all(r is not None for r in layers):
+                for p in paths:
+                    out.pop(p)
+
+                def read(index, layers=tuple(layers)):
+                    index = tuple(index) or (slice(None),)
+                    return np.stack([layers[i].read(index[1:]) for i in range(len(layers))[index[0]]])
+
+                out[path] = LeafReader(f"{layers[0].hf_key} .. (x{len(layers)})", (len(layers),) + layers[0].shape,
+                                       read)
+                break
     return out

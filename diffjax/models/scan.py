@@ -28,6 +28,19 @@ from diffjax.models.options import REMAT_POLICIES
 
 SCANNED = "layers"  # the name of a scanned stack's module (sharding rules match it)
 _UNROLLED = re.compile(r"^(layer_|layers_|block_)(\d+)$")  # the unrolled names of the three families
+UNROLLED_STEMS = ("layer_", "layers_", "block_")
+
+
+def unrolled_paths(path: str, num_layers: int) -> dict[str, list[str]]:
+    """The '/'-joined path of a scanned param (``.../layers/...``) -> ``{stem: [its unrolled paths, layer
+    0 .. num_layers-1]}`` for each family's stem (``encoder/layers/x`` -> ``encoder/layer_0/x``, ...);
+    ``{}`` for a path outside a scanned stack."""
+    parts = path.split("/")
+    if SCANNED not in parts:
+        return {}
+    j = parts.index(SCANNED)
+    return {stem: ["/".join(parts[:j] + [f"{stem}{i}"] + parts[j + 1:]) for i in range(int(num_layers))]
+            for stem in UNROLLED_STEMS}
 
 
 def remat_name(value) -> str:

@@ -35,7 +35,7 @@ import orbax.checkpoint as ocp
 from diffjax.checkpoints import hf_slices, orbax as ckpt_lib
 from diffjax.checkpoints.pretrained import is_gguf, resolve_model_path, split_step
 from diffjax.checkpoints.trees import flatten_tree
-from diffjax.models.scan import SCANNED, relayout_like
+from diffjax.models.scan import relayout_like
 from diffjax.runtime import path_str
 
 PyTree = Any
@@ -202,6 +202,8 @@ def sharded_hf_params(path: str, fresh: PyTree, shardings: PyTree, *, source_nam
     readers = hf_slices.leaf_readers(path)
     if readers is None:
         return None
+    readers = hf_slices.stacked_readers(readers, {path_str(p): tuple(x.shape) for p, x in
+                                                  jax.tree_util.tree_flatten_with_path(fresh)[0]})
     report = _check_and_report({p: r.shape for p, r in readers.items()}, fresh, source_name)
 
     def take(p, x, sharding):
@@ -217,16 +219,15 @@ def sharded_hf_params(path: str, fresh: PyTree, shardings: PyTree, *, source_nam
 def init_params_from(spec: str, task, fresh: PyTree, shardings: PyTree):
     """``config.init_from`` applied to the run's fresh params: ``(params placed on shardings, InitReport)``
     (None when ``spec`` is empty). An HF safetensors dir read by a task with the default
-    ``Task.pretrained_params`` (the model's own params tree) is read per shard (``sharded_hf_params``);
-    any other source, and any run with a scanned stack (``config.scan_layers``: the source is relaid out by
-    ``merge_params``), is read whole on the host and merged (``merge_params``)."""
+    ``Task.pretrained_params`` (the model's own params tree) is read per shard (``sharded_hf_params``; a
+    scanned stack's slices are stacked from the unrolled tensors); any other source is read whole on the
+    host and merged (``merge_params``)."""
     from diffjax.tasks.base import Task
 
     source = parse_init_from(spec)
     if source is None:
         return None
-    scanned = any(f"/{SCANNED}/" in f"/{p}/" for p in flatten_tree(fresh))  # per-shard reads map unrolled paths
-    if source.kind == "hf" and type(task).pretrained_params is Task.pretrained_params and not scanned:
+    if source.kind == "hf" and type(task).pretrained_params is Task.pretrained_params:
         out = sharded_hf_params(source.path, fresh, shardings, source_name=f"hf {source.path}")
         if out is not None:
             return out

@@ -98,6 +98,20 @@ def test_core_never_imports_lm_eval():
     assert out.stdout.strip().splitlines()[-1] == "[]"
 
 
+def test_example_tasks_never_overwrite_another_file(tmp_path):
+    from diffjax.evaluation import example_tasks
+
+    yamls = example_tasks.write_example_tasks(str(tmp_path), num_examples=3)
+    assert sorted(os.path.basename(p) for p in yamls) == sorted(f"{t}.yaml" for t in example_tasks.TASKS)
+    rows = [json.loads(line) for line in open(tmp_path / "headlines.jsonl")]
+    assert len(rows) == 3 and all(r["choices"][r["label"]] == r["target"] for r in rows)
+    assert example_tasks.write_example_tasks(str(tmp_path), num_examples=3) == yamls  # the same text: fine
+    (tmp_path / "headlines.jsonl").write_text("my own data\n")
+    with pytest.raises(FileExistsError, match="headlines.jsonl exists"):
+        example_tasks.write_example_tasks(str(tmp_path), num_examples=3)
+    assert (tmp_path / "headlines.jsonl").read_text() == "my own data\n"
+
+
 # ----------------------------------------------------------------------------- tiny trained runs
 
 

@@ -70,17 +70,21 @@ def headline_records(num_examples: int = 50, num_decoys: int = 3, seed: int = 0,
 
 def write_example_tasks(out_dir: str, **kwargs) -> list[str]:
     """Writes ``headlines.jsonl`` and one ``TASK.yaml`` per task of ``TASKS`` into ``out_dir`` (its absolute path
-    in the YAMLs); ``kwargs``: ``headline_records``'. Returns the YAML paths."""
+    in the YAMLs); ``kwargs``: ``headline_records``'. Returns the YAML paths. A file already there is left as it
+    is when it holds the same text, else ``FileExistsError`` (before anything is written)."""
     out_dir = os.path.abspath(out_dir)
-    os.makedirs(out_dir, exist_ok=True)
     data = os.path.join(out_dir, "headlines.jsonl")
-    with open(data, "w") as f:
-        for r in headline_records(**kwargs):
-            f.write(json.dumps(r) + "\n")
-    paths = []
+    files = {data: "".join(json.dumps(r) + "\n" for r in headline_records(**kwargs))}
     for name in TASKS:
-        path = os.path.join(out_dir, f"{name}.yaml")
+        files[os.path.join(out_dir, f"{name}.yaml")] = f"task: {name}\n" + _YAML[name].format(data=json.dumps(data))
+    for path, text in files.items():  # never overwrite a file that holds something else
+        if os.path.exists(path):
+            with open(path) as f:
+                if f.read() != text:
+                    raise FileExistsError(f"{path} exists and differs from the example task file; choose another "
+                                          f"--out (or remove it).")
+    os.makedirs(out_dir, exist_ok=True)
+    for path, text in files.items():
         with open(path, "w") as f:
-            f.write(f"task: {name}\n" + _YAML[name].format(data=json.dumps(data)))
-        paths.append(path)
-    return paths
+            f.write(text)
+    return [p for p in files if p.endswith(".yaml")]

@@ -77,8 +77,9 @@ def test_window_over_a_fresh_cache_equals_the_full_forward():
         full, win, stale = jax.jit(lambda x: (fn(x, None), fn.window(x, start, 4, fn.kv(x)),
                                               fn.window(x, start, 4, fn.kv(jnp.full_like(x, MASK)))))(x)
         ref = np.stack([np.asarray(full)[b, s:s + 4] for b, s in enumerate(np.clip(np.asarray(start), 0, L - 4))])
-        np.testing.assert_allclose(win, ref, atol=1e-6)
-        assert np.abs(np.asarray(stale) - ref).max() > 1e-4  # the cache is read: an older row changes the window
+        atol = 1e-5 * max(1.0, float(np.abs(ref).max()))  # float32 rounding at the logits' scale (10x weights)
+        np.testing.assert_allclose(win, ref, rtol=1e-5, atol=atol)
+        assert np.abs(np.asarray(stale) - ref).max() > 1e3 * atol  # the cache is read: an older row changes the window
 
 
 def _decode(fn, x, **kw):

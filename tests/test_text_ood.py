@@ -411,3 +411,51 @@ def test_sweep_grids_are_memoised_on_the_params(x0_task):
     assert b is not a and not np.allclose(a["ld"], b["ld"])
     fresh = task.score_set(params, "heldout", s, [5, 50], **{**kw, "stage": "evaluate"})  # not memoised
     np.testing.assert_allclose(fresh["ld"], a["ld"], rtol=1e-5)
+
+
+def test_classifier_baseline_trains_only_its_steps():
+    """``classifier_steps = 2``: batches 0-1 carry cls_on, batch 2 does not; with it off the classifier gets
+    no gradient and adds nothing to the loss, while the denoiser's loss and gradients are the same as with it on
+    (its CE is a separate term); with it on, its CE is in the loss and its gradient is non-zero."""
+    _, task = _minilm_task(classifier_steps=2)
+    params = task.init_params(jax.random.PRNGKey(0))
+    batches = list(zip(range(3), task.train_batches(0, global_batch_size=8)))
+    assert [bool(b["cls_on"].all()) for _, b in batches] == [True, True, False]
+    assert [bool(b["cls_on"].any()) for _, b in zip(range(2), task.train_batches(1, global_batch_size=8))] == [True, False]
+    grad = jax.jit(jax.grad(lambda p, b: task.loss_fn(p, b, jax.random.PRNGKey(1)), has_aux=True))
+    b_on = batches[0][1]
+    b_off = {**b_on, "cls_on": np.zeros_like(b_on["cls_on"])}
+    g_on, m_on = grad(params, b_on)
+    g_off, m_off = grad(params, b_off)
+    cls_norm = lambda g: float(sum(jnp.abs(x).sum() for x in jax.tree_util.tree_leaves(g["classifier"])))
+    assert cls_norm(g_on) > 0 and cls_norm(g_off) == 0.0
+    assert float(m_on["cls_ce"]) > 0 and float(m_off["cls_ce"]) == 0.0
+    np.testing.assert_allclose(float(m_off["loss"]), float(m_on["loss"] - m_on["cls_ce"]), rtol=1e-6)
+    for a, b in zip(jax.tree_util.tree_leaves(g_on["denoiser"]), jax.tree_util.tree_leaves(g_off["denoiser"])):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-7)
+
+
+def test_length_groups():
+    mask = np.zeros((5, 32), bool)
+    for i, n in enumerate([1, 8, 9, 32, 17]):
+        mask[i, :n] = True
+    groups = tdata.length_groups(mask)
+    assert [(w, r.tolist()) for w, r in groups] == [(8, [0, 1]), (16, [2]), (24, [4]), (32, [3])]
+    assert [w for w, _ in tdata.length_groups(mask[:, :10])] == [3, 8, 10]  # of widths 3, 5, 8, 10
+    assert tdata.length_groups(np.zeros((0, 16), bool)) == []
+
+
+def test_score_set_by_length_equals_full_width(x0_task):
+    """score_set scores each length group at its own width (``length_groups``); the scores equal one call at
+    the set's full width (what the task did before), and the set really has several groups."""
+    task = x0_task
+    params = task.init_params(jax.random.PRNGKey(0))
+    s = task.sets()["ood/hamlet"]
+    assert len(tdata.length_groups(s.mask)) >= 2
+    ts, keys = [10, 500], sweep_lib.seed_keys(0, 2)
+    got = task.score_set(params, "ood/hamlet", s, ts, num_seeds=2, seed=0, stage="evaluate", context=None)
+    fn = sweep_lib.make_score_sweep(tm.make_score_fn(task.model, task.schedule, x0_std=float(task.c.x0_std),
+                                                     prediction=task.c.prediction, row_batch=8), t_batch_size=1)
+    full = sweep_lib.sweep_chunked(fn, params["denoiser"], s.inputs(), ts, keys, chunk=16, ids=s.ids)
+    for k in tm.SCORE_NAMES:
+        np.testing.assert_allclose(got[k], full[k], rtol=2e-5, atol=1e-6, err_msg=k)

@@ -48,6 +48,18 @@ class PackedSet:
         return {"tokens": self.tokens[:n], "mask": self.mask[:n]}
 
 
+def length_groups(mask: np.ndarray, parts: int = 4) -> list[tuple[int, np.ndarray]]:
+    """Rows of ``mask`` [N, L] grouped by the width they need: ``[(width, row indices)]``, width the smallest
+    of ``L * k / parts`` (k = 1..parts, rounded up) that holds the row's last real token. Scores are
+    padding-independent (per-position noise, masked attention), so a group scored at its width equals the
+    full-width score; short sentences then cost a fraction of L (at most ``parts`` compiled shapes)."""
+    n, length = mask.shape
+    widths = sorted({-(-length * k // parts) for k in range(1, parts + 1)})
+    last = np.where(mask.any(1), length - np.argmax(mask[:, ::-1], axis=1), 1)  # 1 + the last real position
+    need = np.asarray([next(w for w in widths if w >= x) for x in last], np.int64) if n else np.zeros(0, np.int64)
+    return [(w, np.flatnonzero(need == w)) for w in widths if np.any(need == w)]
+
+
 def parse_spec(spec: str, *, default_split: str | None = None) -> tuple[str, dict]:
     """``"SOURCE#k=v,k=v"`` -> (source, {split, field}); unknown option keys raise."""
     source, _, opts = spec.partition("#")

@@ -5,7 +5,10 @@ ID text as a Gaussian denoiser of its own token embeddings scaled to ``x0_std`` 
 (``models.text_denoiser.TextDenoiser``; linear betas, T = 1000, x0-prediction, loss
 ``ld_weight * L_d + lc_weight * L_c``: ``ood.text_scores.diffusion_loss``). A sentence's score at t
 is L_d, L_c or L_d + L_c of one x0 prediction, averaged over ``num_seeds`` fixed noise draws keyed
-by a hash of its tokens (the same sentence gets the same score anywhere).
+by a hash of its tokens (the same sentence gets the same score anywhere), so a set is scored in length groups,
+each at the shortest width that holds its rows (``data.text_ood_sets.length_groups``). The MSP / energy
+baselines' classifier trains in the same step for its first ``classifier_steps`` steps (``lax.cond``: then no
+forward, no gradient).
 
 Timesteps follow the signal: the grid (``sweep_ts``, or ``sweep_num_ts`` steps evenly spaced in log
 SNR up to the t where nearest-embedding rounding of x_t on held-out ID falls below
@@ -115,9 +118,14 @@ class TextOODTask(OODTask):
                                         lc_weight=float(c.lc_weight), x0_std=float(c.x0_std),
                                         lc_learnt_scale=bool(c.lc_learnt_scale), prediction=c.prediction,
                                         dropout=float(c.dropout) > 0)
-        if self.cls_model is not None:
-            ce, acc = tb.classifier_loss(self.cls_model, params["classifier"], batch, c_rng,
-                                         dropout=float(c.dropout) > 0)
+        if self.cls_model is not None:  # the classifier baselines' CE, while batch["cls_on"] (classifier_steps)
+            def train_classifier(p):
+                return tb.classifier_loss(self.cls_model, p, batch, c_rng, dropout=float(c.dropout) > 0)
+
+            def frozen(p):  # no forward, no gradient: a cond runs one branch (forward and backward)
+                return jnp.zeros((), jnp.float32), jnp.zeros((), jnp.float32)
+
+            ce, acc = jax.lax.cond(jnp.any(batch["cls_on"]), train_classifier, frozen, params["classifier"])
             loss = loss + ce
             m = {**m, "loss": loss, "cls_ce": ce, "cls_acc": acc}
         return loss, m
@@ -127,15 +135,19 @@ class TextOODTask(OODTask):
 
         train = self.sets()["train"]
         batcher = TextBatcher(train.packer, seed=int(self.c.data.seed))
-        for b in batcher.batches(start_step, global_batch_size=global_batch_size, process_index=process_index,
-                                 process_count=process_count):
-            yield self._train_fields(b, train)
+        batches = batcher.batches(start_step, global_batch_size=global_batch_size, process_index=process_index,
+                                  process_count=process_count)
+        for step, b in enumerate(batches, start=int(start_step)):
+            yield self._train_fields(b, train, step)
 
-    def _train_fields(self, b: dict, train) -> dict:
-        """A ``TextBatcher`` batch of the ID train set -> the fields ``loss_fn`` reads."""
+    def _train_fields(self, b: dict, train, step: int) -> dict:
+        """A ``TextBatcher`` batch of the ID train set at ``step`` -> the fields ``loss_fn`` reads; ``cls_on`` [B]:
+        whether the classifier baselines train at this step (``classifier_steps``; 0 = always)."""
         out = {"tokens": b["tokens"], "mask": b["valid"]}
         if self.cls_model is not None:
             out["labels"] = train.labels[b["example_index"]]
+            n = int(self.c.classifier_steps)
+            out["cls_on"] = np.full(b["tokens"].shape[:1], n == 0 or step < n)
         return out
 
     def abstract_batch(self, global_batch_size):
@@ -146,6 +158,7 @@ class TextOODTask(OODTask):
         out = {"tokens": b["tokens"], "mask": b["valid"]}  # ``_train_fields`` of a batch, without the data
         if self.cls_model is not None:
             out["labels"] = np.zeros(b["tokens"].shape[:1], np.int32)
+            out["cls_on"] = np.ones(b["tokens"].shape[:1], bool)
         return batch_shapes(out)
 
     # -- scoring (the OODTask hooks) ----------------------------------------------------------
@@ -167,9 +180,14 @@ class TextOODTask(OODTask):
                 return self._sweep_memo[memo_key]
             self._sweep_memo = {k: v for k, v in self._sweep_memo.items() if k[0] == memo_key[0]}
         keys = sweep_lib.seed_keys(int(seed), int(num_seeds))
-        grid = sweep_lib.sweep_chunked(self._fns[("sweep", diagnostics)], params["denoiser"], s.inputs(max_examples),
-                                       ts, keys, chunk=int(self.c.score_chunk), context=context,
-                                       ids=s.ids[:max_examples])
+        inputs, ids, grid = s.inputs(max_examples), s.ids[:max_examples], {}
+        groups = tdata.length_groups(inputs["mask"]) or [(inputs["mask"].shape[1], np.arange(len(ids)))]
+        for width, rows in groups:  # short rows at a shorter width (scores are padding-independent)
+            part = sweep_lib.sweep_chunked(self._fns[("sweep", diagnostics)], params["denoiser"],
+                                           {k: v[rows, :width] for k, v in inputs.items()}, ts, keys,
+                                           chunk=int(self.c.score_chunk), context=context, ids=ids[rows])
+            for k, v in part.items():
+                grid.setdefault(k, np.zeros(v.shape[:-1] + (len(ids),), v.dtype))[..., rows] = v
         if memo_key is not None:
             self._sweep_memo[memo_key] = grid
         return grid

@@ -74,6 +74,8 @@ class TextOODConfig(F.TaskConfig):
     deploy_score: str = F.field(F.choice(*SCORE_NAMES), "ld_lc", "the score `score` thresholds")
     score_text_field: str = F.field(F.text(), "", "`score` of .jsonl inputs: the text field")
     baselines: tuple = F.field(F.texts(BASELINE_NAMES), ("maha", "knn", "msp", "energy"), "feature baselines")
+    classifier_steps: int = F.field(F.integer(0, what="0 = every train step"), 0,
+                                    "train steps of the MSP / energy classifier (from step 0; then frozen)")
     knn_k: int = F.field(F.integer(1), 10, "k of the kNN baselines")
     feature_batch: int = F.field(F.integer(1), 64, "examples per feature call of the baselines")
     controls: bool = F.field(F.boolean(), True, "token_norm / unigram / untrained controls")

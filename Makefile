@@ -8,7 +8,7 @@ PYTEST_ARGS ?=
 # Test files run on this many processes (pytest-xdist, whole files per worker so module fixtures build once).
 PYTEST_WORKERS ?= 2
 
-.PHONY: demo test venv clean bench eval-example
+.PHONY: demo test venv clean bench bench-report eval-example
 
 venv: $(STAMP)
 
@@ -27,8 +27,31 @@ demo: $(STAMP)
 test: $(STAMP)
 	$(PY) -m pytest -q -ra --durations=40 -n $(PYTEST_WORKERS) --dist loadfile tests $(PYTEST_ARGS)
 
+# The benchmarks with the arguments BENCHMARKS.md / README quote (the same list as MAKE_BENCH in
+# benchmarks/report.py; a test checks they agree), each writing benchmarks/results/<name>.json, then
+# BENCHMARKS.md from that JSON (and from benchmarks/results/gpu/, or GPU_DIR, where a GPU run left its JSON:
+# `bash benchmarks/gpu.sh OUTDIR` on a GPU machine). text_models runs before matmul_floor, which reads its JSON.
+# Not run here: cache_demo.py (needs a trained workdir), ab_step.py / profile_step.py (tools, no JSON),
+# text_ood_probe.py (a diagnostic); BENCHMARKS.md renders their JSON where it exists.
+GPU_DIR ?=
+REPORT_ARGS = $(if $(GPU_DIR),--gpu_dir $(GPU_DIR),)
+
 bench: $(STAMP)
-	for b in benchmarks/[!_]*.py; do $(PY) $$b || exit 1; done
+	$(PY) benchmarks/train_step.py
+	$(PY) benchmarks/text_models.py --repeats 3
+	$(PY) benchmarks/matmul_floor.py --model llama --json benchmarks/results/matmul_floor_llama.json
+	$(PY) benchmarks/matmul_floor.py --model roberta --json benchmarks/results/matmul_floor_roberta.json
+	$(PY) benchmarks/dlsr_throughput.py --batch 16 --iters 3 --variants lite0,b4
+	$(PY) benchmarks/generation.py --models=minilm --lengths=256 --batch=2 --steps=48 --repeats=1 --decoders=topk,thr,thr:none,thr:prefix,thr:dual
+	$(PY) benchmarks/compile_scan.py --family bert --layers 24
+	$(PY) benchmarks/ar_vs_diffusion.py --lengths 16 32 64 --batches 1 4
+	$(PY) benchmarks/text_ood_scoring.py
+	$(PY) benchmarks/text_data.py
+	$(PY) benchmarks/report.py $(REPORT_ARGS)
+
+# BENCHMARKS.md again from the JSON already in benchmarks/results/ (no benchmark runs).
+bench-report: $(STAMP)
+	$(PY) benchmarks/report.py $(REPORT_ARGS)
 
 # The lm-evaluation-harness example tasks on a trained text run (WORKDIR), in a separate .venv-eval with the
 # `eval` extra's pins (requirements-eval.txt): `make eval-example WORKDIR=workdirs/rdm`.

@@ -26,6 +26,9 @@ import jax
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+import _machine  # noqa: E402
 
 from diffjax.inference import load_run  # noqa: E402
 
@@ -70,7 +73,8 @@ def main():
     p.add_argument("--num_steps_block", type=int, default=16, help="threshold steps at most per block")
     p.add_argument("--repeats", type=int, default=2)
     p.add_argument("--rounds", type=int, default=1)
-    p.add_argument("--out", default="")
+    p.add_argument("--out", "--json", dest="out", default=_machine.default_json_path("cache_demo"),
+                   help="write the results here (default benchmarks/results/cache_demo.json; '' for none)")
     args = p.parse_args()
     base = {"task.gen_length": args.gen_length, "task.length_beam": 1, "task.eval_max_examples": args.examples,
             "task.eval_batch_size": args.examples, "task.num_blocks": args.num_blocks, "task.threshold": args.threshold}
@@ -84,8 +88,7 @@ def main():
             rows.append(res)
             print(json.dumps(res), flush=True)
     if args.out:
-        with open(args.out, "w") as f:
-            json.dump(dict(command=" ".join(sys.argv), rows=rows), f, indent=1)
+        _machine.write_json(args.out, dict(benchmark="cache_demo", rows=rows), _machine.machine_info())
 
 
 if __name__ == "__main__":

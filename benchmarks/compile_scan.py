@@ -1,7 +1,7 @@
 """Compile time of one train step (loss, grads, Adam update), unrolled vs scanned layers (``config.scan_layers``),
 per remat policy and precision, for a deep tiny model of each transformer family.
 
-    python benchmarks/compile_scan.py --family bert --layers 12 --json /tmp/compile_scan.json
+    python benchmarks/compile_scan.py --family bert --layers 24    # JSON: benchmarks/results/compile_scan.json
 
 Reports, per variant, ``compile_s`` (``jit(...).lower(...).compile()``: trace + XLA compile) and ``step_ms``
 (the median of a few executed steps). A scanned stack compiles one layer, so its compile time does not grow
@@ -94,7 +94,8 @@ def main(argv=None):
     ap.add_argument("--steps", type=int, default=3)
     ap.add_argument("--remats", default="none,full,dots_saveable")
     ap.add_argument("--precisions", default="fp32")
-    ap.add_argument("--json", default="")
+    ap.add_argument("--json", default=_machine.default_json_path("compile_scan"),
+                    help="write the results here (default benchmarks/results/compile_scan.json; '' for none)")
     a = ap.parse_args(argv)
     info = _machine.machine_info()
     model, args, loss = build(a.family, a.layers, a.width)

@@ -31,6 +31,8 @@
 # and torch runs on the same device; else torch_skipped says why), "sweep". generation: "rows" with
 # jax/torch tokens_per_s, speedup (jax/torch), token_agreement. A file with "partial": true was cut short
 # (timeout): it holds the rows finished before. The stdout of this script is the log.
+# BENCHMARKS.md: `python benchmarks/report.py --gpu_dir OUTDIR` puts these figures (and failures.txt's lines)
+# in a GPU column beside this machine's benchmarks/results/ (OUTDIR = benchmarks/results/gpu is read by default).
 set -u
 OUTDIR=${1:-${OUT:-benchmarks/results/gpu}}
 mkdir -p "$OUTDIR" && OUTDIR=$(cd "$OUTDIR" && pwd)
@@ -111,3 +113,4 @@ echo "== done in $((SECONDS - START))s; JSON in $OUTDIR:"
 ls -l "$OUTDIR"
 echo "== failures.txt:"
 cat "$FAIL"
+echo "== BENCHMARKS.md with a GPU column: copy OUTDIR back, then: python benchmarks/report.py --gpu_dir OUTDIR"

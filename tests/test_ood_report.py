@@ -222,3 +222,22 @@ def test_inputs_must_share_the_example_axis(text):
     inputs["mask"] = inputs["mask"][:-1]
     with pytest.raises(ValueError, match="leading example axis"):
         sweep.sweep_chunked(sweep.make_score_sweep(score_fn), params, inputs, [1], sweep.seed_keys(0, 1))
+
+
+def test_plots_leave_pyplot_and_the_backend_alone(tmp_path):
+    """Writing roc.png / sweep.png must not switch matplotlib's backend or touch pyplot's figure registry:
+    in a notebook that would stop inline plots from showing (colabs/). A fresh process checks both."""
+    import subprocess
+    import sys
+
+    code = f"""
+import sys, matplotlib, numpy as np
+matplotlib.use("svg")
+from diffjax.ood import report
+report.plot_rocs({{"s": np.arange(8.0)}}, {{"o": {{"s": np.arange(8.0) + 3}}}}, {str(tmp_path / 'roc.png')!r})
+report.plot_sweep([1, 2], {{"s": [0.5, 0.7]}}, {str(tmp_path / 'sweep.png')!r})
+assert matplotlib.get_backend() == "svg", matplotlib.get_backend()
+assert "matplotlib.pyplot" not in sys.modules
+"""
+    subprocess.run([sys.executable, "-c", code], check=True)
+    assert (tmp_path / "roc.png").stat().st_size > 0 and (tmp_path / "sweep.png").stat().st_size > 0

@@ -443,6 +443,9 @@ def test_length_groups():
     assert [(w, r.tolist()) for w, r in groups] == [(8, [0, 1]), (16, [2]), (24, [4]), (32, [3])]
     assert [w for w, _ in tdata.length_groups(mask[:, :10])] == [3, 8, 10]  # of widths 3, 5, 8, 10
     assert tdata.length_groups(np.zeros((0, 16), bool)) == []
+    # groups below min_rows join the next wider one (one compiled batch shape per width); the widest stays
+    assert [(w, r.tolist()) for w, r in tdata.length_groups(mask, min_rows=2)] == [(8, [0, 1]), (24, [2, 4]), (32, [3])]
+    assert [(w, r.tolist()) for w, r in tdata.length_groups(mask, min_rows=3)] == [(16, [0, 1, 2]), (32, [3, 4])]
 
 
 def test_score_set_by_length_equals_full_width(x0_task):

@@ -48,16 +48,25 @@ class PackedSet:
         return {"tokens": self.tokens[:n], "mask": self.mask[:n]}
 
 
-def length_groups(mask: np.ndarray, parts: int = 4) -> list[tuple[int, np.ndarray]]:
+def length_groups(mask: np.ndarray, parts: int = 4, min_rows: int = 1) -> list[tuple[int, np.ndarray]]:
     """Rows of ``mask`` [N, L] grouped by the width they need: ``[(width, row indices)]``, width the smallest
-    of ``L * k / parts`` (k = 1..parts, rounded up) that holds the row's last real token. Scores are
-    padding-independent (per-position noise, masked attention), so a group scored at its width equals the
-    full-width score; short sentences then cost a fraction of L (at most ``parts`` compiled shapes)."""
+    of ``L * k / parts`` (k = 1..parts, rounded up) that holds the row's last real token. A group of fewer
+    than ``min_rows`` rows (the scoring chunk: a smaller batch is one more compiled shape) joins the next wider
+    group, except the widest. Scores are padding-independent (per-position noise, masked attention), so a
+    group scored at its width equals the full-width score; short sentences then cost a fraction of L."""
     n, length = mask.shape
     widths = sorted({-(-length * k // parts) for k in range(1, parts + 1)})
     last = np.where(mask.any(1), length - np.argmax(mask[:, ::-1], axis=1), 1)  # 1 + the last real position
     need = np.asarray([next(w for w in widths if w >= x) for x in last], np.int64) if n else np.zeros(0, np.int64)
-    return [(w, np.flatnonzero(need == w)) for w in widths if np.any(need == w)]
+    groups, carried = [], np.zeros(0, np.int64)
+    for w in widths:
+        rows = np.concatenate([carried, np.flatnonzero(need == w)])
+        if len(rows) >= max(1, int(min_rows)) or (w == widths[-1] and len(rows)):
+            groups.append((w, np.sort(rows)))
+            carried = np.zeros(0, np.int64)
+        else:
+            carried = rows
+    return groups
 
 
 def parse_spec(spec: str, *, default_split: str | None = None) -> tuple[str, dict]:

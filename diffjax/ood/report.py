@@ -138,24 +138,23 @@ def format_best_t(sweep: Mapping) -> str:
 
 
 # ----------------------------------------------------------------------------------------------
-# Plots (matplotlib, Agg backend, imported lazily)
+# Plots (matplotlib, imported lazily)
 
 
-def _pyplot():
-    import matplotlib
+def figure(nrows: int = 1, ncols: int = 1, *, figsize, **subplots_kw):
+    """``(matplotlib Figure, axes)`` made without pyplot: no global backend switch and no figure registry, so
+    writing a PNG leaves a notebook's inline plots alone; ``fig.savefig(path)`` renders it (nothing to close)."""
+    from matplotlib.figure import Figure
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
+    fig = Figure(figsize=figsize)
+    return fig, fig.subplots(nrows, ncols, **subplots_kw)
 
 
 def plot_rocs(id_scores: Mapping[str, np.ndarray], ood_scores: Mapping[str, Mapping[str, np.ndarray]],
               path: str, *, baselines: Sequence[str] = (), id_label: str = "ID test") -> None:
     """ROC curves (fraction of ID flagged vs fraction of OOD flagged) -> PNG at ``path``: one panel
     per OOD set, one curve per score of ``id_scores`` (dashed for ``baselines``), AUROC in the legend."""
-    plt = _pyplot()
-    fig, axes = plt.subplots(1, len(ood_scores), figsize=(4.2 * len(ood_scores), 4), squeeze=False)
+    fig, axes = figure(1, len(ood_scores), figsize=(4.2 * len(ood_scores), 4), squeeze=False)
     for ax, (o, per) in zip(axes[0], ood_scores.items()):
         for n, s_id in id_scores.items():
             fpr, tpr = metrics.roc_curve(s_id, per[n])
@@ -168,7 +167,6 @@ def plot_rocs(id_scores: Mapping[str, np.ndarray], ood_scores: Mapping[str, Mapp
         ax.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
-    plt.close(fig)
 
 
 def sweep_curves(sweep: Mapping, id_label: str = "ID test") -> dict:
@@ -180,9 +178,8 @@ def plot_sweep(ts: Sequence[int], curves: Mapping, path: str, title: str = "", l
     """AUROC vs t -> PNG at ``path``. ``curves``: {label: [n_t]} (one panel) or
     {panel: {label: [n_t]}} (one panel each, e.g. one per OOD set: ``sweep_curves``). ``log_t``: a log
     t axis (for grids spaced in log SNR, t >= 1)."""
-    plt = _pyplot()
     panels = curves if all(isinstance(v, Mapping) for v in curves.values()) else {"": curves}
-    fig, axes = plt.subplots(1, len(panels), figsize=(4.6 * len(panels) + 0.6, 4.2), squeeze=False)
+    fig, axes = figure(1, len(panels), figsize=(4.6 * len(panels) + 0.6, 4.2), squeeze=False)
     for ax, (name, panel) in zip(axes[0], panels.items()):
         for label, y in panel.items():
             ax.plot(list(ts), np.asarray(y), marker="o", ms=2.5, lw=1.2, label=label)
@@ -196,4 +193,3 @@ def plot_sweep(ts: Sequence[int], curves: Mapping, path: str, title: str = "", l
     fig.suptitle(title or "OOD score AUROC vs noise timestep", fontsize=10)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
-    plt.close(fig)

@@ -179,12 +179,9 @@ class Gaussian2DTask(Task):
 
     @staticmethod
     def _plot(samples, data, path):
-        import matplotlib
+        from diffjax.ood.report import figure
 
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-
-        fig, ax = plt.subplots(1, 2, figsize=(8, 4), sharex=True, sharey=True)
+        fig, ax = figure(1, 2, figsize=(8, 4), sharex=True, sharey=True)
         ax[0].scatter(data[:, 0], data[:, 1], s=2)
         ax[0].set_title("data")
         ax[1].scatter(samples[:, 0], samples[:, 1], s=2, color="C1")
@@ -193,7 +190,6 @@ class Gaussian2DTask(Task):
             a.set_aspect("equal")
         fig.tight_layout()
         fig.savefig(path, dpi=100)
-        plt.close(fig)
 
 
 @register_task("gaussian2d", config=Gaussian2DConfig)

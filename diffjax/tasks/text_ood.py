@@ -181,7 +181,8 @@ class TextOODTask(OODTask):
             self._sweep_memo = {k: v for k, v in self._sweep_memo.items() if k[0] == memo_key[0]}
         keys = sweep_lib.seed_keys(int(seed), int(num_seeds))
         inputs, ids, grid = s.inputs(max_examples), s.ids[:max_examples], {}
-        groups = tdata.length_groups(inputs["mask"]) or [(inputs["mask"].shape[1], np.arange(len(ids)))]
+        groups = (tdata.length_groups(inputs["mask"], min_rows=int(self.c.score_chunk))
+                  or [(inputs["mask"].shape[1], np.arange(len(ids)))])
         for width, rows in groups:  # short rows at a shorter width (scores are padding-independent)
             part = sweep_lib.sweep_chunked(self._fns[("sweep", diagnostics)], params["denoiser"],
                                            {k: v[rows, :width] for k, v in inputs.items()}, ts, keys,
@@ -261,7 +262,8 @@ class TextOODTask(OODTask):
                              for o in self.ood_names} if c.controls else {}}
 
     def heldout_label(self) -> str:
-        return f"{self.c.data.id} {self.c.data.id_heldout_split}"
+        d = self.c.data  # no held-out split: n_heldout examples carved from the shuffled train split
+        return f"{d.id} {d.id_heldout_split or f'(held out of {d.id_train_split})'}"
 
     def table_header(self, results) -> list[str]:
         c, by_t = self.c, results["by_t"]

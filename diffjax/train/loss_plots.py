@@ -15,12 +15,9 @@ def curves(rows: list[dict], key: str) -> tuple[list[int], list[float]]:
 
 def plot_runs(runs: dict[str, str], out_path: str) -> str:
     """``runs``: {label: workdir} -> ``out_path`` (PNG) with train loss and held-out loss vs step."""
-    import matplotlib
+    from diffjax.ood.report import figure
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, (a, b) = plt.subplots(1, 2, figsize=(11, 4))
+    fig, (a, b) = figure(1, 2, figsize=(11, 4))
     for label, wd in runs.items():
         rows = read_metrics(wd)
         s, v = curves(rows, "loss")
@@ -36,5 +33,4 @@ def plot_runs(runs: dict[str, str], out_path: str) -> str:
             ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(out_path, dpi=100)
-    plt.close(fig)
     return out_path

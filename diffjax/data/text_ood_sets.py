@@ -57,7 +57,7 @@ def length_groups(mask: np.ndarray, parts: int = 4, min_rows: int = 1) -> list[t
     n, length = mask.shape
     widths = sorted({-(-length * k // parts) for k in range(1, parts + 1)})
     last = np.where(mask.any(1), length - np.argmax(mask[:, ::-1], axis=1), 1)  # 1 + the last real position
-    need = np.asarray([next(w for w in widths if w >= x) for x in last], np.int64) if n else np.zeros(0, np.int64)
+    need = np.asarray(widths, np.int64)[np.searchsorted(widths, last)]  # the smallest width >= last
     groups, carried = [], np.zeros(0, np.int64)
     for w in widths:
         rows = np.concatenate([carried, np.flatnonzero(need == w)])

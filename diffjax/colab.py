@@ -6,10 +6,14 @@ command line run in-process.
     TINY = colab.tiny()                    # DIFFJAX_TINY=1 (the tests): the ``:tiny`` configs, seconds
     workdir = colab.workdir("text_ood")    # $DIFFJAX_COLAB_WORKDIR/text_ood, /content/workdirs/... in Colab
     colab.cli("demo", "--config=configs/text_ood_demo.py" + (":tiny" if TINY else ""), f"--workdir={workdir}")
+    colab.show(fig)                        # a matplotlib figure as a PNG in the notebook, then closed
+    results = colab.read_json(workdir, "results.json")
 """
 
 from __future__ import annotations
 
+import io
+import json
 import os
 import sys
 
@@ -49,3 +53,22 @@ def cli(*args: str) -> None:
     code = main(["diffjax", *args])
     if code:
         raise RuntimeError(f"python -m diffjax {' '.join(args)} exited with {code}")
+
+
+def show(fig) -> None:
+    """Displays a matplotlib figure in the notebook as a PNG (the same picture under any matplotlib backend,
+    and after a run that drew with ``ood.report.figure``), then closes it if pyplot holds it."""
+    from IPython.display import Image, display
+
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=100, bbox_inches="tight")
+    pyplot = sys.modules.get("matplotlib.pyplot")  # close only where pyplot is already in use: never import it
+    if pyplot is not None:
+        pyplot.close(fig)
+    display(Image(data=buf.getvalue()))
+
+
+def read_json(*parts: str):
+    """The JSON file at ``os.path.join(*parts)`` (a run's ``results.json``, ``threshold.json``, ...)."""
+    with open(os.path.join(*parts)) as f:
+        return json.load(f)

@@ -134,3 +134,23 @@ def test_readme_python_tour_runs():
     code = re.search(r"```python\n(.*?)```", readme[start:], re.S).group(1)
     assert "reconstruction_error" in code and "load_hf_checkpoint" in code
     exec(compile(code, "README.md", "exec"), {"__name__": "readme_tour"})
+
+
+def test_colab_show_displays_a_png_and_read_json_reads(tmp_path, monkeypatch):
+    """``colab.show``: one PNG handed to IPython's display, without importing pyplot; ``read_json`` joins parts."""
+    import IPython.display
+
+    from diffjax import colab
+    from diffjax.ood.report import figure
+
+    shown = []
+    monkeypatch.setattr(IPython.display, "display", lambda obj: shown.append(obj))
+    fig, ax = figure(figsize=(2, 2))
+    ax.plot([0, 1], [1, 0])
+    had_pyplot = "matplotlib.pyplot" in sys.modules
+    colab.show(fig)
+    assert len(shown) == 1 and shown[0].data[:8] == b"\x89PNG\r\n\x1a\n"
+    assert ("matplotlib.pyplot" in sys.modules) == had_pyplot
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "results.json").write_text('{"auroc": 0.5}')
+    assert colab.read_json(str(tmp_path), "run", "results.json") == {"auroc": 0.5}

@@ -354,3 +354,84 @@ def test_init_from_hf_reads_each_shard_only(tmp_path, monkeypatch, kind, scanned
         k = served[p]
         assert part == (shard_shape[k] if p == k else shard_shape[k][1:]), (p, part)
     assert any(part != want[served[p]].shape[p != served[p]:] for p, part in asked)
+
+
+@pytest.mark.parametrize("source", ["checkpoint", "snapshot"])
+def test_init_from_workdir_restores_each_shard_where_it_lives(tmp_path, monkeypatch, source):
+    """``init_from=WORKDIR`` (a checkpoint) or ``WORKDIR:STEP`` (a snapshot) restores into the run's "fsdp+tp"
+    shards through orbax: only the params the run loads are read (no optimizer state, no unused param), each
+    straight onto its sharding; never the whole-tree host read. Values equal the saved ones, a param the
+    source lacks keeps its fresh init, the dtype is the run's."""
+    import orbax.checkpoint as ocp
+
+    from diffjax.checkpoints import orbax as ckpt_lib
+    from diffjax.tasks.base import Task
+    from diffjax.train import init_from as init_from_lib
+    from diffjax.train.state import TrainState
+
+    rng = np.random.default_rng(0)
+    saved = {"encoder": {"embed": rng.normal(size=(64, 32)).astype(np.float32),
+                         "dense": {"kernel": rng.normal(size=(32, 64)).astype(np.float32),
+                                   "bias": rng.normal(size=(64,)).astype(np.float32)}},
+             "old_head": {"kernel": rng.normal(size=(32, 3)).astype(np.float32)}}
+    workdir = str(tmp_path / "src")
+    if source == "checkpoint":
+        state = TrainState(step=np.int32(7), params=saved, opt_state={"mu": saved}, rng=jax.random.PRNGKey(0),
+                           ema_params=None)
+        ckpt = Checkpointer(os.path.join(workdir, "checkpoints"), async_save=False)
+        ckpt.save(7, state)
+        ckpt.close()
+        spec = workdir
+    else:
+        ckpt_lib.save_snapshot(workdir, 0, saved)
+        spec = workdir + ":0"
+    mesh = sh.make_mesh((2, 2))
+    run = {"encoder": {"embed": np.zeros((64, 32), np.float32),
+                       "dense": {"kernel": np.zeros((32, 64), np.float32), "bias": np.zeros((64,), np.float32)}},
+           "new_head": {"kernel": np.full((32, 5), 0.5, np.float32)}}
+    specs = {"encoder": {"embed": P("data", "model"), "dense": {"kernel": P("data", "model"), "bias": P("model")}},
+             "new_head": {"kernel": P()}}
+    shardings = jax.tree_util.tree_map(lambda s: jax.sharding.NamedSharding(mesh, s), specs)
+    fresh = jax.device_put(run, shardings)
+    fresh["encoder"]["dense"]["bias"] = fresh["encoder"]["dense"]["bias"].astype(np.float16)
+
+    def whole_read(*a, **k):
+        raise AssertionError("the whole-tree host read was used")
+
+    monkeypatch.setattr(init_from_lib, "_restore_checkpoint_params", whole_read)
+    monkeypatch.setattr(init_from_lib, "_restore_snapshot", whole_read)
+    restored = []
+    real_restore = ocp.Checkpointer.restore
+
+    def recording(self, *a, **k):
+        out = real_restore(self, *a, **k)
+        restored.append(out)
+        return out
+
+    monkeypatch.setattr(ocp.Checkpointer, "restore", recording)
+
+    class Src(Task):
+        def init_params(self, rng):
+            return run
+
+        def loss_fn(self, params, batch, rng):
+            raise NotImplementedError
+
+        def train_batches(self, start_step, **kw):
+            raise NotImplementedError
+
+    params, report = init_from_lib.init_params_from(spec, Src(), fresh, shardings)
+    assert report.loaded == ["encoder/dense/bias", "encoder/dense/kernel", "encoder/embed"]
+    assert report.fresh == ["new_head/kernel"] and report.unused == ["old_head/kernel"]
+    (tree,) = restored
+    prefix = "params/" if source == "checkpoint" else ""
+    assert sorted(_leaves(tree)) == [prefix + p for p in report.loaded]  # no opt_state, no old_head
+    for p, leaf in _leaves(tree).items():  # restored on the run's sharding, not gathered first
+        assert leaf.sharding == _leaves(shardings)[p[len(prefix):]], p
+    got, want, sh_of = _leaves(params), _leaves(saved), _leaves(shardings)
+    for p in report.loaded:
+        assert got[p].sharding == sh_of[p], p
+        np.testing.assert_allclose(np.asarray(got[p], np.float32), want[p], rtol=1e-3 if "bias" in p else 0)
+    assert got["encoder/dense/bias"].dtype == np.float16
+    assert got["encoder/embed"].addressable_shards[0].data.shape == (32, 16)
+    np.testing.assert_array_equal(np.asarray(got["new_head/kernel"]), run["new_head"]["kernel"])

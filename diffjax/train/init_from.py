@@ -23,8 +23,10 @@ checkpoints of its own resumes from them. A source whose layer stacks are laid o
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
+import logging
 import os
 from typing import Any
 
@@ -35,7 +37,7 @@ import orbax.checkpoint as ocp
 from diffjax.checkpoints import hf_slices, orbax as ckpt_lib
 from diffjax.checkpoints.pretrained import is_gguf, resolve_model_path, split_step
 from diffjax.checkpoints.trees import flatten_tree
-from diffjax.models.scan import relayout_like
+from diffjax.models.scan import SCANNED, relayout_like
 from diffjax.runtime import path_str
 
 PyTree = Any
@@ -109,10 +111,9 @@ def _restore_snapshot(path: str) -> PyTree:
     return jax.tree_util.tree_map(np.asarray, tree)
 
 
-def workdir_params(source: InitSource) -> tuple[PyTree, str]:
-    """The raw params of a diffjax workdir's checkpoint (latest or ``source.step``) or snapshot.
-
-    Returns ``(params as numpy, description of what was read)``."""
+def _workdir_item(source: InitSource) -> tuple[str, str, int]:
+    """``(kind, orbax item dir, step)`` of a workdir source: kind "checkpoint" (a train state; its
+    ``params`` are read) for the latest checkpoint or ``source.step``, else "snapshot" (params only)."""
     ckpt_dir = os.path.join(source.path, "checkpoints")
     steps = []
     if os.path.isdir(ckpt_dir):
@@ -125,13 +126,91 @@ def workdir_params(source: InitSource) -> tuple[PyTree, str]:
     else:
         step = source.step
     if step in steps:
-        return _restore_checkpoint_params(ckpt_dir, step), f"checkpoint {os.path.join(ckpt_dir, str(step))}"
+        return "checkpoint", os.path.join(ckpt_dir, str(step)), step
     snap = os.path.join(source.path, "snapshots", str(step))
     if os.path.isdir(snap):
-        return _restore_snapshot(snap), f"snapshot {snap}"
+        return "snapshot", snap, step
     snaps = ckpt_lib.snapshot_steps_on_disk(source.path)
     raise FileNotFoundError(f"init_from={source.path}:{step}: no checkpoint or snapshot {step} "
                             f"(checkpoints: {steps or 'none'}; snapshots: {snaps or 'none'}).")
+
+
+def workdir_params(source: InitSource) -> tuple[PyTree, str]:
+    """The raw params of a diffjax workdir's checkpoint (latest or ``source.step``) or snapshot.
+
+    Returns ``(params as numpy, description of what was read)``."""
+    kind, item_dir, step = _workdir_item(source)
+    if kind == "checkpoint":
+        return _restore_checkpoint_params(os.path.dirname(item_dir), step), f"checkpoint {item_dir}"
+    return _restore_snapshot(item_dir), f"snapshot {item_dir}"
+
+
+def sharded_workdir_params(source: InitSource, fresh: PyTree, shardings: PyTree):
+    """``merge_params`` of a workdir's checkpoint / snapshot straight into shards: orbax restores only the
+    params this run loads (a partial restore: no optimizer state, no unused param), each as a global array on
+    its ``NamedSharding``, every process reading only its own shards. ``fresh``: the run's params (their
+    dtypes kept), ``shardings``: their shardings. Returns ``(params, InitReport)``, or None when the source's
+    layer stacks are laid out otherwise than the run's (``config.scan_layers``; then read it whole and
+    relayout)."""
+    kind, item_dir, step = _workdir_item(source)
+    name = f"{kind} {item_dir}"
+    pytree_dir = os.path.join(item_dir, "default") if kind == "checkpoint" else item_dir
+    with _quiet_missing_step_metadata(), ocp.Checkpointer(ocp.PyTreeCheckpointHandler()) as reader:
+        try:
+            meta = ckpt_lib.metadata_tree(reader.metadata(pytree_dir))
+        except Exception as e:  # noqa: BLE001 - any read failure means an unusable source
+            raise ckpt_lib.CheckpointCorruptError(f"init_from: cannot read {name}: {type(e).__name__}: {e}") from e
+        src = flatten_tree(meta["params"] if kind == "checkpoint" else meta)
+        run = flatten_tree(fresh)
+        scanned = [any(SCANNED in p.split("/") for p in tree) for tree in (src, run)]
+        if scanned[0] != scanned[1]:
+            return None
+        report = _check_and_report({p: tuple(m.shape) for p, m in src.items()}, fresh, name)
+        want: dict = {}
+        for p in report.loaded:  # the nested tree orbax restores: only the loaded params
+            node = want
+            *parents, leaf = (["params"] if kind == "checkpoint" else []) + p.split("/")
+            for part in parents:
+                node = node.setdefault(part, {})
+            node[leaf] = ocp.ArrayRestoreArgs(sharding=_leaf(shardings, p), global_shape=tuple(src[p].shape),
+                                              dtype=src[p].dtype)
+        try:
+            restored = reader.restore(pytree_dir, args=ocp.args.PyTreeRestore(
+                item=jax.tree_util.tree_map(lambda a: jax.ShapeDtypeStruct(a.global_shape, a.dtype,
+                                                                          sharding=a.sharding), want),
+                restore_args=want, partial_restore=True))
+        except Exception as e:  # noqa: BLE001
+            raise ckpt_lib.CheckpointCorruptError(f"init_from: cannot read {name}: {type(e).__name__}: {e}") from e
+    got = flatten_tree(restored["params"] if kind == "checkpoint" else restored)
+
+    def take(path, x):
+        p = path_str(path)
+        return got[p].astype(x.dtype) if p in got else x
+
+    return jax.tree_util.tree_map_with_path(take, fresh), report
+
+
+@contextlib.contextmanager
+def _quiet_missing_step_metadata():
+    """Drops orbax's warning that a checkpoint's item dir has no ``_CHECKPOINT_METADATA`` (that file is the
+    step dir's, one level up; the item is read on its own)."""
+
+    def keep(record: logging.LogRecord) -> bool:
+        return "Metadata file does not exist" not in record.getMessage()
+
+    logger = logging.getLogger("absl")
+    logger.addFilter(keep)
+    try:
+        yield
+    finally:
+        logger.removeFilter(keep)
+
+
+def _leaf(tree: PyTree, path: str):
+    """The leaf of ``tree`` at the '/'-joined ``path``."""
+    for part in path.split("/"):
+        tree = tree[part]
+    return tree
 
 
 @dataclasses.dataclass(frozen=True)
@@ -220,8 +299,9 @@ def init_params_from(spec: str, task, fresh: PyTree, shardings: PyTree):
     """``config.init_from`` applied to the run's fresh params: ``(params placed on shardings, InitReport)``
     (None when ``spec`` is empty). An HF safetensors dir read by a task with the default
     ``Task.pretrained_params`` (the model's own params tree) is read per shard (``sharded_hf_params``; a
-    scanned stack's slices are stacked from the unrolled tensors); any other source is read whole on the
-    host and merged (``merge_params``)."""
+    scanned stack's slices are stacked from the unrolled tensors), and so is a workdir whose layer stacks are
+    laid out as the run's (``sharded_workdir_params``); any other source is read whole on the host and merged
+    (``merge_params``)."""
     from diffjax.tasks.base import Task
 
     source = parse_init_from(spec)
@@ -229,6 +309,10 @@ def init_params_from(spec: str, task, fresh: PyTree, shardings: PyTree):
         return None
     if source.kind == "hf" and type(task).pretrained_params is Task.pretrained_params:
         out = sharded_hf_params(source.path, fresh, shardings, source_name=f"hf {source.path}")
+        if out is not None:
+            return out
+    if source.kind == "workdir":
+        out = sharded_workdir_params(source, fresh, shardings)
         if out is not None:
             return out
     tree, name = source_params(spec, task)

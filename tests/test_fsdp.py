@@ -435,3 +435,41 @@ def test_init_from_workdir_restores_each_shard_where_it_lives(tmp_path, monkeypa
     assert got["encoder/dense/bias"].dtype == np.float16
     assert got["encoder/embed"].addressable_shards[0].data.shape == (32, 16)
     np.testing.assert_array_equal(np.asarray(got["new_head/kernel"]), run["new_head"]["kernel"])
+
+
+# ------------------------------------------------------------------------------------ fsdp inside a scanned stack
+
+@pytest.mark.parametrize("remat", ["full", "none"])
+def test_scanned_stack_fsdp_gathers_one_layer_at_a_time(small_fsdp_leaves, remat):
+    """A scanned BERT stack under fsdp / fsdp+tp: equal to the replicated run (loss, params, Adam moments to
+    1e-5), and the compiled step all-gathers each layer's weights inside the loop (per-layer shapes), never
+    a whole stacked ``[L, ...]`` kernel (``models.scan.gather_layer_params``); the weights' gradients are
+    reduced in the loop too (no all-reduce of a stacked kernel)."""
+    import re
+
+    import ml_collections
+
+    from diffjax.models.options import ModelOptions
+
+    layers = 3
+    small = ml_collections.ConfigDict(dict(num_layers=layers, hidden_size=64, num_heads=4, intermediate_size=128))
+    config = _config("rdm_minilm_demo.py:tiny", {"sharding_rules": (), "init_from": "",
+                                                 "task.architecture": "embedded:minilm", "task.model": small,
+                                                 "scan_layers": True, "remat": remat})
+    task = build_task(config.task, model_options=ModelOptions(scan_layers=True, remat=remat))
+    _check_against_replicated(config, task, big=small_fsdp_leaves, choices=(((4, 1), "fsdp"), ((2, 2), "fsdp+tp")))
+    with config.unlocked():
+        config.mesh_shape, config.sharding = (4, 1), "fsdp"
+    setup = trainer.build(config, task=task)
+    state = setup.init_state()
+    (query,) = [v for k, v in _leaves(state.params).items() if k.endswith("layers/attention/query/kernel")]
+    assert query.shape == (layers, 64, 64) and query.sharding.spec == P(None, "data")
+    gbs = int(config.train.global_batch_size)
+    batch = setup.context.global_batch(next(task.train_batches(0, global_batch_size=gbs)), gbs)
+    hlo = setup.train_step.lower(state, batch).compile().as_text()
+    gathered = re.findall(r"= (f32\[[0-9,]*\])\S* all-gather(?:-start)?\(", hlo)
+    assert "f32[1,64,64]" in gathered or "f32[64,64]" in gathered, gathered  # one layer's kernel
+    stacked = f"f32[{layers},64,64]"
+    assert stacked not in gathered, gathered
+    reduced = [line for line in hlo.split("\n") if re.search(r" (all-reduce|reduce-scatter)(-start)?\(", line)]
+    assert not any(stacked in line for line in reduced), "a stacked kernel's gradient reduced whole"

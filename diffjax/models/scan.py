@@ -12,12 +12,18 @@ two layouts and the pure functions converting between them.
 * **Scan.** ``nn.scan`` over the layer class with ``variable_axes={"params": 0}``,
   ``split_rngs={"params": True, "dropout": True}``: the layer's ``__call__(carry, *args) -> (carry, y)``
   runs ``length`` times; the per-layer ``y`` come back stacked on a leading axis.
+* **FSDP inside the scan.** Under ``gather_layer_params(shardings)`` (the train step, for "fsdp" /
+  "fsdp+tp") each scanned layer's params are all-gathered in the loop body, one layer at a time (ZeRO-3),
+  and their gradients reduce-scattered back to the split layout there: the stacked ``[L, ...]`` params are
+  never whole on a device. Outside it (init, evaluation) the layer is unchanged.
 """
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import re
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import flax.linen as nn
 import jax
@@ -62,14 +68,69 @@ def rematted(layer_cls, remat: str, *, static_argnums: Sequence[int] = (), scann
     return nn.remat(layer_cls, policy=policy, static_argnums=tuple(static_argnums), prevent_cse=not scanned)
 
 
+# (gathered, split) shardings of one layer's param, by its path inside the layer and its shape; None: as is
+LayerShardings = Callable[[str, tuple], "tuple[Any, Any] | None"]
+_LAYER_SHARDINGS: contextvars.ContextVar[LayerShardings | None] = contextvars.ContextVar("layer_shardings",
+                                                                                         default=None)
+
+
+@contextlib.contextmanager
+def gather_layer_params(layer_shardings: LayerShardings):
+    """While tracing inside it, every scanned layer's params pass through ``gather_for_layer`` with the
+    ``(gathered, split)`` shardings ``layer_shardings(path in the layer, per-layer shape)`` gives (module
+    docstring); a param it gives None for is left to XLA."""
+    token = _LAYER_SHARDINGS.set(layer_shardings)
+    try:
+        yield
+    finally:
+        _LAYER_SHARDINGS.reset(token)
+
+
+def gather_for_layer(x, gathered, split):
+    """``x`` constrained to ``gathered`` (the all-gather of a ZeRO-3 weight); its cotangent constrained to
+    ``split`` (the reduce-scatter of its gradient). The identity on values."""
+
+    @jax.custom_vjp
+    def gather(x):
+        return jax.lax.with_sharding_constraint(x, gathered)
+
+    def fwd(x):
+        return gather(x), None
+
+    def bwd(_, g):
+        return (jax.lax.with_sharding_constraint(g, split),)
+
+    gather.defvjp(fwd, bwd)
+    return gather(x)
+
+
+def _gathered_layer(variables):
+    """``map_variables``' ``trans_in_fn``: the layer's params through ``gather_for_layer`` under
+    ``gather_layer_params``; unchanged outside it."""
+    lookup = _LAYER_SHARDINGS.get()
+    if lookup is None:
+        return variables
+
+    def one(path, x):
+        parts = [str(getattr(k, "key", k)) for k in path]
+        pair = lookup("/".join(parts[1:] if parts[:1] == ["params"] else parts), tuple(x.shape))
+        return x if pair is None else gather_for_layer(x, *pair)
+
+    return jax.tree_util.tree_map_with_path(one, variables)
+
+
 def layer_class(layer_cls, *, remat: str, scan: bool, length: int, in_axes: tuple = (),
                 static_argnums: Sequence[int] = ()):
     """The class a stack instantiates: ``layer_cls`` (rematerialised by ``remat``), or with ``scan`` one
-    ``nn.scan`` of it over ``length`` layers (instantiate it once, named ``SCANNED``). ``in_axes``: one
-    entry per argument after the carry (``nn.broadcast``: the same for every layer; 0: sliced per layer)."""
-    cls = rematted(layer_cls, remat, static_argnums=static_argnums, scanned=scan)
+    ``nn.scan`` of it over ``length`` layers (instantiate it once, named ``SCANNED``), whose params are
+    gathered one layer at a time under ``gather_layer_params``. ``in_axes``: one entry per argument after
+    the carry (``nn.broadcast``: the same for every layer; 0: sliced per layer)."""
     if not scan:
-        return cls
+        return rematted(layer_cls, remat, static_argnums=static_argnums)
+    # the gather inside the remat: the backward pass gathers each layer again instead of keeping every
+    # gathered layer alive from the forward pass (which would cost the whole stack per device)
+    cls = nn.map_variables(layer_cls, "params", trans_in_fn=_gathered_layer, init=True)
+    cls = rematted(cls, remat, static_argnums=static_argnums, scanned=True)
     return nn.scan(cls, variable_axes={"params": 0}, split_rngs={"params": True, "dropout": True},
                    in_axes=tuple(in_axes), length=int(length))
 

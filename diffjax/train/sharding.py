@@ -185,13 +185,15 @@ def param_shardings(params: PyTree, rules, mesh: Mesh, choice: str = "tp", *,
     return jax.tree_util.tree_map(lambda s: NamedSharding(mesh, s), specs, is_leaf=lambda x: isinstance(x, P))
 
 
-def gathered_shardings(p_shardings: PyTree) -> PyTree:
+def gathered_shardings(p_shardings: PyTree, *, keep_stacks: bool = False) -> PyTree:
     """The layout the train step computes with under "fsdp" / "fsdp+tp": each param's sharding with
     "data" removed (``P("data", "model")`` -> ``P(None, "model")``). Constraining the params to it
     inside the step makes XLA all-gather the weights (ZeRO-3) instead of following their "data" split
     into the activations: measured on the tiny Llama (ar2diff tiny, B=16, (4,1) mesh) this removed the
     batch all-gathers and vocab all-to-alls of the hidden states / logits and cut the step's temp
-    memory from 196 to 140 MB (the replicated run's 138 MB)."""
+    memory from 196 to 140 MB (the replicated run's 138 MB). ``keep_stacks``: a scanned stack's params
+    (``.../layers/...``) keep their split layout; ``layer_shardings`` gathers them one layer at a time
+    inside the scan instead (the whole stack gathered at once would cost the full stack per device)."""
 
     def one(s: NamedSharding) -> NamedSharding:
         def drop(e):
@@ -201,7 +203,35 @@ def gathered_shardings(p_shardings: PyTree) -> PyTree:
             return None if e == "data" else e
         return NamedSharding(s.mesh, P(*(drop(e) for e in s.spec)))
 
+    if keep_stacks:
+        return jax.tree_util.tree_map_with_path(
+            lambda path, s: s if _STACKED.search(path_str(path)) else one(s), p_shardings)
     return jax.tree_util.tree_map(one, p_shardings)
+
+
+def layer_shardings(p_shardings: PyTree):
+    """``models.scan.gather_layer_params``' lookup for the scanned stacks of ``p_shardings`` (the params'
+    "fsdp" / "fsdp+tp" shardings): ``(path inside the layer, per-layer shape) -> (gathered, split)``, the
+    stacked param's sharding without its layer axis, with and without "data" (``gathered_shardings``).
+    A (path, shape) two stacks shard differently gets None (left to XLA)."""
+    gathered = gathered_shardings(p_shardings)
+    table: dict = {}
+    for (path, split), full in zip(jax.tree_util.tree_leaves_with_path(p_shardings),
+                                   jax.tree_util.tree_leaves(gathered)):
+        p = path_str(path)
+        if not _STACKED.search(p):
+            continue
+        rel = p[_STACKED.search(p).end():]
+        pair = tuple(NamedSharding(s.mesh, P(*tuple(s.spec)[1:])) for s in (full, split))
+        table[rel] = pair if table.get(rel, pair) == pair else None
+
+    def lookup(rel: str, shape: tuple):
+        pair = table.get(rel)
+        if pair is None or len(pair[1].spec) > len(shape):
+            return None
+        return pair
+
+    return lookup
 
 
 def mirror_shardings(tree: PyTree, params: PyTree, p_shardings: PyTree, mesh: Mesh) -> PyTree:

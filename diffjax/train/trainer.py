@@ -31,6 +31,7 @@ import numpy as np
 import optax
 
 from diffjax.checkpoints import orbax as ckpt_lib
+from diffjax.models import scan as scan_lib
 from diffjax.models.options import ModelOptions
 from diffjax.runtime import Progress, RuntimeContext
 from diffjax.tasks.base import Task, build_task, prepare_call
@@ -159,9 +160,12 @@ def make_train_step_fn(task: Task, optimizer, schedule, *, ema_decay: float = 0.
     ``fsdp_shardings`` (the params' shardings under "fsdp" / "fsdp+tp"): the params enter the loss
     constrained to ``sharding.gathered_shardings`` of them (weights all-gathered, activations stay
     split over "data" on the batch) and the gradients are constrained back to the split layout
-    (reduce-scattered) before the optimizer update, which then runs on each device's slice.
+    (reduce-scattered) before the optimizer update, which then runs on each device's slice. A scanned
+    stack's params are gathered (and their gradients reduce-scattered) one layer at a time inside the
+    scan (``models.scan.gather_layer_params``), so the whole stack is never gathered on one device.
     """
-    gathered = sh.gathered_shardings(fsdp_shardings) if fsdp_shardings is not None else None
+    gathered = sh.gathered_shardings(fsdp_shardings, keep_stacks=True) if fsdp_shardings is not None else None
+    per_layer = sh.layer_shardings(fsdp_shardings) if fsdp_shardings is not None else None
     k = int(accumulate_steps)
     grad_fn = jax.value_and_grad(task.loss_fn, has_aux=True)
 
@@ -198,7 +202,10 @@ def make_train_step_fn(task: Task, optimizer, schedule, *, ema_decay: float = 0.
         params = state.params
         if gathered is not None:
             params = jax.lax.with_sharding_constraint(params, gathered)
-        loss, metrics, grads = loss_and_grads(params, batch, rng)
+            with scan_lib.gather_layer_params(per_layer):  # a scanned stack: one layer at a time, in the loop
+                loss, metrics, grads = loss_and_grads(params, batch, rng)
+        else:
+            loss, metrics, grads = loss_and_grads(params, batch, rng)
         if gathered is not None:
             grads = jax.lax.with_sharding_constraint(grads, fsdp_shardings)
         grad_norm = optax.global_norm(grads)

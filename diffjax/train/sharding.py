@@ -213,7 +213,8 @@ def layer_shardings(p_shardings: PyTree):
     """``models.scan.gather_layer_params``' lookup for the scanned stacks of ``p_shardings`` (the params'
     "fsdp" / "fsdp+tp" shardings): ``(path inside the layer, per-layer shape) -> (gathered, split)``, the
     stacked param's sharding without its layer axis, with and without "data" (``gathered_shardings``).
-    A (path, shape) two stacks shard differently gets None (left to XLA)."""
+    None (left to XLA) for a path inside a layer that two stacks shard differently, or whose spec has more
+    entries than the shape has dims."""
     gathered = gathered_shardings(p_shardings)
     table: dict = {}
     for (path, split), full in zip(jax.tree_util.tree_leaves_with_path(p_shardings),

@@ -166,13 +166,13 @@ def sharded_workdir_params(source: InitSource, fresh: PyTree, shardings: PyTree)
         if scanned[0] != scanned[1]:
             return None
         report = _check_and_report({p: tuple(m.shape) for p, m in src.items()}, fresh, name)
-        want: dict = {}
+        sharding_of, want = flatten_tree(shardings), {}
         for p in report.loaded:  # the nested tree orbax restores: only the loaded params
             node = want
             *parents, leaf = (["params"] if kind == "checkpoint" else []) + p.split("/")
             for part in parents:
                 node = node.setdefault(part, {})
-            node[leaf] = ocp.ArrayRestoreArgs(sharding=_leaf(shardings, p), global_shape=tuple(src[p].shape),
+            node[leaf] = ocp.ArrayRestoreArgs(sharding=sharding_of[p], global_shape=tuple(src[p].shape),
                                               dtype=src[p].dtype)
         try:
             restored = reader.restore(pytree_dir, args=ocp.args.PyTreeRestore(
@@ -204,13 +204,6 @@ def _quiet_missing_step_metadata():
         yield
     finally:
         logger.removeFilter(keep)
-
-
-def _leaf(tree: PyTree, path: str):
-    """The leaf of ``tree`` at the '/'-joined ``path``."""
-    for part in path.split("/"):
-        tree = tree[part]
-    return tree
 
 
 @dataclasses.dataclass(frozen=True)

@@ -219,10 +219,10 @@ def layer_shardings(p_shardings: PyTree):
     table: dict = {}
     for (path, split), full in zip(jax.tree_util.tree_leaves_with_path(p_shardings),
                                    jax.tree_util.tree_leaves(gathered)):
-        p = path_str(path)
-        if not _STACKED.search(p):
+        stacked = _STACKED.search(path_str(path))
+        if not stacked:
             continue
-        rel = p[_STACKED.search(p).end():]
+        rel = stacked.string[stacked.end():]
         pair = tuple(NamedSharding(s.mesh, P(*tuple(s.spec)[1:])) for s in (full, split))
         table[rel] = pair if table.get(rel, pair) == pair else None
 

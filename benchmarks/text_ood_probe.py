@@ -46,6 +46,7 @@ def main():
     from diffjax.cli import _load_config_file
     from diffjax.ood import text_scores as tm
     from diffjax.tasks.base import build_task
+    from diffjax.train.init_from import initial_params
 
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     c = _load_config_file(os.path.join(root, "configs", "text_ood_demo.py"))
@@ -55,7 +56,7 @@ def main():
             old = getattr(c.task, k)
             setattr(c.task, k, v if isinstance(old, str) else type(old)(ast.literal_eval(v)))
     task = build_task(c.task, init_from=c.init_from)
-    params = task.init_params(jax.random.PRNGKey(0))
+    params = initial_params(task, c.init_from, jax.random.PRNGKey(0))
     lr = optax.warmup_cosine_decay_schedule(0.0, args.lr, int(c.optimizer.warmup_steps), max(args.steps, 21))
     opt = optax.adamw(lr, weight_decay=float(c.optimizer.weight_decay))
     state = opt.init(params)

@@ -291,24 +291,46 @@ def _save_tiny_hf(kind: str, d: str) -> str:
     return d
 
 
-@pytest.mark.parametrize("kind,scanned", [("bert", False), ("llama", False), ("bert", True), ("llama", True)],
-                         ids=["bert", "llama", "bert-scanned", "llama-scanned"])
+def _save_tiny_gguf(d: str, qtype: str | None) -> str:
+    """A tiny llama GGUF (Q / K rows permuted as llama.cpp's converter does; ``qtype`` e.g. "Q8_0")."""
+    import gguf
+
+    from tests.test_gguf import make_hf, write_gguf
+
+    os.makedirs(d, exist_ok=True)
+    path = os.path.join(d, "tiny.gguf")
+    write_gguf(make_hf("llama", False), path, "llama", None if qtype is None else getattr(gguf.GGMLQuantizationType,
+                                                                                          qtype))
+    return path
+
+
+@pytest.mark.parametrize("kind,scanned", [("bert", False), ("llama", False), ("bert", True), ("llama", True),
+                                          ("gguf", False), ("gguf-q8", True)],
+                         ids=["bert", "llama", "bert-scanned", "llama-scanned", "gguf", "gguf-q8-scanned"])
 def test_init_from_hf_reads_each_shard_only(tmp_path, monkeypatch, kind, scanned):
-    """An HF safetensors dir (transformers' save_pretrained) loads into "fsdp+tp" shards equal to the whole
-    load (``load_hf_checkpoint``), and every slice read is the size of one shard, never a whole split param.
+    """An HF safetensors dir (transformers' save_pretrained) or a GGUF file (F32, or Q8_0: dequantised per
+    slice) loads into "fsdp+tp" shards equal to the whole load (``load_hf_checkpoint`` /
+    ``load_gguf_checkpoint``), and every slice read is the size of one shard, never a whole split param.
     A scanned run (``config.scan_layers``: ``.../layers/x`` of shape ``[L, ...]``) gets the stacked whole
     load, each layer's slice read from its unrolled tensor."""
     from diffjax.checkpoints import hf_slices
+    from diffjax.checkpoints.gguf import load_gguf_checkpoint
     from diffjax.checkpoints.hf import load_hf_checkpoint
     from diffjax.models.scan import stack_layers, unrolled_paths
     from diffjax.tasks.base import Task
     from diffjax.train import init_from as init_from_lib
 
-    d = _save_tiny_hf(kind, str(tmp_path / kind))
-    model, unrolled = load_hf_checkpoint(d)
-    whole = stack_layers(unrolled, {"bert": "encoder/layer_", "llama": "layers_"}[kind]) if scanned else unrolled
+    if kind.startswith("gguf"):
+        d = _save_tiny_gguf(str(tmp_path / kind), "Q8_0" if kind.endswith("q8") else None)
+        model, unrolled = load_gguf_checkpoint(d)
+        family = "llama"
+    else:
+        d = _save_tiny_hf(kind, str(tmp_path / kind))
+        model, unrolled = load_hf_checkpoint(d)
+        family = kind
+    whole = stack_layers(unrolled, {"bert": "encoder/layer_", "llama": "layers_"}[family]) if scanned else unrolled
     mesh = sh.make_mesh((2, 2))
-    rules = {"bert": "diffjax.models.bert", "llama": "diffjax.models.llama"}[kind]
+    rules = {"bert": "diffjax.models.bert", "llama": "diffjax.models.llama"}[family]
     shardings = sh.param_shardings(whole, __import__(rules, fromlist=["x"]).SHARDING_RULES, mesh, "fsdp+tp",
                                    min_elements=256)
     fresh = jax.device_put(jax.tree_util.tree_map(lambda x: np.zeros(x.shape, x.dtype), whole), shardings)
@@ -356,16 +378,53 @@ def test_init_from_hf_reads_each_shard_only(tmp_path, monkeypatch, kind, scanned
     assert any(part != want[served[p]].shape[p != served[p]:] for p, part in asked)
 
 
+def _record_orbax_restores(monkeypatch) -> list:
+    """Makes the whole-tree host reads of ``init_from`` fail and records every orbax restore's output."""
+    import orbax.checkpoint as ocp
+
+    from diffjax.train import init_from as init_from_lib
+
+    def whole_read(*a, **k):
+        raise AssertionError("the whole-tree host read was used")
+
+    monkeypatch.setattr(init_from_lib, "_restore_checkpoint_params", whole_read)
+    monkeypatch.setattr(init_from_lib, "_restore_snapshot", whole_read)
+    restored = []
+    real_restore = ocp.Checkpointer.restore
+
+    def recording(self, *a, **k):
+        out = real_restore(self, *a, **k)
+        restored.append(out)
+        return out
+
+    monkeypatch.setattr(ocp.Checkpointer, "restore", recording)
+    return restored
+
+
+def _params_only_task(params):
+    """A ``Task`` whose ``init_params`` returns ``params`` (the rest unused)."""
+    from diffjax.tasks.base import Task
+
+    class ParamsOnly(Task):
+        def init_params(self, rng):
+            return params
+
+        def loss_fn(self, params, batch, rng):
+            raise NotImplementedError
+
+        def train_batches(self, start_step, **kw):
+            raise NotImplementedError
+
+    return ParamsOnly()
+
+
 @pytest.mark.parametrize("source", ["checkpoint", "snapshot"])
 def test_init_from_workdir_restores_each_shard_where_it_lives(tmp_path, monkeypatch, source):
     """``init_from=WORKDIR`` (a checkpoint) or ``WORKDIR:STEP`` (a snapshot) restores into the run's "fsdp+tp"
     shards through orbax: only the params the run loads are read (no optimizer state, no unused param), each
     straight onto its sharding; never the whole-tree host read. Values equal the saved ones, a param the
     source lacks keeps its fresh init, the dtype is the run's."""
-    import orbax.checkpoint as ocp
-
     from diffjax.checkpoints import orbax as ckpt_lib
-    from diffjax.tasks.base import Task
     from diffjax.train import init_from as init_from_lib
     from diffjax.train.state import TrainState
 
@@ -395,32 +454,8 @@ def test_init_from_workdir_restores_each_shard_where_it_lives(tmp_path, monkeypa
     fresh = jax.device_put(run, shardings)
     fresh["encoder"]["dense"]["bias"] = fresh["encoder"]["dense"]["bias"].astype(np.float16)
 
-    def whole_read(*a, **k):
-        raise AssertionError("the whole-tree host read was used")
-
-    monkeypatch.setattr(init_from_lib, "_restore_checkpoint_params", whole_read)
-    monkeypatch.setattr(init_from_lib, "_restore_snapshot", whole_read)
-    restored = []
-    real_restore = ocp.Checkpointer.restore
-
-    def recording(self, *a, **k):
-        out = real_restore(self, *a, **k)
-        restored.append(out)
-        return out
-
-    monkeypatch.setattr(ocp.Checkpointer, "restore", recording)
-
-    class Src(Task):
-        def init_params(self, rng):
-            return run
-
-        def loss_fn(self, params, batch, rng):
-            raise NotImplementedError
-
-        def train_batches(self, start_step, **kw):
-            raise NotImplementedError
-
-    params, report = init_from_lib.init_params_from(spec, Src(), fresh, shardings)
+    restored = _record_orbax_restores(monkeypatch)
+    params, report = init_from_lib.init_params_from(spec, _params_only_task(run), fresh, shardings)
     assert report.loaded == ["encoder/dense/bias", "encoder/dense/kernel", "encoder/embed"]
     assert report.fresh == ["new_head/kernel"] and report.unused == ["old_head/kernel"]
     (tree,) = restored
@@ -435,6 +470,56 @@ def test_init_from_workdir_restores_each_shard_where_it_lives(tmp_path, monkeypa
     assert got["encoder/dense/bias"].dtype == np.float16
     assert got["encoder/embed"].addressable_shards[0].data.shape == (32, 16)
     np.testing.assert_array_equal(np.asarray(got["new_head/kernel"]), run["new_head"]["kernel"])
+
+
+@pytest.mark.parametrize("direction", ["unrolled-to-scanned", "scanned-to-unrolled"])
+def test_init_from_workdir_relays_out_layer_stacks_per_shard(tmp_path, monkeypatch, direction):
+    """A workdir whose layer stack is laid out otherwise than the run's (``config.scan_layers``) is restored
+    per shard too: each source param with the sharding that makes the relayout local (an unrolled layer: the
+    scanned param's spec without the layer axis; a scanned stack: ``P(None, *spec)`` of the unrolled layer),
+    then stacked / sliced on the devices into the run's shardings; never the whole-tree host read. A source
+    layer past the run's count is not read and is listed unused. Values equal ``stack_layers`` /
+    ``unstack_layers`` of the saved tree."""
+    from diffjax.checkpoints import orbax as ckpt_lib
+    from diffjax.models.scan import stack_layers
+    from diffjax.train import init_from as init_from_lib
+
+    rng = np.random.default_rng(0)
+    layers = {f"layer_{i}": {"dense": {"kernel": rng.normal(size=(32, 64)).astype(np.float32),
+                                       "bias": rng.normal(size=(64,)).astype(np.float32)}} for i in range(4)}
+    unrolled = {"encoder": {**layers}, "embed": rng.normal(size=(64, 32)).astype(np.float32)}
+    three = {"encoder": {k: v for k, v in layers.items() if k != "layer_3"}, "embed": unrolled["embed"]}
+    scanned = stack_layers(three, "encoder/layer_")
+    saved, want = (unrolled, scanned) if direction == "unrolled-to-scanned" else (scanned, three)
+    workdir = str(tmp_path / "src")
+    ckpt_lib.save_snapshot(workdir, 0, saved)
+    mesh = sh.make_mesh((2, 2))
+    if direction == "unrolled-to-scanned":
+        specs = {"encoder": {"layers": {"dense": {"kernel": P(None, "data", "model"), "bias": P(None, "model")}}},
+                 "embed": P("data", "model")}
+    else:
+        specs = {"encoder": {f"layer_{i}": {"dense": {"kernel": P("data", "model"), "bias": P("model")}}
+                             for i in range(3)}, "embed": P("data", "model")}
+    shardings = jax.tree_util.tree_map(lambda s: jax.sharding.NamedSharding(mesh, s), specs)
+    fresh = jax.device_put(jax.tree_util.tree_map(np.zeros_like, want), shardings)
+
+    restored = _record_orbax_restores(monkeypatch)
+    params, report = init_from_lib.init_params_from(workdir + ":0", _params_only_task(want), fresh, shardings)
+    assert report.loaded == sorted(_leaves(want)) and not report.fresh
+    assert report.unused == (["encoder/layer_3/dense/bias", "encoder/layer_3/dense/kernel"]
+                             if direction == "unrolled-to-scanned" else [])
+    (tree,) = restored
+    if direction == "unrolled-to-scanned":  # each layer restored split as one layer of the scanned param
+        assert "layer_3" not in tree["encoder"]
+        assert tree["encoder"]["layer_1"]["dense"]["kernel"].sharding.spec == P("data", "model")
+        assert tree["encoder"]["layer_1"]["dense"]["kernel"].addressable_shards[0].data.shape == (16, 32)
+    else:  # the stack restored split as each unrolled layer, the layer axis whole
+        assert tree["encoder"]["layers"]["dense"]["kernel"].sharding.spec == P(None, "data", "model")
+        assert tree["encoder"]["layers"]["dense"]["kernel"].addressable_shards[0].data.shape == (3, 16, 32)
+    got, sh_of = _leaves(params), _leaves(shardings)
+    for p, v in _leaves(want).items():
+        assert got[p].sharding == sh_of[p], p
+        np.testing.assert_array_equal(np.asarray(got[p]), v, err_msg=p)
 
 
 # ------------------------------------------------------------------------------------ fsdp inside a scanned stack

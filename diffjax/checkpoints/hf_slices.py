@@ -1,10 +1,12 @@
-"""Per-slice readers of a local Hugging Face safetensors model dir, for loading straight into shards.
+"""Per-slice readers of a local Hugging Face safetensors model dir or a ``.gguf`` file, for loading straight
+into shards.
 
 ``leaf_readers(path)`` -> ``{param path: LeafReader}``: for every param of the model the dir's
-``config.json`` builds, its shape and ``read(index)``, which returns only ``param[index]`` (``index``: a
+``config.json`` (a GGUF's metadata) builds, its shape and ``read(index)``, which returns only ``param[index]`` (``index``: a
 tuple of slices over the *Flax* shape, as ``jax.make_array_from_callback`` passes it). The weights are the
 validated, memory-mapped views of ``weight_files.read_safetensors`` (single file or sharded index), so a
-read touches only the bytes of its slice. The HF key and the transposition of each param come from the
+read touches only the bytes of its slice; a GGUF's are ``gguf.GGUFTensor``s, which dequantise only the rows a
+slice asks for. The HF key and the transposition of each param come from the
 family's own ``params_to_hf`` run on path markers (no second key table), after the family's
 ``canonicalize_keys`` and the same strict key / shape check as ``hf.load_hf_checkpoint``.
 
@@ -12,7 +14,7 @@ family's own ``params_to_hf`` run on path markers (no second key table), after t
 of ``.../layers/x`` of shape ``[L, ...]`` reads, for the layers its slice asks for, the slice of each
 unrolled ``.../layer_<i>/x`` (the layout ``models.scan.stack_layers`` makes of a whole tree).
 
-Returns None where per-slice reads do not apply (no safetensors weights, or a family whose
+Returns None where per-slice reads do not apply (an HF dir without safetensors weights, or a family whose
 ``params_to_hf`` does more than pick and transpose tensors): the caller then reads the whole model.
 """
 
@@ -20,7 +22,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import jax
 import numpy as np
@@ -69,23 +71,42 @@ def _safetensors(path: str) -> dict[str, np.ndarray] | None:
     return None
 
 
-def leaf_readers(path: str, **overrides) -> dict[str, LeafReader] | None:
-    """``{'/'-joined param path: LeafReader}`` of the HF dir ``path`` (module docstring); ``overrides`` as
-    ``load_hf_checkpoint``'s. Raises ``CheckpointMismatchError`` as the full load would."""
+def _source(path: str):
+    """``(lazy tensors by HF key, config dict, family module, description)`` of an HF safetensors dir or a
+    ``.gguf`` file (its tensors dequantised per slice, ``gguf.GGUFTensor``); None for other weight files."""
+    from diffjax.checkpoints.pretrained import is_gguf
+
+    if is_gguf(path):
+        from diffjax.checkpoints import gguf, hf_llama
+
+        tensors, hf_config = gguf.gguf_tensors(path)
+        return tensors, hf_config, hf_llama, f"{path} (gguf)"
     tensors = _safetensors(path)
     if tensors is None:
         return None
     hf_config = hf.read_hf_config(path)
     family = hf.family_module(hf_config.get("model_type"))
     hf.check_hf_config(hf_config, getattr(family, "CONFIG_FIELDS", {}), os.path.join(path, "config.json"))
+    return tensors, hf_config, family, f"{path} (safetensors)"
+
+
+def leaf_readers(path: str, *, ignore_unexpected: Sequence[str] = (), init_missing: Sequence[str] = (),
+                 **overrides) -> dict[str, LeafReader] | None:
+    """``{'/'-joined param path: LeafReader}`` of the HF dir or ``.gguf`` file ``path`` (module docstring);
+    ``overrides``, ``ignore_unexpected`` and ``init_missing`` as ``load_hf_checkpoint``'s (a param whose key
+    ``init_missing`` lets the file lack gets no reader: it keeps the run's fresh init). Raises
+    ``CheckpointMismatchError`` as the full load would."""
+    opened = _source(path)
+    if opened is None:
+        return None
+    tensors, hf_config, family, source = opened
     model = family.model_from_hf_config(hf_config, **overrides)
     canon = getattr(family, "canonicalize_keys", None)
     if canon is not None:
         tensors = canon(tensors, model)
     expected = hf.expected_hf_shapes(family, model)
-    source = f"{path} (safetensors)"
-    hf.check_tensors(tensors, expected, ignored_patterns=tuple(family.IGNORED_KEYS),
-                     model_type=hf_config.get("model_type"), source=source)
+    hf.check_tensors(tensors, expected, ignored_patterns=tuple(family.IGNORED_KEYS) + tuple(ignore_unexpected),
+                     allowed_missing=tuple(init_missing), model_type=hf_config.get("model_type"), source=source)
     hf.check_float_dtypes(tensors, [k for k, (_, dt) in expected.items() if hf.is_float_dtype(dt)], source)
     abstract = jax.eval_shape(lambda: family.init_params(model, jax.random.key(0)))
     markers = jax.tree_util.tree_map_with_path(lambda p, x: _Marker(path_str(p), tuple(x.shape)), abstract)
@@ -97,6 +118,8 @@ def leaf_readers(path: str, **overrides) -> dict[str, LeafReader] | None:
         return None
     out = {}
     for key, m in by_key.items():
+        if key not in tensors:  # allowed by init_missing
+            continue
         tensor = tensors[key]
 
         def read(index, tensor=tensor, transposed=m.transposed):

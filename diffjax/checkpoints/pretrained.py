@@ -1,6 +1,7 @@
 """A pretrained model given as a path: a ``.gguf`` file (``checkpoints/gguf.py``) or a local Hugging Face
 model dir (``checkpoints/hf.py``). The one place that tells the two apart (``is_gguf``) and loads either:
-``load_pretrained(path) -> (model, params)`` and ``load_pretrained_tokenizer(path)`` (the transformers
+``load_pretrained(path) -> (model, params)``, ``load_architecture(path) -> model`` (no weights read) and
+``load_pretrained_tokenizer(path)`` (the transformers
 tokenizer stored with the model). ``preset:NAME`` (``checkpoints/presets.py``) names an architecture without
 weights: accepted wherever an architecture is named (``resolve_model_path``, a tokenizer stand-in with its
 special ids), refused where weights are read (``load_pretrained``, ``config.init_from``). Used by ``config.init_from`` (``Task.pretrained_params``), the tasks
@@ -39,6 +40,23 @@ def load_pretrained(path: str):
     from diffjax.checkpoints.hf import load_hf_checkpoint
 
     return load_hf_checkpoint(path)
+
+
+def load_architecture(path: str):
+    """The model (module) of a ``.gguf`` file or an HF dir, from its metadata / ``config.json`` alone: no weight
+    is read (the weights come through ``config.init_from``, per shard where they can). The same module as
+    ``load_pretrained(path)[0]``."""
+    _refuse_preset(path, "config.init_from")
+    if is_gguf(path):
+        from diffjax.checkpoints.gguf import gguf_architecture
+
+        return gguf_architecture(path)
+    from diffjax.checkpoints import hf
+
+    config = hf.read_hf_config(path)
+    family = hf.family_module(config.get("model_type"))
+    hf.check_hf_config(config, getattr(family, "CONFIG_FIELDS", {}), os.path.join(path, "config.json"))
+    return family.model_from_hf_config(config)
 
 
 def load_pretrained_tokenizer(path: str):

@@ -33,7 +33,7 @@ import numpy as np
 from diffjax.models.options import REMAT_POLICIES
 
 SCANNED = "layers"  # the name of a scanned stack's module (sharding rules match it)
-_UNROLLED = re.compile(r"^(layer_|layers_|block_)(\d+)$")  # the unrolled names of the three families
+UNROLLED_NAME = re.compile(r"^(layer_|layers_|block_)(\d+)$")  # the unrolled names of the three families
 UNROLLED_STEMS = ("layer_", "layers_", "block_")
 
 
@@ -161,7 +161,7 @@ def _stack(leaves):
 
 def _stack_node(node: dict, stem: str, count: int | None = None) -> dict:
     """``node``'s layers ``<stem>0 .. <stem>{count-1}`` (default: all) stacked into ``layers``; later ones kept."""
-    idx = sorted(int(m.group(2)) for k in node if (m := _UNROLLED.match(k)) and m.group(1) == stem)
+    idx = sorted(int(m.group(2)) for k in node if (m := UNROLLED_NAME.match(k)) and m.group(1) == stem)
     if not idx:
         raise ValueError(f"no layers named {stem}<i> to stack (found {sorted(node)})")
     if idx[:count] != list(range(len(idx[:count]))) or (count is not None and len(idx) < count):
@@ -215,8 +215,8 @@ def relayout_like(source: Any, target: Any) -> Any:
     if not (isinstance(source, dict) and isinstance(target, dict)):
         return source
     source = dict(source)
-    t_stems = {m.group(1) for k in target if (m := _UNROLLED.match(k))}
-    s_stems = {m.group(1) for k in source if (m := _UNROLLED.match(k))}
+    t_stems = {m.group(1) for k in target if (m := UNROLLED_NAME.match(k))}
+    s_stems = {m.group(1) for k in source if (m := UNROLLED_NAME.match(k))}
     if SCANNED in target and SCANNED not in source and len(s_stems) == 1:
         count = jax.tree_util.tree_leaves(target[SCANNED])[0].shape[0]
         stem = s_stems.pop()

@@ -44,7 +44,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from diffjax.checkpoints.presets import is_preset, preset_model
-from diffjax.checkpoints.pretrained import load_pretrained, pick_architecture
+from diffjax.checkpoints.pretrained import load_architecture, pick_architecture
 from diffjax.data.ar2diff_data import prepare_split
 from diffjax.data.text import PackingFormat, load_text_batcher, load_tokenizer, padding_batch
 from diffjax.diffusion.masked import exclude_token_logit, masked_diffusion_elbo, token_log_probs
@@ -59,7 +59,6 @@ from diffjax.tasks.ar2diff_fields import AR2DiffConfig
 from diffjax.tasks.base import batch_shapes, register_task
 from diffjax.tasks.textgen_task import EvalSet, TextGenTask
 
-_pretrained = functools.lru_cache(maxsize=2)(load_pretrained)  # (model, params), loaded once per process
 _tokenizer = functools.lru_cache(maxsize=4)(load_tokenizer)
 
 
@@ -103,8 +102,8 @@ class AR2DiffTask(TextGenTask):
             kw = dict(cache_dir=cache_dir, buckets=(self.length,), style=self.fmt, seed=int(cfg.seed))
             self.batcher = load_text_batcher(train_path, self.tok, **kw)
             self.eval_batcher = load_text_batcher(eval_path, self.tok, **kw)
-        model = ((preset_model(source) if is_preset(source) else _pretrained(os.path.abspath(source))[0])
-                 if source else None)  # (its weights: init_from's)
+        model = ((preset_model(source) if is_preset(source) else load_architecture(os.path.abspath(source)))
+                 if source else None)  # (its weights: init_from's, per shard)
         self.model = model_lib.build_model(cfg, self.arch, self.diffusion, model, source, model_options)
         self.sharding_rules = model_lib.SHARDING_RULES[self.arch]
         self.vocab_size = int(self.model.config.vocab_size)
@@ -122,9 +121,6 @@ class AR2DiffTask(TextGenTask):
         if self.arch == "decoder":
             return self.model.init(rng, z)["params"]
         return self.model.init(rng, z, z)["params"]
-
-    def pretrained_params(self, path):
-        return _pretrained(path)[1]
 
     def decoder_logits(self, params, x, mask):
         """Decoder-only denoiser: x [B, L] int, mask [B|1, 1, L, L] bool -> logits [B, L, V] (shifted if configured)."""

@@ -24,8 +24,9 @@ Contract (all four methods of papers.md fit it):
   Results must not depend on the mesh: draw per-example randomness with ``fold_in(rng, index)``
   using the global example index ``map_batches`` provides.
 * Optional: ``sweep`` and ``generate`` (same arguments) for the ``sweep`` / ``generate`` CLI
-  commands; ``batch_spec()`` naming each batch field's partition; ``pretrained_params(path)`` for
-  ``config.init_from`` pointing at an HF dir or a GGUF file (see ``diffjax/train/init_from.py``).
+  commands; ``batch_spec()`` naming each batch field's partition; ``pretrained_params(path)`` and
+  ``pretrained_readers(path)`` (the same weights, per slice) for ``config.init_from`` pointing at an HF dir or a
+  GGUF file (see ``diffjax/train/init_from.py``).
 
 Trainer hooks (``diffjax/train/trainer.py``):
 
@@ -115,6 +116,18 @@ class Task(abc.ABC):
         from diffjax.checkpoints.pretrained import load_pretrained
 
         return load_pretrained(path)[1]
+
+    def pretrained_readers(self, path: str):
+        """Per-slice readers of the pretrained model ``path`` (local HF safetensors dir or ``.gguf`` file) by
+        this task's param paths, ``{path: checkpoints.hf_slices.LeafReader}``, so ``config.init_from`` loads
+        each param straight into its shards; None: read ``pretrained_params(path)`` whole instead. Default:
+        the model's own params (``hf_slices.leaf_readers``), or None for a task with its own
+        ``pretrained_params`` (it overrides this too, or is read whole)."""
+        if type(self).pretrained_params is not Task.pretrained_params:
+            return None
+        from diffjax.checkpoints import hf_slices
+
+        return hf_slices.leaf_readers(path)
 
     def batch_spec(self) -> Mapping[str, Any] | None:
         """Per-field batch partition specs; None = every field sharded over "data" on axis 0."""

@@ -52,7 +52,6 @@ def read_user_texts(c, inputs: str):
 class TextOODTask(OODTask):
     name = "text_ood"
     sharding_rules = bert.SHARDING_RULES  # the encoder's (its paths end the same in the denoiser)
-    jit_init = False  # init_params reads the pretrained weights from disk
     baseline_names, control_names = tb.BASELINES, tb.CONTROLS
     score_names = ts_lib.SCORE_NAMES
     threshold_set = "heldout"
@@ -99,15 +98,25 @@ class TextOODTask(OODTask):
         return sets
 
     def init_params(self, rng):
+        """Fresh params (pure: the trainer jits it onto the shardings); a pretrained backbone's weights come
+        through ``config.init_from`` (``pretrained_readers``, per shard)."""
         x = jnp.zeros((1, 4, self.encoder.config.hidden_size), jnp.float32)
         fresh = self.model.init(rng, x, jnp.ones((1,), jnp.int32), jnp.ones((1, 4), bool))["params"]
-        tree = self.backbone.pretrained_tree()
-        params = {**tree, "denoiser": {**fresh, **tree["denoiser"]}}
-        return jax.tree_util.tree_map(jnp.asarray, params)
+        tree = self.backbone.init_tree()
+        return {**tree, "denoiser": {**fresh, **tree["denoiser"]}}
 
     def pretrained_params(self, path: str) -> dict:
-        """``config.init_from``: the weights ``init_params`` placed (read once; the trainer's merge is a no-op)."""
+        """``config.init_from`` read whole (an HF dir without safetensors weights): the backbone's weights."""
         return self.backbone.pretrained_tree(path)
+
+    def pretrained_readers(self, path: str):
+        """``config.init_from`` per shard: the backbone's weights as per-slice readers (None: read whole)."""
+        return self.backbone.leaf_readers(path)
+
+    def untrained_params(self) -> dict:
+        """The untrained control's params: the denoiser at init (seed ``data.seed``) on the backbone's weights."""
+        fresh = self.init_params(jax.random.PRNGKey(int(self.c.data.seed)))
+        return {**fresh, "denoiser": {**fresh["denoiser"], "encoder": self.backbone.params("encoder")}}
 
     # -- training -----------------------------------------------------------------------------
     def loss_fn(self, params, batch, rng):
@@ -237,7 +246,7 @@ class TextOODTask(OODTask):
     def extra_scores(self, params, score_t, keys, context, snapshots) -> dict:
         c, sets, out = self.c, self.sets(), {k: {} for k in keys}
         if c.controls:
-            untrained = self.init_params(jax.random.PRNGKey(int(c.data.seed)))
+            untrained = self.untrained_params()
             emb = np.asarray(self.backbone.word_embeddings())
 
             def untrained_grid(k, s):  # [1, n_s, N]: the deploy score of the denoiser at init

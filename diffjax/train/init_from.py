@@ -37,7 +37,7 @@ import orbax.checkpoint as ocp
 from diffjax.checkpoints import hf_slices, orbax as ckpt_lib
 from diffjax.checkpoints.pretrained import is_gguf, resolve_model_path, split_step
 from diffjax.checkpoints.trees import flatten_tree
-from diffjax.models.scan import SCANNED, relayout_like
+from diffjax.models.scan import SCANNED, UNROLLED_NAME, relayout_like, unrolled_paths
 from diffjax.runtime import path_str
 
 PyTree = Any
@@ -145,13 +145,41 @@ def workdir_params(source: InitSource) -> tuple[PyTree, str]:
     return _restore_snapshot(item_dir), f"snapshot {item_dir}"
 
 
+def _source_sharding(path: str, run_sharding: dict, run_shapes: dict):
+    """The sharding to restore a source param at ``path`` with, so relaying it out into the run's layout
+    (``relayout_like``) moves nothing between devices: the run's own sharding where the run has ``path``; for
+    a scanned source ``.../layers/x`` of an unrolled run, ``P(None, *spec)`` of the run's ``.../<stem>0/x``; for
+    an unrolled source ``.../<stem><i>/x`` of a scanned run, the run's ``.../layers/x`` spec without its layer
+    axis (layers past the run's count: None, not read). None: the run does not load it."""
+    if path in run_sharding:
+        return run_sharding[path]
+    parts = path.split("/")
+    if SCANNED in parts:
+        for paths in unrolled_paths(path, 1).values():
+            if paths[0] in run_sharding:
+                s = run_sharding[paths[0]]
+                return jax.sharding.NamedSharding(s.mesh, jax.sharding.PartitionSpec(None, *s.spec))
+        return None
+    for j, part in enumerate(parts):
+        m = UNROLLED_NAME.match(part)
+        if m:
+            scanned = "/".join(parts[:j] + [SCANNED] + parts[j + 1:])
+            if scanned in run_sharding and int(m.group(2)) < run_shapes[scanned][0]:
+                s = run_sharding[scanned]
+                return jax.sharding.NamedSharding(s.mesh, jax.sharding.PartitionSpec(*tuple(s.spec)[1:]))
+    return None
+
+
 def sharded_workdir_params(source: InitSource, fresh: PyTree, shardings: PyTree):
     """``merge_params`` of a workdir's checkpoint / snapshot straight into shards: orbax restores only the
     params this run loads (a partial restore: no optimizer state, no unused param), each as a global array on
     its ``NamedSharding``, every process reading only its own shards. ``fresh``: the run's params (their
-    dtypes kept), ``shardings``: their shardings. Returns ``(params, InitReport)``, or None when the source's
-    layer stacks are laid out otherwise than the run's (``config.scan_layers``; then read it whole and
-    relayout)."""
+    dtypes kept), ``shardings``: their shardings. Returns ``(params, InitReport)``.
+
+    A source whose layer stacks are laid out otherwise than the run's (``config.scan_layers``: scanned
+    ``.../layers`` vs unrolled ``.../layer_<i>``) is restored with the shardings that make the relayout local
+    (``_source_sharding``), then stacked / sliced into the run's layout and shardings under ``jax.jit``
+    (``relayout_like``): still no param whole on one device."""
     kind, item_dir, step = _workdir_item(source)
     name = f"{kind} {item_dir}"
     pytree_dir = os.path.join(item_dir, "default") if kind == "checkpoint" else item_dir
@@ -160,20 +188,25 @@ def sharded_workdir_params(source: InitSource, fresh: PyTree, shardings: PyTree)
             meta = ckpt_lib.metadata_tree(reader.metadata(pytree_dir))
         except Exception as e:  # noqa: BLE001 - any read failure means an unusable source
             raise ckpt_lib.CheckpointCorruptError(f"init_from: cannot read {name}: {type(e).__name__}: {e}") from e
-        src = flatten_tree(meta["params"] if kind == "checkpoint" else meta)
-        run = flatten_tree(fresh)
-        scanned = [any(SCANNED in p.split("/") for p in tree) for tree in (src, run)]
-        if scanned[0] != scanned[1]:
-            return None
-        report = _check_and_report({p: tuple(m.shape) for p, m in src.items()}, fresh, name)
-        sharding_of, want = flatten_tree(shardings), {}
-        for p in report.loaded:  # the nested tree orbax restores: only the loaded params
+        src_tree = meta["params"] if kind == "checkpoint" else meta
+        src = flatten_tree(src_tree)
+        run_struct = jax.tree_util.tree_map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), fresh)
+        src_struct = jax.tree_util.tree_map(lambda m: jax.ShapeDtypeStruct(tuple(m.shape), m.dtype), src_tree)
+        relaid = jax.eval_shape(lambda t: flatten_tree(relayout_like(t, run_struct)), src_struct)
+        report = _check_and_report({p: tuple(m.shape) for p, m in relaid.items()}, fresh, name)
+        sharding_of = flatten_tree(shardings)
+        run_shapes = {p: tuple(x.shape) for p, x in flatten_tree(fresh).items()}
+        loaded = {p: sharding_of[p] for p in report.loaded}
+        want = {}  # the nested tree orbax restores: only the source params the run loads
+        for p, m in src.items():
+            target = _source_sharding(p, loaded, run_shapes)
+            if target is None:
+                continue
             node = want
             *parents, leaf = (["params"] if kind == "checkpoint" else []) + p.split("/")
             for part in parents:
                 node = node.setdefault(part, {})
-            node[leaf] = ocp.ArrayRestoreArgs(sharding=sharding_of[p], global_shape=tuple(src[p].shape),
-                                              dtype=src[p].dtype)
+            node[leaf] = ocp.ArrayRestoreArgs(sharding=target, global_shape=tuple(m.shape), dtype=m.dtype)
         try:
             restored = reader.restore(pytree_dir, args=ocp.args.PyTreeRestore(
                 item=jax.tree_util.tree_map(lambda a: jax.ShapeDtypeStruct(a.global_shape, a.dtype,
@@ -181,7 +214,12 @@ def sharded_workdir_params(source: InitSource, fresh: PyTree, shardings: PyTree)
                 restore_args=want, partial_restore=True))
         except Exception as e:  # noqa: BLE001
             raise ckpt_lib.CheckpointCorruptError(f"init_from: cannot read {name}: {type(e).__name__}: {e}") from e
-    got = flatten_tree(restored["params"] if kind == "checkpoint" else restored)
+    restored = restored["params"] if kind == "checkpoint" else restored
+    if all(p in loaded for p in flatten_tree(restored)):
+        got = flatten_tree(restored)
+    else:  # scanned <-> unrolled: stack / slice on the devices, into the run's shardings
+        got = jax.jit(lambda t: {p: v for p, v in flatten_tree(relayout_like(t, run_struct)).items() if p in loaded},
+                      out_shardings=loaded)(restored)
 
     def take(path, x):
         p = path_str(path)
@@ -264,16 +302,13 @@ def _check_and_report(src_shapes: dict, fresh: PyTree, source_name: str) -> Init
     return report
 
 
-def sharded_hf_params(path: str, fresh: PyTree, shardings: PyTree, *, source_name: str):
-    """``merge_params`` of an HF safetensors dir straight into shards: each loaded param is built with
-    ``jax.make_array_from_callback(shape, sharding, cb)`` whose ``cb(index)`` reads only that slice of
-    the file (``checkpoints.hf_slices``), so no param is ever whole on one device or in host memory
-    (beyond one shard). ``fresh``: the run's params (their dtypes kept), ``shardings``: their
-    ``NamedSharding``s. Returns ``(params, InitReport)``, or None when the dir has no safetensors
-    weights or its family does not map params to single tensors (then read it whole)."""
-    readers = hf_slices.leaf_readers(path)
-    if readers is None:
-        return None
+def sharded_pretrained_params(readers: dict, fresh: PyTree, shardings: PyTree, *, source_name: str):
+    """``merge_params`` of a pretrained model straight into shards: ``readers`` (``Task.pretrained_readers``:
+    ``{param path: hf_slices.LeafReader}``) build each loaded param with ``jax.make_array_from_callback(shape,
+    sharding, cb)`` whose ``cb(index)`` reads only that slice of the file (``checkpoints.hf_slices``; a scanned
+    stack's slices stacked from the unrolled tensors), so no param is ever whole on one device or in host
+    memory (beyond one shard). ``fresh``: the run's params (their dtypes kept), ``shardings``: their
+    ``NamedSharding``s. Returns ``(params, InitReport)``."""
     readers = hf_slices.stacked_readers(readers, {path_str(p): tuple(x.shape) for p, x in
                                                   jax.tree_util.tree_flatten_with_path(fresh)[0]})
     report = _check_and_report({p: r.shape for p, r in readers.items()}, fresh, source_name)
@@ -290,24 +325,19 @@ def sharded_hf_params(path: str, fresh: PyTree, shardings: PyTree, *, source_nam
 
 def init_params_from(spec: str, task, fresh: PyTree, shardings: PyTree):
     """``config.init_from`` applied to the run's fresh params: ``(params placed on shardings, InitReport)``
-    (None when ``spec`` is empty). An HF safetensors dir read by a task with the default
-    ``Task.pretrained_params`` (the model's own params tree) is read per shard (``sharded_hf_params``; a
-    scanned stack's slices are stacked from the unrolled tensors), and so is a workdir whose layer stacks are
-    laid out as the run's (``sharded_workdir_params``); any other source is read whole on the host and merged
-    (``merge_params``)."""
-    from diffjax.tasks.base import Task
-
+    (None when ``spec`` is empty). A pretrained model (HF safetensors dir or ``.gguf`` file) the task gives
+    per-slice readers for (``Task.pretrained_readers``) is read per shard (``sharded_pretrained_params``), and
+    so is a workdir (``sharded_workdir_params``, relaid out on the devices where its layer stacks are laid out
+    otherwise than the run's); any other source is read whole on the host and merged (``merge_params``)."""
     source = parse_init_from(spec)
     if source is None:
         return None
-    if source.kind == "hf" and type(task).pretrained_params is Task.pretrained_params:
-        out = sharded_hf_params(source.path, fresh, shardings, source_name=f"hf {source.path}")
-        if out is not None:
-            return out
+    if source.kind in ("hf", "gguf"):
+        readers = task.pretrained_readers(source.path)
+        if readers is not None:
+            return sharded_pretrained_params(readers, fresh, shardings, source_name=f"{source.kind} {source.path}")
     if source.kind == "workdir":
-        out = sharded_workdir_params(source, fresh, shardings)
-        if out is not None:
-            return out
+        return sharded_workdir_params(source, fresh, shardings)
     tree, name = source_params(spec, task)
     params, report = merge_params(fresh, tree, source_name=name)
     return jax.device_put(params, shardings), report
@@ -323,6 +353,15 @@ def write_report(workdir: str, report: InitReport) -> None:
     with open(path + ".tmp", "w") as f:
         json.dump(dataclasses.asdict(report), f, indent=2)
     os.replace(path + ".tmp", path)
+
+
+def initial_params(task, init_from: str, rng: jax.Array) -> PyTree:
+    """The params a run of ``task`` with ``config.init_from = init_from`` starts from, outside the trainer
+    (scripts, notebooks, tests; no mesh): ``task.init_params(rng)`` with the source merged over it, read whole
+    (``merge_params``; the trainer reads per shard, ``init_params_from``)."""
+    fresh = task.init_params(rng)
+    loaded = source_params(init_from, task)
+    return fresh if loaded is None else merge_params(fresh, loaded[0], source_name=loaded[1])[0]
 
 
 def source_params(spec: str, task) -> tuple[PyTree, str] | None:

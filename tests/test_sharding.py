@@ -35,6 +35,21 @@ def test_resolve_mesh_shape():
     assert mesh.axis_names == ("data", "model") and mesh.shape == {"data": 2, "model": 2}
 
 
+def test_a_mesh_too_big_fails_before_the_task_reads_anything(monkeypatch):
+    """``trainer.build`` makes the mesh before it builds the task, so a ``mesh_shape`` the devices cannot hold
+    is the first error, before any data set or weight is read."""
+    from diffjax.tasks import base
+
+    def no_task(*a, **k):
+        raise AssertionError("the task was built before the mesh was checked")
+
+    monkeypatch.setattr(trainer, "build_task", no_task)
+    monkeypatch.setattr(base, "build_task", no_task)
+    config = small_config(mesh_shape=(4, 2))
+    with pytest.raises(ValueError, match="needs 8 devices; 4 available"):
+        trainer.build(config)
+
+
 def test_rule_table_first_match_default_replicated_and_errors():
     mesh = sh.make_mesh((2, 2))
     rules = ((r"attn/(query|key)/kernel$", (None, "model")), (r"kernel$", ("model", None)))

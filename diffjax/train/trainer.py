@@ -89,10 +89,10 @@ def tp_rules(config, task: Task):
 def build(config, *, task: Task | None = None, shapes_only: bool = False) -> Setup:
     """Task, mesh, optimizer, the sharded state layout and the jitted train step for ``config``
     (``shapes_only``: the task reads no data set, ``build_task``; ``plan``)."""
+    mesh = sh.make_mesh(config.mesh_shape)  # before the task reads any data or weights: a bad shape fails first
     task = task if task is not None else build_task(config.task, init_from=config.init_from,
                                                     model_options=ModelOptions.from_config(config),
                                                     shapes_only=shapes_only)
-    mesh = sh.make_mesh(config.mesh_shape)
     context = RuntimeContext(mesh, process_index=jax.process_index(), process_count=jax.process_count(),
                              batch_spec=task.batch_spec())
     optimizer, schedule = make_optimizer(config.optimizer, int(config.train.num_steps))

@@ -32,7 +32,8 @@ test: $(STAMP)
 # BENCHMARKS.md from that JSON (and from benchmarks/results/gpu/, or GPU_DIR, where a GPU run left its JSON:
 # `bash benchmarks/gpu.sh OUTDIR` on a GPU machine). text_models runs before matmul_floor, which reads its JSON.
 # Not run here: cache_demo.py (needs a trained workdir), ab_step.py / profile_step.py (tools, no JSON),
-# text_ood_probe.py (a diagnostic); BENCHMARKS.md renders their JSON where it exists.
+# text_ood_probe.py (a diagnostic), init_from_shards.py (prints only: per-shard vs whole init_from load);
+# BENCHMARKS.md renders their JSON where it exists.
 GPU_DIR ?=
 REPORT_ARGS = $(if $(GPU_DIR),--gpu_dir $(GPU_DIR),)
 

@@ -96,7 +96,7 @@ def nothing_loads(monkeypatch):
         raise AssertionError("loaded something before checking the fields")
 
     for mod, names in ((masked_lm, ("load_tokenizer", "read_hf_config")),
-                       (ar2diff, ("_tokenizer", "_pretrained", "prepare_split", "load_text_batcher"))):
+                       (ar2diff, ("_tokenizer", "load_architecture", "prepare_split", "load_text_batcher"))):
         for n in names:
             monkeypatch.setattr(mod, n, boom)
 

@@ -317,7 +317,6 @@ def test_init_from_hf_reads_each_shard_only(tmp_path, monkeypatch, kind, scanned
     from diffjax.checkpoints.gguf import load_gguf_checkpoint
     from diffjax.checkpoints.hf import load_hf_checkpoint
     from diffjax.models.scan import stack_layers, unrolled_paths
-    from diffjax.tasks.base import Task
     from diffjax.train import init_from as init_from_lib
 
     if kind.startswith("gguf"):
@@ -348,17 +347,8 @@ def test_init_from_hf_reads_each_shard_only(tmp_path, monkeypatch, kind, scanned
 
     monkeypatch.setattr(hf_slices, "leaf_readers", recording)
 
-    class Pretrained(Task):  # the default pretrained_params: the model's own tree
-        def init_params(self, rng):
-            return whole
-
-        def loss_fn(self, params, batch, rng):
-            raise NotImplementedError
-
-        def train_batches(self, start_step, **kw):
-            raise NotImplementedError
-
-    params, report = init_from_lib.init_params_from(d, Pretrained(), fresh, shardings)
+    # the default pretrained_params / pretrained_readers: the model's own tree
+    params, report = init_from_lib.init_params_from(d, _params_only_task(whole), fresh, shardings)
     assert not report.fresh and report.loaded == sorted(_leaves(whole))
     got, want, sh_of = _leaves(params), _leaves(whole), _leaves(shardings)
     for k, v in want.items():

@@ -194,17 +194,17 @@ def test_smollm2_gguf_answers_paris(smol):
 
 
 @pytest.mark.parametrize("qtype", [None, "Q8_0"])
-def test_gguf_tensor_reads_only_the_rows_a_slice_asks_for(qtype, tmp_path):
-    """``GGUFTensor[index]`` (the lazy view a per-shard load reads) equals the same slice of the whole
-    dequantised tensor for row ranges that cut through heads (a permuted Q / K), column ranges, vectors and
-    empty ranges; and it dequantises only the rows asked for (whole heads for Q / K), never the whole tensor."""
+def test_gguf_tensor_reads_only_the_rows_a_slice_asks_for(qtype, tmp_path, monkeypatch):
+    """``GGUFTensor[index]`` (the lazy view a per-shard load reads) equals the same slice of the tensor the file
+    holds (``write_gguf``'s state dict: after quantisation, in HF's Q / K row order) for row ranges that cut
+    through heads (a permuted Q / K), column ranges, vectors and empty ranges; and it dequantises only the rows
+    asked for (whole heads for Q / K), never the whole tensor."""
     hf_model = make_hf("llama", False)
     path = str(tmp_path / "tiny.gguf")
-    write_gguf(hf_model, path, "llama", None if qtype is None else getattr(gguf.GGMLQuantizationType, qtype))
+    held = write_gguf(hf_model, path, "llama", None if qtype is None else getattr(gguf.GGMLQuantizationType, qtype))
     lazy, _ = gguf_lib.gguf_tensors(path)
-    whole, _ = gguf_lib.read_gguf(path)
-    assert set(lazy) == set(whole)
-    dequantised = []  # rows per dequantise call
+    assert set(lazy) == set(held)
+    dequantised = []  # elements per dequantise call
     real = gguf.quants.dequantize
 
     def counting(data, qt):
@@ -212,27 +212,23 @@ def test_gguf_tensor_reads_only_the_rows_a_slice_asks_for(qtype, tmp_path):
         dequantised.append(int(np.prod(out.shape)))
         return out
 
-    gguf.quants.dequantize = counting
-    try:
-        for key, t in lazy.items():
-            w = whole[key]
-            assert t.shape == w.shape and t.ndim == w.ndim, key
-            n = w.shape[0]
-            cuts = [slice(None), slice(1, max(2, n // 2 + 1)), slice(n // 3, n - 1), slice(3, 3)]
-            for rows in cuts:
-                for cols in ([slice(None)] + ([slice(2, 5)] if w.ndim > 1 else [])):
-                    index = (rows, cols) if w.ndim > 1 else (rows,)
-                    dequantised.clear()
-                    got = t[index]
-                    np.testing.assert_array_equal(got, w[index], err_msg=f"{key} {index}")
-                    if w.ndim > 1:  # the rows asked for (a permuted Q / K: the whole heads they fall in)
-                        lo, hi, _ = rows.indices(n)
-                        if t.heads and hi > lo:
-                            hd = n // t.heads
-                            lo, hi = lo // hd * hd, -(-hi // hd) * hd
-                        assert sum(dequantised) == max(hi - lo, 0) * w.shape[1], (key, index, dequantised)
-            np.testing.assert_array_equal(np.asarray(t), w, err_msg=key)
-    finally:
-        gguf.quants.dequantize = real
+    monkeypatch.setattr(gguf.quants, "dequantize", counting)
+    for key, t in lazy.items():
+        w = held[key]
+        assert t.shape == w.shape and t.ndim == w.ndim, key
+        n = w.shape[0]
+        cuts = [slice(None), slice(1, max(2, n // 2 + 1)), slice(n // 3, n - 1), slice(3, 3)]
+        for rows in cuts:
+            for cols in ([slice(None)] + ([slice(2, 5)] if w.ndim > 1 else [])):
+                index = (rows, cols) if w.ndim > 1 else (rows,)
+                dequantised.clear()
+                got = t[index]
+                np.testing.assert_array_equal(got, w[index], err_msg=f"{key} {index}")
+                if w.ndim > 1:  # the rows asked for (a permuted Q / K: the whole heads they fall in)
+                    lo, hi, _ = rows.indices(n)
+                    if t.heads and hi > lo:
+                        hd = n // t.heads
+                        lo, hi = lo // hd * hd, -(-hi // hd) * hd
+                    assert sum(dequantised) == max(hi - lo, 0) * w.shape[1], (key, index, dequantised)
+        np.testing.assert_array_equal(np.asarray(t), w, err_msg=key)
     assert any(t.heads for t in lazy.values())  # the llama arch's permuted Q / K were among those read
-    assert any(n < t.shape[0] * t.shape[1] for t in lazy.values() if t.ndim > 1 for n in [t.shape[1]])

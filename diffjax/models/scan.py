@@ -31,9 +31,10 @@ import jax.numpy as jnp
 import numpy as np
 
 from diffjax.models.options import REMAT_POLICIES
+from diffjax.runtime import path_str
 
 SCANNED = "layers"  # the name of a scanned stack's module (sharding rules match it)
-UNROLLED_NAME = re.compile(r"^(layer_|layers_|block_)(\d+)$")  # the unrolled names of the three families
+_UNROLLED = re.compile(r"^(layer_|layers_|block_)(\d+)$")  # the unrolled names of the three families
 UNROLLED_STEMS = ("layer_", "layers_", "block_")
 
 
@@ -112,8 +113,8 @@ def _gathered_layer(variables):
         return variables
 
     def one(path, x):
-        parts = [str(getattr(k, "key", k)) for k in path]
-        pair = lookup("/".join(parts[1:] if parts[:1] == ["params"] else parts), tuple(x.shape))
+        rel = path_str(path)
+        pair = lookup(rel[len("params/"):] if rel.startswith("params/") else rel, tuple(x.shape))
         return x if pair is None else gather_for_layer(x, *pair)
 
     return jax.tree_util.tree_map_with_path(one, variables)
@@ -161,7 +162,7 @@ def _stack(leaves):
 
 def _stack_node(node: dict, stem: str, count: int | None = None) -> dict:
     """``node``'s layers ``<stem>0 .. <stem>{count-1}`` (default: all) stacked into ``layers``; later ones kept."""
-    idx = sorted(int(m.group(2)) for k in node if (m := UNROLLED_NAME.match(k)) and m.group(1) == stem)
+    idx = sorted(int(m.group(2)) for k in node if (m := _UNROLLED.match(k)) and m.group(1) == stem)
     if not idx:
         raise ValueError(f"no layers named {stem}<i> to stack (found {sorted(node)})")
     if idx[:count] != list(range(len(idx[:count]))) or (count is not None and len(idx) < count):
@@ -215,8 +216,8 @@ def relayout_like(source: Any, target: Any) -> Any:
     if not (isinstance(source, dict) and isinstance(target, dict)):
         return source
     source = dict(source)
-    t_stems = {m.group(1) for k in target if (m := UNROLLED_NAME.match(k))}
-    s_stems = {m.group(1) for k in source if (m := UNROLLED_NAME.match(k))}
+    t_stems = {m.group(1) for k in target if (m := _UNROLLED.match(k))}
+    s_stems = {m.group(1) for k in source if (m := _UNROLLED.match(k))}
     if SCANNED in target and SCANNED not in source and len(s_stems) == 1:
         count = jax.tree_util.tree_leaves(target[SCANNED])[0].shape[0]
         stem = s_stems.pop()

@@ -37,7 +37,7 @@ import orbax.checkpoint as ocp
 from diffjax.checkpoints import hf_slices, orbax as ckpt_lib
 from diffjax.checkpoints.pretrained import is_gguf, resolve_model_path, split_step
 from diffjax.checkpoints.trees import flatten_tree
-from diffjax.models.scan import SCANNED, UNROLLED_NAME, relayout_like, unrolled_paths
+from diffjax.models.scan import SCANNED, relayout_like, unrolled_paths
 from diffjax.runtime import path_str
 
 PyTree = Any
@@ -145,29 +145,27 @@ def workdir_params(source: InitSource) -> tuple[PyTree, str]:
     return _restore_snapshot(item_dir), f"snapshot {item_dir}"
 
 
-def _source_sharding(path: str, run_sharding: dict, run_shapes: dict):
-    """The sharding to restore a source param at ``path`` with, so relaying it out into the run's layout
-    (``relayout_like``) moves nothing between devices: the run's own sharding where the run has ``path``; for
-    a scanned source ``.../layers/x`` of an unrolled run, ``P(None, *spec)`` of the run's ``.../<stem>0/x``; for
-    an unrolled source ``.../<stem><i>/x`` of a scanned run, the run's ``.../layers/x`` spec without its layer
-    axis (layers past the run's count: None, not read). None: the run does not load it."""
-    if path in run_sharding:
-        return run_sharding[path]
-    parts = path.split("/")
-    if SCANNED in parts:
+def _restore_shardings(src_paths, loaded: dict, run_shapes: dict) -> dict:
+    """``{source param path: sharding to restore it with}`` for the source params a run loads (``loaded``: the
+    run's loaded paths -> their shardings), so relaying the source out into the run's layout (``relayout_like``)
+    moves nothing between devices: the run's own sharding where the run has the path; an unrolled layer
+    ``.../<stem><i>/x`` (i below the run's layer count) of a scanned run's ``.../layers/x``: that spec without
+    its layer axis; a scanned ``.../layers/x`` of an unrolled run: ``P(None, *spec)`` of the run's
+    ``.../<stem>0/x``. Source params the run does not load are left out."""
+    from jax.sharding import NamedSharding, PartitionSpec
+
+    by_source = dict(loaded)
+    for path, s in loaded.items():
+        if SCANNED in path.split("/"):  # a scanned run: each unrolled source layer restored as one of its layers
+            layer = NamedSharding(s.mesh, PartitionSpec(*tuple(s.spec)[1:]))
+            for paths in unrolled_paths(path, run_shapes[path][0]).values():
+                by_source.update(dict.fromkeys(paths, layer))
+    for path in src_paths:  # a scanned source of an unrolled run: the layer axis whole, the rest as layer 0
         for paths in unrolled_paths(path, 1).values():
-            if paths[0] in run_sharding:
-                s = run_sharding[paths[0]]
-                return jax.sharding.NamedSharding(s.mesh, jax.sharding.PartitionSpec(None, *s.spec))
-        return None
-    for j, part in enumerate(parts):
-        m = UNROLLED_NAME.match(part)
-        if m:
-            scanned = "/".join(parts[:j] + [SCANNED] + parts[j + 1:])
-            if scanned in run_sharding and int(m.group(2)) < run_shapes[scanned][0]:
-                s = run_sharding[scanned]
-                return jax.sharding.NamedSharding(s.mesh, jax.sharding.PartitionSpec(*tuple(s.spec)[1:]))
-    return None
+            if path not in by_source and paths[0] in loaded:
+                s = loaded[paths[0]]
+                by_source[path] = NamedSharding(s.mesh, PartitionSpec(None, *s.spec))
+    return {p: by_source[p] for p in src_paths if p in by_source}
 
 
 def sharded_workdir_params(source: InitSource, fresh: PyTree, shardings: PyTree):
@@ -178,7 +176,7 @@ def sharded_workdir_params(source: InitSource, fresh: PyTree, shardings: PyTree)
 
     A source whose layer stacks are laid out otherwise than the run's (``config.scan_layers``: scanned
     ``.../layers`` vs unrolled ``.../layer_<i>``) is restored with the shardings that make the relayout local
-    (``_source_sharding``), then stacked / sliced into the run's layout and shardings under ``jax.jit``
+    (``_restore_shardings``), then stacked / sliced into the run's layout and shardings under ``jax.jit``
     (``relayout_like``): still no param whole on one device."""
     kind, item_dir, step = _workdir_item(source)
     name = f"{kind} {item_dir}"
@@ -198,10 +196,8 @@ def sharded_workdir_params(source: InitSource, fresh: PyTree, shardings: PyTree)
         run_shapes = {p: tuple(x.shape) for p, x in flatten_tree(fresh).items()}
         loaded = {p: sharding_of[p] for p in report.loaded}
         want = {}  # the nested tree orbax restores: only the source params the run loads
-        for p, m in src.items():
-            target = _source_sharding(p, loaded, run_shapes)
-            if target is None:
-                continue
+        for p, target in _restore_shardings(src, loaded, run_shapes).items():
+            m = src[p]
             node = want
             *parents, leaf = (["params"] if kind == "checkpoint" else []) + p.split("/")
             for part in parents:

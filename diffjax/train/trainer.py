@@ -204,10 +204,9 @@ def make_train_step_fn(task: Task, optimizer, schedule, *, ema_decay: float = 0.
             params = jax.lax.with_sharding_constraint(params, gathered)
             with scan_lib.gather_layer_params(per_layer):  # a scanned stack: one layer at a time, in the loop
                 loss, metrics, grads = loss_and_grads(params, batch, rng)
+            grads = jax.lax.with_sharding_constraint(grads, fsdp_shardings)
         else:
             loss, metrics, grads = loss_and_grads(params, batch, rng)
-        if gathered is not None:
-            grads = jax.lax.with_sharding_constraint(grads, fsdp_shardings)
         grad_norm = optax.global_norm(grads)
         finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
         updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
